@@ -1,0 +1,355 @@
+"""The feed contract: what each raw per-channel export looks like, and the unified tables.
+
+This module is the single source of truth shared by the simulator (which writes feeds the way real
+source systems would), ingestion (which validates rows against it) and the README. A feed is a
+folder ``<raw_dir>/<feed name>/`` of CSV files (Parquet and JSON Lines are accepted too), one row
+per record, with a header naming the columns below. Extra columns are ignored; a missing required
+column makes the whole file an error (it is not that feed).
+
+Column types:
+    ``str``      free text, stripped; empty means missing.
+    ``timestamp`` ISO 8601 date-time (``2025-03-01T14:05:00``, a ``Z`` or offset allowed; naive
+                 values are taken as UTC).
+    ``float`` / ``int`` decimal numbers, ``.`` as the decimal separator.
+    ``bool``     ``true/false``, ``1/0``, ``yes/no`` (any case).
+
+Identifier columns carry the source system's own id of the person; ``id_type`` says which kind
+(``email``, ``phone``, ``loyalty_card``, ``device_id``, ``social_handle``). Identity resolution
+links records that share any normalised identifier into one ``customer_id``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ColumnType = Literal["str", "timestamp", "float", "int", "bool"]
+IdType = Literal["email", "phone", "loyalty_card", "device_id", "social_handle"]
+ID_TYPES: tuple[str, ...] = ("email", "phone", "loyalty_card", "device_id", "social_handle")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a feed.
+
+    Attributes:
+        type: how the text is parsed.
+        required: a row with this column empty or unparsable is quarantined.
+        allowed: for ``str`` columns, the closed set of values (compared lower-cased).
+        minimum / maximum: bounds for numeric columns (inclusive).
+        id_type: set when the column is a person identifier.
+        not_future: a timestamp after the ingest time is quarantined.
+    """
+
+    type: ColumnType
+    required: bool = False
+    allowed: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    id_type: IdType | None = None
+    not_future: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One raw feed: its columns, primary key, event time and the unified table it lands in."""
+
+    name: str
+    description: str
+    key: str
+    time_column: str
+    target_table: str
+    columns: dict[str, Column] = field(default_factory=dict)
+
+    @property
+    def id_columns(self) -> dict[str, str]:
+        """Column name -> id type, for the identifier columns of this feed."""
+        return {name: c.id_type for name, c in self.columns.items() if c.id_type}
+
+    @property
+    def required_columns(self) -> list[str]:
+        return [name for name, c in self.columns.items() if c.required]
+
+
+def _ts(description: str = "") -> Column:
+    return Column("timestamp", required=True, not_future=True, description=description)
+
+
+FEEDS: dict[str, Feed] = {
+    feed.name: feed
+    for feed in [
+        Feed(
+            name="pos_sales",
+            description="Store point-of-sale receipts (one row per receipt, main item named).",
+            key="transaction_id",
+            time_column="purchased_at",
+            target_table="purchases",
+            columns={
+                "transaction_id": Column("str", required=True),
+                "store_id": Column("str", required=True),
+                "purchased_at": _ts("time of the sale"),
+                "loyalty_card": Column("str", id_type="loyalty_card"),
+                "phone": Column("str", id_type="phone"),
+                "email": Column("str", id_type="email", description="e-receipt address"),
+                "amount": Column("float", required=True, minimum=0.0, maximum=100_000.0),
+                "items": Column("int", required=True, minimum=1, maximum=1000),
+                "discount_amount": Column("float", minimum=0.0),
+                "product_id": Column("str"),
+                "unit_price": Column("float", minimum=0.0),
+                "is_return": Column("bool"),
+            },
+        ),
+        Feed(
+            name="web_orders",
+            description="Web shop and app orders.",
+            key="order_id",
+            time_column="ordered_at",
+            target_table="purchases",
+            columns={
+                "order_id": Column("str", required=True),
+                "ordered_at": _ts("time the order was placed"),
+                "channel": Column("str", required=True, allowed=("web", "app")),
+                "email": Column("str", id_type="email"),
+                "phone": Column("str", id_type="phone"),
+                "device_id": Column("str", id_type="device_id"),
+                "loyalty_card": Column("str", id_type="loyalty_card"),
+                "amount": Column("float", required=True, minimum=0.0, maximum=100_000.0),
+                "items": Column("int", required=True, minimum=1, maximum=1000),
+                "discount_amount": Column("float", minimum=0.0),
+                "promo_code": Column("str"),
+                "product_id": Column("str"),
+                "unit_price": Column("float", minimum=0.0),
+                "is_return": Column("bool"),
+            },
+        ),
+        Feed(
+            name="web_sessions",
+            description="Web and app clickstream: views, cart adds, abandoned carts, checkouts.",
+            key="event_id",
+            time_column="occurred_at",
+            target_table="web_events",
+            columns={
+                "event_id": Column("str", required=True),
+                "occurred_at": _ts(),
+                "channel": Column("str", required=True, allowed=("web", "app")),
+                "session_id": Column("str", required=True),
+                "device_id": Column("str", id_type="device_id"),
+                "email": Column("str", id_type="email", description="set when logged in"),
+                "event_type": Column(
+                    "str",
+                    required=True,
+                    allowed=("page_view", "product_view", "add_to_cart", "cart_abandoned",
+                             "checkout"),
+                ),
+                "product_id": Column("str"),
+                "price_seen": Column("float", minimum=0.0),
+            },
+        ),
+        Feed(
+            name="email_events",
+            description="Email service provider log: sends, opens, clicks, unsubscribes.",
+            key="event_id",
+            time_column="occurred_at",
+            target_table="messages",
+            columns={
+                "event_id": Column("str", required=True),
+                "occurred_at": _ts(),
+                "email": Column("str", required=True, id_type="email"),
+                "campaign_id": Column("str"),
+                "event_type": Column(
+                    "str", required=True, allowed=("sent", "open", "click", "unsubscribe",
+                                                   "bounce")
+                ),
+            },
+        ),
+        Feed(
+            name="sms_events",
+            description="SMS gateway log: sends, clicks, opt-outs.",
+            key="event_id",
+            time_column="occurred_at",
+            target_table="messages",
+            columns={
+                "event_id": Column("str", required=True),
+                "occurred_at": _ts(),
+                "phone": Column("str", required=True, id_type="phone"),
+                "campaign_id": Column("str"),
+                "event_type": Column("str", required=True, allowed=("sent", "click", "opt_out")),
+            },
+        ),
+        Feed(
+            name="contact_center",
+            description="Call-centre and chat contacts, one row per contact of a case.",
+            key="contact_id",
+            time_column="occurred_at",
+            target_table="contacts",
+            columns={
+                "contact_id": Column("str", required=True),
+                "occurred_at": _ts(),
+                "case_id": Column("str", required=True),
+                "phone": Column("str", id_type="phone"),
+                "email": Column("str", id_type="email"),
+                "loyalty_card": Column("str", id_type="loyalty_card"),
+                "contact_channel": Column("str", required=True, allowed=("phone", "chat",
+                                                                         "email")),
+                "reason": Column(
+                    "str", required=True,
+                    allowed=("delivery", "return", "price", "product", "billing", "other"),
+                ),
+                "resolved": Column("bool", required=True),
+                "handle_minutes": Column("float", minimum=0.0, maximum=600.0),
+            },
+        ),
+        Feed(
+            name="social",
+            description="Social media interactions with the brand (mentions, complaints, DMs).",
+            key="interaction_id",
+            time_column="occurred_at",
+            target_table="social",
+            columns={
+                "interaction_id": Column("str", required=True),
+                "occurred_at": _ts(),
+                "handle": Column("str", required=True, id_type="social_handle"),
+                "email": Column("str", id_type="email", description="when the handle is linked"),
+                "interaction_type": Column(
+                    "str", required=True, allowed=("mention", "complaint", "praise", "dm")
+                ),
+                "sentiment": Column("float", minimum=-1.0, maximum=1.0),
+            },
+        ),
+        Feed(
+            name="surveys",
+            description="NPS (0-10) and CES (1-7) survey responses.",
+            key="response_id",
+            time_column="occurred_at",
+            target_table="surveys",
+            columns={
+                "response_id": Column("str", required=True),
+                "occurred_at": _ts(),
+                "email": Column("str", id_type="email"),
+                "phone": Column("str", id_type="phone"),
+                "survey_type": Column("str", required=True, allowed=("nps", "ces")),
+                "score": Column("float", required=True, minimum=0.0, maximum=10.0),
+            },
+        ),
+        Feed(
+            name="consents",
+            description="Consent changes per channel (GDPR): the latest row per channel wins.",
+            key="consent_id",
+            time_column="recorded_at",
+            target_table="consents",
+            columns={
+                "consent_id": Column("str", required=True),
+                "recorded_at": _ts(),
+                "email": Column("str", id_type="email"),
+                "phone": Column("str", id_type="phone"),
+                "loyalty_card": Column("str", id_type="loyalty_card"),
+                "channel": Column("str", required=True,
+                                  allowed=("email", "sms", "app", "call_center")),
+                "granted": Column("bool", required=True),
+            },
+        ),
+        Feed(
+            name="loyalty_members",
+            description="Loyalty programme enrolments: the card and the contact details given.",
+            key="card_number",
+            time_column="enrolled_at",
+            target_table="loyalty",
+            columns={
+                "card_number": Column("str", required=True, id_type="loyalty_card"),
+                "enrolled_at": _ts(),
+                "email": Column("str", id_type="email"),
+                "phone": Column("str", id_type="phone"),
+                "region": Column("str"),
+                "birth_year": Column("int", minimum=1900, maximum=2015),
+            },
+        ),
+        Feed(
+            name="campaign_history",
+            description="Past sends of retention/growth actions, randomised or with a propensity.",
+            key="send_id",
+            time_column="sent_at",
+            target_table="campaigns",
+            columns={
+                "send_id": Column("str", required=True),
+                "sent_at": _ts(),
+                "campaign_id": Column("str", required=True),
+                "email": Column("str", id_type="email"),
+                "phone": Column("str", id_type="phone"),
+                "loyalty_card": Column("str", id_type="loyalty_card"),
+                "action": Column("str", required=True),
+                "channel": Column("str", required=True),
+                "randomised": Column("bool", required=True),
+                "propensity": Column("float", required=True, minimum=0.0, maximum=1.0),
+                "is_control": Column("bool", required=True),
+            },
+        ),
+    ]
+}
+
+
+# ---- unified tables (DuckDB, written by ingestion, read by features/ and training/) ----------
+# Every unified row carries the resolved ``customer_id`` (NULL for anonymous web events), the
+# event time as ``occurred_at`` (TIMESTAMP, UTC, naive in DuckDB) and its provenance
+# (``source_feed``, ``source_id``). Column lists are the contract; ingestion may add columns.
+UNIFIED_TABLES: dict[str, tuple[str, ...]] = {
+    "customers": ("customer_id", "first_seen_at", "n_source_ids"),
+    "identity_links": ("customer_id", "id_type", "id_value", "first_seen_at"),
+    "purchases": (
+        "customer_id", "occurred_at", "channel", "amount", "items", "discount_amount",
+        "is_return", "product_id", "unit_price", "promo_code", "source_feed", "source_id",
+    ),
+    "web_events": (
+        "customer_id", "occurred_at", "channel", "session_id", "event_type", "product_id",
+        "price_seen", "source_feed", "source_id",
+    ),
+    "messages": (
+        "customer_id", "occurred_at", "channel", "campaign_id", "event_type", "source_feed",
+        "source_id",
+    ),
+    "contacts": (
+        "customer_id", "occurred_at", "case_id", "contact_channel", "reason", "resolved",
+        "handle_minutes", "source_feed", "source_id",
+    ),
+    "social": ("customer_id", "occurred_at", "interaction_type", "sentiment", "source_feed",
+               "source_id"),
+    "surveys": ("customer_id", "occurred_at", "survey_type", "score", "source_feed", "source_id"),
+    "consents": ("customer_id", "occurred_at", "channel", "granted", "source_feed", "source_id"),
+    "loyalty": ("customer_id", "occurred_at", "region", "birth_year", "source_feed", "source_id"),
+    "campaigns": (
+        "customer_id", "occurred_at", "campaign_id", "action", "channel", "randomised",
+        "propensity", "is_control", "source_feed", "source_id",
+    ),
+    "quarantine": ("feed", "file", "line", "reason", "raw", "quarantined_at"),
+    "ingested_files": ("feed", "file", "sha256", "rows_read", "rows_accepted",
+                       "rows_quarantined", "rows_duplicate", "ingested_at"),
+}
+
+# Channel names used in unified tables (``purchases.channel`` is one of store/web/app,
+# ``messages.channel`` one of email/sms).
+PURCHASE_CHANNELS: tuple[str, ...] = ("store", "web", "app")
+
+
+# ---- the feature table (Feast offline source) ---------------------------------------------
+# ``<features_dir>/customer_features.parquet``: one row per customer per snapshot cutoff, with
+# ``customer_id`` (str), ``event_timestamp`` (the cutoff, tz-aware UTC; no event at or after it is
+# used), ``created_timestamp`` and numeric feature columns. Feast entity ``customer`` (join key
+# ``customer_id``), feature view ``customer_features``, feature service ``churn_v1`` (all
+# features; used for both training sets and online reads). The decision engine relies on these
+# names being present; the feature builder may add many more.
+FEATURE_VIEW = "customer_features"
+ENTITY = "customer"
+ENTITY_KEY = "customer_id"
+DECISION_FEATURES: tuple[str, ...] = (
+    "days_since_last_purchase",   # days from the last purchase to the cutoff (tenure if none)
+    "purchases_90d",              # purchase occasions in the last 90 days
+    "spend_365d",                 # net spend in the last 365 days (the value at stake)
+    "channel_breadth_90d",        # distinct channels used in the last 90 days
+    "open_cases",                 # cases whose last contact was unresolved (last 30 days)
+    "abandoned_carts_30d",        # cart_abandoned events in the last 30 days
+    "hours_since_last_abandoned_cart",  # large (99999) when none
+    "consent_email",              # 1.0 granted, 0.0 withdrawn or never given (latest wins)
+    "consent_sms",
+    "consent_app",
+    "consent_call_center",
+)

@@ -1,0 +1,206 @@
+"""One typed settings object for every stage.
+
+Values come, in increasing priority, from the defaults below, ``configs/omniretain.yaml`` and
+``configs/actions.yaml`` (or the folder named by ``OMNIRETAIN_CONFIG_DIR``), and environment
+variables ``OMNIRETAIN_<KEY>`` / ``OMNIRETAIN_<SECTION>__<KEY>``. Every generated file lives under
+``state_dir`` so that a project never writes to the user's home folder.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_config_dir() -> Path:
+    """The folder of YAML files: ``OMNIRETAIN_CONFIG_DIR`` or the project's ``configs/``."""
+    return Path(os.environ.get("OMNIRETAIN_CONFIG_DIR", PROJECT_ROOT / "configs"))
+
+
+class SimulationSettings(BaseModel):
+    customers: int = Field(3000, ge=10)
+    months: int = Field(15, ge=6, le=120)
+    seed: int = 7
+    start_date: date = date(2025, 1, 1)
+    dirty_row_share: float = Field(0.01, ge=0.0, le=0.5)
+
+
+class LabelSettings(BaseModel):
+    churn_window_days: int = Field(90, ge=7)
+    repurchase_window_days: int = Field(30, ge=7)
+    snapshot_every_days: int = Field(30, ge=1)
+    first_snapshot_after_days: int = Field(120, ge=0)
+    min_history_days: int = Field(0, ge=0)
+
+
+class FeatureSettings(BaseModel):
+    feature_service: str = "churn_v1"
+    lookback_days: list[int] = [30, 90, 365]
+    feast_ttl_days: int = Field(400, ge=1)
+
+
+class TrainingSettings(BaseModel):
+    holdout_snapshots: int = Field(1, ge=1)
+    lightgbm: dict[str, Any] = Field(default_factory=dict)
+    early_stopping_rounds: int = Field(30, ge=1)
+    calibration: Literal["isotonic", "sigmoid"] = "isotonic"
+    promotion_metric: str = "roc_auc"
+    promotion_margin: float = 0.0
+
+
+class ServingSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    expected_value_horizon_days: int = Field(365, ge=1)
+
+
+class MonitoringSettings(BaseModel):
+    drift_share_threshold: float = Field(0.3, gt=0.0, le=1.0)
+    sample_rows: int = Field(20000, ge=100)
+
+
+class Action(BaseModel):
+    """One entry of the action catalogue (``configs/actions.yaml``)."""
+
+    name: str
+    description: str = ""
+    cost: float = Field(0.0, ge=0.0)
+    channels: list[str]
+    base_uplift: float = Field(0.0, ge=-1.0, le=1.0)
+    goal: Literal["retention", "growth"] = "retention"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads ``omniretain.yaml`` and ``actions.yaml`` from the config folder."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        folder = default_config_dir()
+        merged: dict[str, Any] = {}
+        for name in ("omniretain.yaml", "actions.yaml"):
+            path = folder / name
+            if path.exists():
+                loaded = yaml.safe_load(path.read_text()) or {}
+                if not isinstance(loaded, dict):
+                    raise ValueError(f"{path}: expected a mapping at the top level")
+                merged.update(loaded)
+        return merged
+
+
+class Settings(BaseSettings):
+    """Everything a stage needs to know; one instance per process (see :func:`load_settings`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OMNIRETAIN_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    state_dir: Path = Path(".omniretain")
+    simulation: SimulationSettings = SimulationSettings()
+    labels: LabelSettings = LabelSettings()
+    features: FeatureSettings = FeatureSettings()
+    training: TrainingSettings = TrainingSettings()
+    serving: ServingSettings = ServingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    actions: list[Action] = Field(default_factory=list)
+    channels: list[str] = ["email", "sms", "app", "web", "store", "call_center", "social"]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, value: Path) -> Path:
+        # Relative state dirs are relative to the project root, not the caller's cwd, so that
+        # the CLI, the tests and the BentoML workers all agree on one place.
+        return value if value.is_absolute() else (PROJECT_ROOT / value).resolve()
+
+    @model_validator(mode="after")
+    def _catalogue_has_no_action(self) -> Settings:
+        if self.actions and not any(a.name == "no_action" for a in self.actions):
+            raise ValueError("actions: the catalogue must contain 'no_action'")
+        return self
+
+    # ---- derived paths: one place for every file a stage writes -------------------------
+    @cached_property
+    def raw_dir(self) -> Path:
+        """Raw per-channel feeds, one sub-folder per feed (immutable input)."""
+        return self.state_dir / "raw"
+
+    @cached_property
+    def truth_dir(self) -> Path:
+        """The simulator's ground truth; never read by the product, only by tests/benchmarks."""
+        return self.state_dir / "truth"
+
+    @cached_property
+    def warehouse_path(self) -> Path:
+        """DuckDB file with accepted rows, quarantine, identity graph and unified events."""
+        return self.state_dir / "warehouse.duckdb"
+
+    @cached_property
+    def features_dir(self) -> Path:
+        """Point-in-time feature snapshots: the Feast offline source (parquet)."""
+        return self.state_dir / "features"
+
+    @cached_property
+    def feast_dir(self) -> Path:
+        """Generated Feast repo config, registry and SQLite online store."""
+        return self.state_dir / "feast"
+
+    @cached_property
+    def mlflow_dir(self) -> Path:
+        return self.state_dir / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        return str(self.mlflow_dir / "artifacts")
+
+    @cached_property
+    def monitoring_dir(self) -> Path:
+        """Prediction logs and drift reports."""
+        return self.state_dir / "monitoring"
+
+    def action(self, name: str) -> Action:
+        for action in self.actions:
+            if action.name == name:
+                return action
+        raise KeyError(f"unknown action {name!r}; known: {[a.name for a in self.actions]}")
+
+    def ensure_dirs(self) -> None:
+        for path in (
+            self.state_dir,
+            self.raw_dir,
+            self.truth_dir,
+            self.features_dir,
+            self.feast_dir,
+            self.mlflow_dir,
+            self.monitoring_dir,
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings; keyword overrides win over environment and YAML (used by tests)."""
+    return Settings(**overrides)
