@@ -34,6 +34,10 @@ class SimulationSettings(BaseModel):
     dirty_row_share: float = Field(0.01, ge=0.0, le=0.5)
 
 
+class IdentitySettings(BaseModel):
+    default_phone_region: str = "GB"  # region for phone numbers written without a country code
+
+
 class LabelSettings(BaseModel):
     churn_window_days: int = Field(90, ge=7)
     repurchase_window_days: int = Field(30, ge=7)
@@ -107,6 +111,7 @@ class Settings(BaseSettings):
 
     state_dir: Path = Path(".omniretain")
     simulation: SimulationSettings = SimulationSettings()
+    identity: IdentitySettings = IdentitySettings()
     labels: LabelSettings = LabelSettings()
     features: FeatureSettings = FeatureSettings()
     training: TrainingSettings = TrainingSettings()
