@@ -1,0 +1,110 @@
+"""Plain-language wording for churn drivers (reason codes).
+
+The churn model's per-feature contributions (LightGBM ``pred_contrib``, log-odds) say *which*
+features pushed a customer's score up; a store manager or a CRM agent needs that as a sentence
+about the customer ("no purchase for 140 days"), not as a column name. Known features get a
+template; any other feature falls back to its name made readable, with its value, so a new
+feature from the feature builder is never silently dropped from the explanation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+
+Wording = Callable[[float], str]
+
+NO_ABANDONED_CART_HOURS = 99999.0  # the feature builder's value for "no abandoned cart"
+
+
+def _count(value: float) -> str:
+    """A count or amount without a pointless ``.0``."""
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def _plural(value: float, singular: str, plural: str | None = None) -> str:
+    return f"{_count(value)} {singular if value == 1 else (plural or singular + 's')}"
+
+
+def _money(value: float) -> str:
+    return f"{value:,.2f}"
+
+
+def _days_since_last_purchase(value: float) -> str:
+    return f"no purchase for {_plural(value, 'day')}"
+
+
+def _hours_since_cart(value: float) -> str:
+    if value >= NO_ABANDONED_CART_HOURS:
+        return "no abandoned cart on record"
+    if value < 48:
+        return f"abandoned a cart {_plural(value, 'hour')} ago"
+    return f"abandoned a cart {_plural(round(value / 24), 'day')} ago"
+
+
+def _consent(channel: str) -> Wording:
+    def wording(value: float) -> str:
+        return f"{'has' if value >= 1 else 'has not'} given consent to {channel}"
+
+    return wording
+
+
+FEATURE_WORDING: dict[str, Wording] = {
+    "days_since_last_purchase": _days_since_last_purchase,
+    "purchases_90d": lambda v: f"{_plural(v, 'purchase')} in the last 90 days",
+    "spend_365d": lambda v: f"spent {_money(v)} in the last 365 days",
+    "channel_breadth_90d": lambda v: f"used {_plural(v, 'channel')} in the last 90 days",
+    "open_cases": lambda v: f"{_plural(v, 'unresolved service case')}",
+    "abandoned_carts_30d": lambda v: f"{_plural(v, 'abandoned cart')} in the last 30 days",
+    "hours_since_last_abandoned_cart": _hours_since_cart,
+    "contacts_30d": lambda v: f"{_plural(v, 'contact')} with customer service in the last 30 days",
+    "contacts_90d": lambda v: f"{_plural(v, 'contact')} with customer service in the last 90 days",
+    "consent_email": _consent("email"),
+    "consent_sms": _consent("SMS"),
+    "consent_app": _consent("app notifications"),
+    "consent_call_center": _consent("calls"),
+}
+
+_WINDOW = re.compile(r"^(?P<stem>.+?)_(?P<days>\d+)d$")
+
+
+def readable_feature_name(feature_name: str) -> str:
+    """``returns_90d`` -> ``returns in the last 90 days``; other names lose their underscores."""
+    match = _WINDOW.match(feature_name)
+    if match:
+        return f"{match['stem'].replace('_', ' ')} in the last {match['days']} days"
+    return feature_name.replace("_", " ")
+
+
+def describe_feature(
+    feature_name: str, value: float | None, wording: Mapping[str, Wording] | None = None
+) -> str:
+    """One plain sentence fragment about a feature's value for this customer."""
+    templates = FEATURE_WORDING if wording is None else wording
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{readable_feature_name(feature_name)}: unknown"
+    template = templates.get(feature_name)
+    if template is not None:
+        return template(float(value))
+    return f"{readable_feature_name(feature_name)}: {_count(float(value))}"
+
+
+def top_churn_drivers(
+    contributions: Mapping[str, float],
+    features: Mapping[str, float],
+    limit: int = 3,
+    wording: Mapping[str, Wording] | None = None,
+) -> list[str]:
+    """The ``limit`` features that raised the churn score most, worded for a person.
+
+    Only positive contributions count: a feature that lowered the risk is no reason to act.
+    Ties are broken by feature name so the same customer always gets the same explanation.
+    """
+    positive = [
+        (name, contribution)
+        for name, contribution in contributions.items()
+        if contribution > 0 and math.isfinite(contribution)
+    ]
+    positive.sort(key=lambda item: (-item[1], item[0]))
+    return [describe_feature(name, features.get(name), wording) for name, _ in positive[:limit]]
