@@ -1,0 +1,383 @@
+"""The decision engine: eligibility, consent, expected value, ranking and reasons.
+
+Plain dicts and the real action catalogue (``configs/actions.yaml``); Hypothesis for the
+invariants that must hold for every customer, and one tiny LightGBM model for reasons built from
+real ``pred_contrib`` output.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.contract import DECISION_FEATURES
+from omniretain.settings import Action, load_settings
+from serving.decision import (
+    CONSENT_FEATURE_BY_CHANNEL,
+    Decision,
+    DecisionContext,
+    action_eligible,
+    channel_allowed,
+    decide,
+    expected_value,
+    risk_band,
+)
+from serving.reasons import describe_feature, readable_feature_name, top_churn_drivers
+
+CATALOGUE: list[Action] = load_settings().actions
+BY_NAME = {action.name: action for action in CATALOGUE}
+
+
+def customer(**overrides: float) -> dict[str, float]:
+    """An at-risk, valuable customer who consented to everything and has no special reason."""
+    features = {
+        "days_since_last_purchase": 140.0,
+        "purchases_90d": 0.0,
+        "spend_365d": 800.0,
+        "channel_breadth_90d": 1.0,
+        "open_cases": 0.0,
+        "abandoned_carts_30d": 0.0,
+        "hours_since_last_abandoned_cart": 99999.0,
+        "consent_email": 1.0,
+        "consent_sms": 1.0,
+        "consent_app": 1.0,
+        "consent_call_center": 1.0,
+    }
+    features.update(overrides)
+    return features
+
+
+def no_consent() -> dict[str, float]:
+    return {feature: 0.0 for feature in CONSENT_FEATURE_BY_CHANNEL.values()}
+
+
+def test_the_catalogue_and_the_contract_have_what_the_engine_relies_on() -> None:
+    assert {"no_action", "service_callback", "cart_reminder"} <= set(BY_NAME)
+    assert set(CONSENT_FEATURE_BY_CHANNEL.values()) <= set(DECISION_FEATURES)
+    for name in ("open_cases", "hours_since_last_abandoned_cart", "spend_365d"):
+        assert name in DECISION_FEATURES
+
+
+# ---- risk bands -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("probability", "band"),
+    [(0.0, "low"), (0.29, "low"), (0.3, "medium"), (0.59, "medium"), (0.6, "high"), (1.0, "high")],
+)
+def test_risk_band_edges(probability: float, band: str) -> None:
+    assert risk_band(probability) == band
+
+
+@given(st.floats(0, 1), st.floats(0, 1))
+def test_risk_band_is_monotonic(a: float, b: float) -> None:
+    order = {"low": 0, "medium": 1, "high": 2}
+    low, high = sorted((a, b))
+    assert order[risk_band(low)] <= order[risk_band(high)]
+
+
+# ---- eligibility and consent ---------------------------------------------------------------
+def test_service_callback_needs_an_open_case() -> None:
+    callback = BY_NAME["service_callback"]
+    assert not action_eligible(callback, customer(open_cases=0), 0.8)
+    assert action_eligible(callback, customer(open_cases=2), 0.8)
+    assert not action_eligible(callback, customer(open_cases=float("nan")), 0.8)
+
+
+def test_cart_reminder_needs_a_cart_abandoned_within_72_hours() -> None:
+    reminder = BY_NAME["cart_reminder"]
+    assert action_eligible(reminder, customer(hours_since_last_abandoned_cart=72), 0.1)
+    assert action_eligible(reminder, customer(hours_since_last_abandoned_cart=3), 0.1)
+    assert not action_eligible(reminder, customer(hours_since_last_abandoned_cart=72.5), 0.1)
+    assert not action_eligible(reminder, customer(hours_since_last_abandoned_cart=99999), 0.1)
+    missing = customer()
+    del missing["hours_since_last_abandoned_cart"]
+    assert not action_eligible(reminder, missing, 0.1)
+
+
+def test_retention_actions_need_a_customer_at_risk() -> None:
+    discount = BY_NAME["retention_discount"]
+    assert not action_eligible(discount, customer(), 0.1)
+    assert action_eligible(discount, customer(), 0.3)
+    assert not action_eligible(discount, customer(), 0.5, DecisionContext(at_risk_threshold=0.7))
+
+
+def test_no_action_is_never_a_candidate() -> None:
+    assert not action_eligible(BY_NAME["no_action"], customer(), 0.9)
+
+
+@pytest.mark.parametrize("channel", sorted(CONSENT_FEATURE_BY_CHANNEL))
+def test_consented_channels_need_their_consent_flag_at_one(channel: str) -> None:
+    feature = CONSENT_FEATURE_BY_CHANNEL[channel]
+    assert channel_allowed(channel, {feature: 1.0})
+    assert not channel_allowed(channel, {feature: 0.0})
+    assert not channel_allowed(channel, {feature: 0.5})
+    assert not channel_allowed(channel, {feature: float("nan")})
+    assert not channel_allowed(channel, {})
+
+
+def test_store_and_web_need_no_consent_and_unknown_channels_are_refused() -> None:
+    assert channel_allowed("store", no_consent())
+    assert channel_allowed("web", no_consent())
+    assert not channel_allowed("social", customer())
+    assert not channel_allowed("carrier_pigeon", customer())
+
+
+# ---- expected value and choice -------------------------------------------------------------
+def test_expected_value_formulas() -> None:
+    discount, reminder = BY_NAME["retention_discount"], BY_NAME["cart_reminder"]
+    assert expected_value(discount, 0.06, 0.5, 0.9, 800) == pytest.approx(0.5 * 0.06 * 800 - 6)
+    assert expected_value(reminder, 0.02, 0.5, 0.9, 800) == pytest.approx(0.1 * 0.02 * 800 - 0.2)
+
+
+def test_the_best_expected_value_wins_with_the_numbers_of_the_formula() -> None:
+    decision = decide("c1", customer(open_cases=1), 0.7, 0.2, {}, CATALOGUE)
+    # service_callback: 0.7 x 0.09 x 800 - 8 = 42.4 beats the discount: 0.7 x 0.06 x 800 - 6.
+    assert (decision.action, decision.channel) == ("service_callback", "call_center")
+    assert decision.expected_value == pytest.approx(42.4)
+    assert decision.alternatives[0].action == "retention_discount"
+    assert decision.alternatives[0].expected_value == pytest.approx(27.6)
+
+
+def test_no_open_case_means_the_next_best_retention_action() -> None:
+    decision = decide("c1", customer(), 0.7, 0.2, {}, CATALOGUE)
+    assert decision.action == "retention_discount"
+    assert decision.channel == "email"  # first consented channel in catalogue order
+
+
+def test_channel_follows_consent() -> None:
+    features = customer(consent_email=0.0, consent_sms=0.0)
+    decision = decide("c1", features, 0.7, 0.2, {}, CATALOGUE)
+    assert (decision.action, decision.channel) == ("retention_discount", "app")
+
+
+def test_without_any_consent_only_the_store_is_left() -> None:
+    decision = decide("c1", customer(**no_consent()), 0.7, 0.2, {}, CATALOGUE)
+    assert (decision.action, decision.channel) == ("loyalty_points", "store")
+
+
+def test_a_low_risk_customer_without_a_growth_reason_gets_no_action() -> None:
+    decision = decide("c1", customer(spend_365d=50_000.0), 0.1, 0.2, {}, CATALOGUE)
+    assert (decision.action, decision.channel, decision.expected_value) == ("no_action", "none", 0)
+    assert decision.alternatives == []
+    assert "low" in decision.reasons[-1]
+
+
+def test_a_low_risk_customer_with_a_fresh_abandoned_cart_gets_a_reminder() -> None:
+    features = customer(hours_since_last_abandoned_cart=5.0, abandoned_carts_30d=1.0)
+    decision = decide("c1", features, 0.1, 0.3, {}, CATALOGUE)
+    assert (decision.action, decision.channel) == ("cart_reminder", "email")
+    assert decision.expected_value == pytest.approx(0.7 * 0.02 * 800 - 0.2)
+
+
+def test_no_action_when_nothing_pays_for_itself() -> None:
+    decision = decide("c1", customer(spend_365d=10.0), 0.9, 0.2, {}, CATALOGUE)
+    assert (decision.action, decision.expected_value) == ("no_action", 0.0)
+    assert decision.alternatives, "the runner-ups still show what was weighed"
+    assert all(alt.expected_value <= 0 for alt in decision.alternatives)
+    assert "cost more" in decision.reasons[-1]
+
+
+def test_negative_or_missing_spend_puts_nothing_at_stake() -> None:
+    for features in (customer(spend_365d=-300.0), customer(spend_365d=float("nan"))):
+        assert decide("c1", features, 0.95, 0.1, {}, CATALOGUE).action == "no_action"
+
+
+def test_an_uplift_model_plugs_in_through_the_context() -> None:
+    def sms_works_best(action: Action, channel: str, features: dict[str, float]) -> float:
+        return 0.5 if channel == "sms" else action.base_uplift
+
+    context = DecisionContext(uplift=sms_works_best)
+    decision = decide("c1", customer(), 0.7, 0.2, {}, CATALOGUE, context)
+    assert (decision.action, decision.channel) == ("retention_discount", "sms")
+    assert decision.expected_value == pytest.approx(0.7 * 0.5 * 800 - 6)
+
+
+def test_alternatives_hold_one_entry_per_action_at_most_three_sorted() -> None:
+    decision = decide("c1", customer(open_cases=1), 0.9, 0.2, {}, CATALOGUE)
+    names = [alt.action for alt in decision.alternatives]
+    assert len(names) == 3 == len(set(names))
+    assert decision.action not in names and "no_action" not in names
+    values = [alt.expected_value for alt in decision.alternatives]
+    assert values == sorted(values, reverse=True)
+    assert all(v <= decision.expected_value for v in values)
+
+
+def test_decision_serialises_to_the_documented_json() -> None:
+    decision = decide("c1", customer(), 0.7, 0.2, {"days_since_last_purchase": 0.8}, CATALOGUE)
+    payload = decision.model_dump()
+    assert set(payload) == {"action", "channel", "expected_value", "reasons", "alternatives"}
+    assert set(payload["alternatives"][0]) == {"action", "channel", "expected_value"}
+    assert Decision.model_validate_json(decision.model_dump_json()) == decision
+
+
+# ---- reasons -------------------------------------------------------------------------------
+def test_reasons_name_the_top_three_positive_drivers_in_plain_words() -> None:
+    contributions = {
+        "days_since_last_purchase": 1.2,
+        "open_cases": 0.9,
+        "contacts_30d": 0.5,
+        "purchases_90d": 0.4,  # fourth: left out
+        "spend_365d": -2.0,  # lowers the risk: no reason to act
+    }
+    features = customer(open_cases=2, contacts_30d=3)
+    decision = decide("c1", features, 0.8, 0.2, contributions, CATALOGUE)
+    text = " ".join(decision.reasons)
+    assert "no purchase for 140 days" in decision.reasons[0]
+    assert "2 unresolved service cases" in decision.reasons[1]
+    assert "3 contacts with customer service in the last 30 days" in decision.reasons[2]
+    assert "purchases" not in text.split("highest expected value")[0]
+    assert "spent 800" not in text
+    assert len(decision.reasons) == 4
+    assert (
+        "service_callback (A call-back from the service team about an open case) by call_center"
+        in decision.reasons[-1]
+    )
+
+
+def test_unknown_features_fall_back_to_a_readable_name() -> None:
+    assert readable_feature_name("returns_90d") == "returns in the last 90 days"
+    assert readable_feature_name("nps_latest") == "nps latest"
+    assert describe_feature("returns_90d", 2.0) == "returns in the last 90 days: 2"
+    assert describe_feature("avg_basket", 12.5) == "avg basket: 12.5"
+    assert describe_feature("avg_basket", float("nan")) == "avg basket: unknown"
+    assert describe_feature("hours_since_last_abandoned_cart", 99999) == (
+        "no abandoned cart on record"
+    )
+    assert describe_feature("hours_since_last_abandoned_cart", 96) == "abandoned a cart 4 days ago"
+    assert describe_feature("purchases_90d", 1) == "1 purchase in the last 90 days"
+
+
+def test_driver_ties_are_broken_by_name_and_non_finite_values_ignored() -> None:
+    drivers = top_churn_drivers({"b_x": 1.0, "a_x": 1.0, "c_x": float("nan")}, {}, limit=3)
+    assert drivers == ["a x: unknown", "b x: unknown"]
+
+
+def test_reasons_exist_even_without_positive_drivers() -> None:
+    decision = decide("c1", customer(), 0.1, 0.9, {"spend_365d": -1.0}, CATALOGUE)
+    assert len(decision.reasons) == 2
+    assert all(reason.strip() for reason in decision.reasons)
+
+
+def test_reasons_from_a_real_lightgbm_model() -> None:
+    """pred_contrib of a tiny model trained here: the driver named is the one that matters."""
+    import lightgbm
+
+    rng = np.random.default_rng(0)
+    names = ["days_since_last_purchase", "purchases_90d", "noise_feature"]
+    X = np.column_stack([rng.uniform(0, 300, 600), rng.integers(0, 10, 600), rng.normal(0, 1, 600)])
+    y = (X[:, 0] + rng.normal(0, 20, 600) > 150).astype(int)
+    model = lightgbm.LGBMClassifier(n_estimators=30, num_leaves=7, verbose=-1, n_jobs=1)
+    model.fit(X, y)
+
+    row = np.array([[280.0, 3.0, 0.0]])
+    contrib = model.booster_.predict(row, pred_contrib=True, num_threads=1)[0]
+    contributions = dict(zip(names, contrib[:-1].tolist(), strict=True))
+    probability = float(model.predict_proba(row)[0, 1])
+    features = customer(days_since_last_purchase=280.0, purchases_90d=3.0, noise_feature=0.0)
+
+    decision = decide("c1", features, probability, 0.2, contributions, CATALOGUE)
+    assert probability > 0.6
+    assert decision.reasons[0] == "Churn risk is raised by: no purchase for 280 days."
+    assert decision.action != "no_action"
+
+
+# ---- invariants over arbitrary customers ---------------------------------------------------
+binary = st.sampled_from([0.0, 1.0, float("nan")])
+probability = st.floats(0.0, 1.0)
+
+
+@st.composite
+def customers(draw: st.DrawFn) -> dict[str, float]:
+    return {
+        "days_since_last_purchase": draw(st.floats(0, 1000)),
+        "purchases_90d": draw(st.integers(0, 50).map(float)),
+        "spend_365d": draw(st.one_of(st.floats(-500, 100_000), st.just(float("nan")))),
+        "channel_breadth_90d": draw(st.integers(0, 5).map(float)),
+        "open_cases": draw(st.sampled_from([0.0, 1.0, 3.0, float("nan")])),
+        "abandoned_carts_30d": draw(st.integers(0, 5).map(float)),
+        "hours_since_last_abandoned_cart": draw(
+            st.one_of(st.floats(0, 500), st.just(99999.0), st.just(float("nan")))
+        ),
+        "consent_email": draw(binary),
+        "consent_sms": draw(binary),
+        "consent_app": draw(binary),
+        "consent_call_center": draw(binary),
+    }
+
+
+contributions_strategy = st.dictionaries(
+    st.sampled_from([*DECISION_FEATURES, "contacts_30d", "returns_90d"]),
+    st.floats(-3, 3),
+    max_size=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(customers(), probability, probability, contributions_strategy)
+def test_invariants_hold_for_every_customer(
+    features: dict[str, float], churn: float, repurchase: float, contributions: dict[str, float]
+) -> None:
+    decision = decide("c", features, churn, repurchase, contributions, CATALOGUE)
+    chosen = BY_NAME[decision.action]
+
+    # The channel belongs to the action, and consent is never violated.
+    assert decision.channel in chosen.channels
+    if decision.action != "no_action":
+        assert channel_allowed(decision.channel, features)
+        assert action_eligible(chosen, features, churn)
+        assert decision.expected_value >= 0
+    else:
+        assert (decision.channel, decision.expected_value) == ("none", 0.0)
+    for alternative in decision.alternatives:
+        assert channel_allowed(alternative.channel, features)
+        assert action_eligible(BY_NAME[alternative.action], features, churn)
+
+    # Ineligible actions are never chosen.
+    if math.isnan(features["open_cases"]) or features["open_cases"] <= 0:
+        assert decision.action != "service_callback"
+    hours = features["hours_since_last_abandoned_cart"]
+    if math.isnan(hours) or hours > 72:
+        assert decision.action != "cart_reminder"
+
+    # The best expected value wins; the runner-ups are sorted and never better.
+    values = [alt.expected_value for alt in decision.alternatives]
+    assert values == sorted(values, reverse=True)
+    assert len(values) <= 3
+    assert all(value <= decision.expected_value for value in values) or (
+        decision.action == "no_action" and all(value <= 0 for value in values)
+    )
+
+    # Reasons: present, plain words (no raw snake_case feature names).
+    assert decision.reasons and all(reason.strip() for reason in decision.reasons)
+    drivers = decision.reasons[:-1]
+    assert not any(re.search(r"\b[a-z]+_[a-z0-9_]+\b", reason) for reason in drivers)
+
+
+@settings(max_examples=200, deadline=None)
+@given(customers(), probability, probability)
+def test_no_action_exactly_when_no_candidate_pays(
+    features: dict[str, float], churn: float, repurchase: float
+) -> None:
+    """Brute force over the catalogue: the engine's choice is the best positive EV, or none."""
+    spend = features["spend_365d"]
+    value = 0.0 if math.isnan(spend) else max(spend, 0.0)
+    best = max(
+        (
+            expected_value(action, action.base_uplift, churn, repurchase, value)
+            for action in CATALOGUE
+            if action_eligible(action, features, churn)
+            for channel in action.channels
+            if channel_allowed(channel, features)
+        ),
+        default=-math.inf,
+    )
+    decision = decide("c", features, churn, repurchase, {}, CATALOGUE)
+    if best <= 0:
+        assert decision.action == "no_action"
+    else:
+        assert decision.action != "no_action"
+        assert decision.expected_value == pytest.approx(round(best, 2), abs=0.006)
