@@ -13,6 +13,8 @@ import math
 import re
 from collections.abc import Callable, Mapping
 
+from features.contract import PURCHASE_CHANNELS
+
 Wording = Callable[[float], str]
 
 NO_ABANDONED_CART_HOURS = 99999.0  # the feature builder's value for "no abandoned cart"
@@ -50,30 +52,61 @@ def _consent(channel: str) -> Wording:
     return wording
 
 
+def _share(value: float) -> str:
+    return f"{value:.0%}"
+
+
 FEATURE_WORDING: dict[str, Wording] = {
     "days_since_last_purchase": _days_since_last_purchase,
+    "days_since_last_session": lambda v: f"no web or app visit for {_plural(v, 'day')}",
+    "tenure_days": lambda v: f"a customer for {_plural(v, 'day')}",
     "purchases_90d": lambda v: f"{_plural(v, 'purchase')} in the last 90 days",
+    "purchase_trend_90d": lambda v: (
+        f"{_plural(abs(v), 'purchase')} {'more' if v >= 0 else 'fewer'} than in the 90 days before"
+    ),
     "spend_365d": lambda v: f"spent {_money(v)} in the last 365 days",
     "channel_breadth_90d": lambda v: f"used {_plural(v, 'channel')} in the last 90 days",
     "open_cases": lambda v: f"{_plural(v, 'unresolved service case')}",
+    "unresolved_contacts_90d": lambda v: (
+        f"{_plural(v, 'unresolved contact')} with customer service in the last 90 days"
+    ),
+    "repeat_contacts_7d": lambda v: f"had to contact customer service again {_plural(v, 'time')}",
     "abandoned_carts_30d": lambda v: f"{_plural(v, 'abandoned cart')} in the last 30 days",
+    "ignored_abandoned_carts_90d": lambda v: (
+        f"{_plural(v, 'abandoned cart')} not bought afterwards in the last 90 days"
+    ),
     "hours_since_last_abandoned_cart": _hours_since_cart,
     "contacts_30d": lambda v: f"{_plural(v, 'contact')} with customer service in the last 30 days",
     "contacts_90d": lambda v: f"{_plural(v, 'contact')} with customer service in the last 90 days",
+    "returns_365d": lambda v: f"{_plural(v, 'return')} in the last 365 days",
+    "return_rate_365d": lambda v: f"returned {_share(v)} of orders in the last 365 days",
+    "last_nps": lambda v: f"last NPS answer {_count(v)} out of 10",
+    "last_ces": lambda v: f"last customer effort score {_count(v)} out of 7",
+    "social_complaints_90d": lambda v: f"{_plural(v, 'complaint')} on social media in 90 days",
+    "email_open_rate_90d": lambda v: f"opened {_share(v)} of emails in the last 90 days",
+    "unsubscribed": lambda v: "unsubscribed from email or SMS" if v >= 1 else "still subscribed",
     "consent_email": _consent("email"),
     "consent_sms": _consent("SMS"),
     "consent_app": _consent("app notifications"),
     "consent_call_center": _consent("calls"),
 }
 
-_WINDOW = re.compile(r"^(?P<stem>.+?)_(?P<days>\d+)d$")
+for _channel in PURCHASE_CHANNELS:
+    FEATURE_WORDING[f"days_since_last_purchase_{_channel}"] = lambda v, channel=_channel: (
+        f"no {channel} purchase for {_plural(v, 'day')}"
+    )
+FEATURE_WORDING["historic_clv"] = lambda v: f"spent {_money(v)} in total so far"
+FEATURE_WORDING["nps_change"] = lambda v: f"NPS answer changed by {v:+.0f} points"
+
+_WINDOW = re.compile(r"^(?P<stem>.+?)_(?P<days>\d+)d(?:_(?P<suffix>[a-z_]+))?$")
 
 
 def readable_feature_name(feature_name: str) -> str:
-    """``returns_90d`` -> ``returns in the last 90 days``; other names lose their underscores."""
+    """``spend_90d_web`` -> ``spend in the last 90 days (web)``; other names lose underscores."""
     match = _WINDOW.match(feature_name)
     if match:
-        return f"{match['stem'].replace('_', ' ')} in the last {match['days']} days"
+        words = f"{match['stem'].replace('_', ' ')} in the last {match['days']} days"
+        return f"{words} ({match['suffix'].replace('_', ' ')})" if match["suffix"] else words
     return feature_name.replace("_", " ")
 
 
