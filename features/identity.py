@@ -1,0 +1,454 @@
+"""Identity resolution: link the records of every feed into customers.
+
+Each source system knows a person by its own identifiers (an email address, a phone number, a
+loyalty card, a device id, a social handle). Records that share any *normalised* identifier belong
+to the same customer, transitively: the customers are the connected components of the graph whose
+nodes are identifiers and whose edges join the identifiers seen together on one record.
+
+Why the graph is built on identifiers rather than records: there are far fewer distinct
+identifiers than records (a person has a handful of identifiers and hundreds of events), so the
+union-find runs on a small graph in Python while DuckDB does the record-level joins.
+
+Customer ids are stable across runs: a component holding identifiers that an existing customer
+already owns keeps that customer's id; when a new record bridges two existing customers the older
+one (earliest ``first_seen_at``) is kept and the merge is recorded in ``customer_merges``. New
+components get ``C`` + a zero-padded counter, numbered in order of first appearance (then of their
+smallest identifier), so that the same inputs always give the same ids.
+
+The pure functions (normalisers, :func:`connected_components`, :func:`assign_customer_ids`) hold
+the logic; :func:`resolve_identities` and :func:`evaluate_identity` are the DuckDB edges.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import phonenumbers
+
+from features.contract import FEEDS, ID_TYPES
+
+if TYPE_CHECKING:  # pragma: no cover
+    import duckdb
+
+    from omniretain.settings import Settings
+
+CUSTOMER_ID_PREFIX = "C"
+CUSTOMER_ID_DIGITS = 9
+
+# A deliberately permissive address check: one "@", no spaces, a dot in the domain. Mail servers
+# accept far stranger addresses, but for linking we only need to reject obvious junk
+# ("n/a", "none", "foo@") that would otherwise glue unrelated people together.
+_EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+_WHITESPACE = re.compile(r"\s+")
+_CARD_SEPARATORS = re.compile(r"[-./]")  # printed card numbers group digits: LC-0012-34
+
+
+# ---- normalisers (pure) ---------------------------------------------------------------------
+def normalise_email(raw: str | None) -> str | None:
+    """Trim and lower-case an address; ``None`` when it is empty or not shaped like one.
+
+    Lower-casing the local part is technically lossy but matches what every mailbox provider does
+    in practice, and source systems disagree on case far more often than two people share one.
+    """
+    if raw is None:
+        return None
+    value = str(raw).strip().lower()
+    if not value or not _EMAIL_PATTERN.match(value):
+        return None
+    return value
+
+
+def normalise_phone(raw: str | None, default_region: str = "GB") -> str | None:
+    """E.164 form of a phone number (``+447911123456``); ``None`` when it is not a valid number.
+
+    Numbers without a country code are read as ``default_region``. Only numbers that
+    ``phonenumbers`` deems valid are kept: a placeholder like ``0000000000`` shared by many
+    records would otherwise merge unrelated people.
+    """
+    if raw is None:
+        return None
+    text = str(raw).strip()
+    if not text:
+        return None
+    try:
+        parsed = phonenumbers.parse(text, default_region.upper())
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_id(raw: str | None, id_type: str = "loyalty_card") -> str | None:
+    """Trim, drop inner whitespace and lower-case a card number, device id or social handle.
+
+    Social handles also lose a leading ``@`` (``@Jane_Doe`` and ``jane_doe`` are one account);
+    loyalty cards lose the separators printed between digit groups (``LC-001`` is ``lc001``).
+    """
+    if raw is None:
+        return None
+    value = _WHITESPACE.sub("", str(raw)).lower()
+    if id_type == "social_handle":
+        value = value.lstrip("@")
+    elif id_type == "loyalty_card":
+        value = _CARD_SEPARATORS.sub("", value)
+    return value or None
+
+
+def normaliser_for(id_type: str, default_region: str) -> Callable[[str | None], str | None]:
+    """The normaliser of one identifier type (raises ``KeyError`` for an unknown type)."""
+    if id_type == "email":
+        return normalise_email
+    if id_type == "phone":
+        return lambda raw: normalise_phone(raw, default_region)
+    if id_type in ("loyalty_card", "device_id", "social_handle"):
+        return lambda raw: normalise_id(raw, id_type)
+    raise KeyError(f"unknown identifier type {id_type!r}; known: {ID_TYPES}")
+
+
+def normalise_identifier(id_type: str, raw: str | None, default_region: str = "GB") -> str | None:
+    """Normalise one identifier of the given type."""
+    return normaliser_for(id_type, default_region)(raw)
+
+
+# ---- graph (pure) ---------------------------------------------------------------------------
+def connected_components(n_nodes: int, left: Sequence[int], right: Sequence[int]) -> np.ndarray:
+    """Component label of each node 0..n_nodes-1 given undirected edges ``left[i] - right[i]``.
+
+    Union-find with path halving; the label of a component is its smallest node, so labels do
+    not depend on edge order.
+    """
+    parent = list(range(n_nodes))
+
+    def find(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for a, b in zip(
+        np.asarray(left, dtype=np.int64).tolist(),
+        np.asarray(right, dtype=np.int64).tolist(),
+        strict=True,
+    ):
+        root_a, root_b = find(a), find(b)
+        if root_a != root_b:
+            # Attach the larger root under the smaller: the root is then the component minimum.
+            if root_a < root_b:
+                parent[root_b] = root_a
+            else:
+                parent[root_a] = root_b
+    return np.fromiter((find(node) for node in range(n_nodes)), dtype=np.int64, count=n_nodes)
+
+
+def format_customer_id(number: int) -> str:
+    """``C000000042`` for 42."""
+    return f"{CUSTOMER_ID_PREFIX}{number:0{CUSTOMER_ID_DIGITS}d}"
+
+
+def customer_number(customer_id: str) -> int:
+    """Inverse of :func:`format_customer_id` (0 for ids of another shape)."""
+    digits = customer_id[len(CUSTOMER_ID_PREFIX) :]
+    return int(digits) if customer_id.startswith(CUSTOMER_ID_PREFIX) and digits.isdigit() else 0
+
+
+def assign_customer_ids(
+    nodes: pd.DataFrame, previous_customers: pd.DataFrame, next_number: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Give every component a customer id, reusing the ids of the previous run.
+
+    Args:
+        nodes: one row per identifier: ``component`` (int label), ``first_seen_at`` and
+            ``previous_customer_id`` (the customer that owned the identifier before, or null).
+        previous_customers: ``customer_id``, ``first_seen_at`` of the previous run's customers.
+        next_number: the first unused customer number.
+
+    Returns:
+        ``(component -> customer_id, merges)``; merges has ``merged_customer_id`` and
+        ``into_customer_id``, one row per previous customer absorbed by an older one.
+    """
+    components = (
+        nodes.groupby("component", sort=True)["first_seen_at"]
+        .min()
+        .rename("first_seen_at")
+        .reset_index()
+    )
+    owned = nodes.loc[nodes["previous_customer_id"].notna(), ["component", "previous_customer_id"]]
+    owned = owned.drop_duplicates().rename(columns={"previous_customer_id": "customer_id"})
+    ages = previous_customers[["customer_id", "first_seen_at"]].rename(
+        columns={"first_seen_at": "customer_since"}
+    )
+    owned = owned.merge(ages, on="customer_id", how="left")
+    # Oldest customer first (unknown age last), ties broken by the id itself: deterministic.
+    owned["_unknown_age"] = owned["customer_since"].isna()
+    owned = owned.sort_values(["component", "_unknown_age", "customer_since", "customer_id"])
+    owned["_rank"] = owned.groupby("component").cumcount()
+    keepers = owned[owned["_rank"] == 0].sort_values("component")
+    # A previous customer can only be kept by one component (components never split when records
+    # are only added, but a changed normaliser could split one): the smallest label wins.
+    keepers = keepers.drop_duplicates("customer_id", keep="first")[["component", "customer_id"]]
+    absorbed = owned[owned["_rank"] > 0][["component", "customer_id"]]
+    merges = absorbed.merge(
+        keepers.rename(columns={"customer_id": "into_customer_id"}), on="component", how="inner"
+    )
+    merges = merges.rename(columns={"customer_id": "merged_customer_id"})[
+        ["merged_customer_id", "into_customer_id"]
+    ].reset_index(drop=True)
+
+    new = components[~components["component"].isin(keepers["component"])]
+    new = new.sort_values(["first_seen_at", "component"], na_position="last")
+    new_ids = [format_customer_id(next_number + offset) for offset in range(len(new))]
+    new = pd.DataFrame({"component": new["component"].to_numpy(), "customer_id": new_ids})
+    assigned = pd.concat([keepers, new], ignore_index=True).sort_values("component")
+    return assigned.reset_index(drop=True), merges
+
+
+# ---- DuckDB edge ----------------------------------------------------------------------------
+def _record_identifier_sql() -> str:
+    """One row per (record, raw identifier) over every staging table."""
+    parts = []
+    for feed in FEEDS.values():
+        for column, id_type in feed.id_columns.items():
+            parts.append(
+                f"SELECT '{feed.name}' AS source_feed, \"{feed.key}\" AS source_id, "
+                f"\"{feed.time_column}\" AS occurred_at, '{id_type}' AS id_type, "
+                f'"{column}" AS raw_value FROM raw_{feed.name} WHERE "{column}" IS NOT NULL'
+            )
+    return "\nUNION ALL\n".join(parts)
+
+
+def _all_records_sql() -> str:
+    """Every accepted record's key, whatever its identifiers."""
+    return "\nUNION ALL\n".join(
+        f"SELECT '{feed.name}' AS source_feed, \"{feed.key}\" AS source_id FROM raw_{feed.name}"
+        for feed in FEEDS.values()
+    )
+
+
+IDENTITY_DDL = """
+CREATE TABLE IF NOT EXISTS identifier_normalisation (
+    id_type VARCHAR, raw_value VARCHAR, id_value VARCHAR);
+CREATE TABLE IF NOT EXISTS identity_links (
+    customer_id VARCHAR, id_type VARCHAR, id_value VARCHAR, first_seen_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS customers (
+    customer_id VARCHAR, first_seen_at TIMESTAMP, n_source_ids BIGINT, n_records BIGINT);
+CREATE TABLE IF NOT EXISTS customer_merges (
+    merged_customer_id VARCHAR, into_customer_id VARCHAR, merged_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS record_customers (
+    source_feed VARCHAR, source_id VARCHAR, customer_id VARCHAR);
+"""
+
+
+def _normalise_new_raw_values(con: duckdb.DuckDBPyConnection, default_region: str) -> int:
+    """Normalise the raw identifier strings never seen before; cached in a table.
+
+    Only distinct, new strings go through Python (``phonenumbers`` costs tens of microseconds a
+    call), which keeps a re-run over millions of records cheap.
+    """
+    new_values = con.execute(
+        "SELECT DISTINCT id_type, raw_value FROM _record_raw_ids "
+        "EXCEPT SELECT id_type, raw_value FROM identifier_normalisation"
+    ).df()
+    if new_values.empty:
+        return 0
+    new_values["id_value"] = None
+    for id_type, group in new_values.groupby("id_type", sort=False):
+        normalise = normaliser_for(str(id_type), default_region)
+        new_values.loc[group.index, "id_value"] = pd.Series(
+            [normalise(raw) for raw in group["raw_value"]], index=group.index, dtype=object
+        )
+    con.register("_new_normalised", new_values[["id_type", "raw_value", "id_value"]])
+    con.execute("INSERT INTO identifier_normalisation SELECT * FROM _new_normalised")
+    con.unregister("_new_normalised")
+    return len(new_values)
+
+
+def resolve_identities(
+    con: duckdb.DuckDBPyConnection, default_region: str, now: datetime
+) -> dict[str, int]:
+    """Rebuild ``identity_links``, ``customers`` and ``record_customers`` from the staging tables.
+
+    Runs inside the caller's transaction. Returns counts for the ingest report.
+    """
+    con.execute(IDENTITY_DDL)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _record_raw_ids AS {_record_identifier_sql()}")
+    _normalise_new_raw_values(con, default_region)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _record_ids AS
+        SELECT r.source_feed, r.source_id, r.occurred_at, r.id_type, n.id_value
+        FROM _record_raw_ids r JOIN identifier_normalisation n USING (id_type, raw_value)
+        WHERE n.id_value IS NOT NULL""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _identifiers AS
+        SELECT (row_number() OVER (ORDER BY id_type, id_value) - 1)::BIGINT AS node,
+               id_type, id_value, first_seen_at
+        FROM (SELECT id_type, id_value, min(occurred_at) AS first_seen_at
+              FROM _record_ids GROUP BY id_type, id_value)""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _record_nodes AS
+        SELECT DISTINCT r.source_feed, r.source_id, i.node
+        FROM _record_ids r JOIN _identifiers i USING (id_type, id_value)""")
+    # Star edges: each identifier of a record to the record's smallest identifier.
+    edges = con.execute("""
+        WITH anchored AS (
+            SELECT node, min(node) OVER (PARTITION BY source_feed, source_id) AS anchor
+            FROM _record_nodes)
+        SELECT DISTINCT node, anchor FROM anchored WHERE node <> anchor""").fetchnumpy()
+    n_nodes = con.execute("SELECT count(*) FROM _identifiers").fetchall()[0][0]
+    labels = connected_components(int(n_nodes), edges["node"], edges["anchor"])
+
+    nodes = con.execute("""
+        SELECT i.node, i.first_seen_at, l.customer_id AS previous_customer_id
+        FROM _identifiers i
+        LEFT JOIN identity_links l USING (id_type, id_value)
+        ORDER BY i.node""").df()
+    nodes["component"] = labels[nodes["node"].to_numpy()] if len(nodes) else []
+    previous = con.execute("SELECT customer_id, first_seen_at FROM customers").df()
+    next_number = 1 + int(
+        con.execute(
+            "SELECT coalesce(max(try_cast(substr(customer_id, 2) AS BIGINT)), 0) FROM "
+            "(SELECT customer_id FROM customers UNION ALL SELECT merged_customer_id "
+            "FROM customer_merges)"
+        ).fetchall()[0][0]
+    )
+    assigned, merges = assign_customer_ids(nodes, previous, next_number)
+    node_customers = nodes[["node", "component"]].merge(assigned, on="component", how="left")
+    con.register("_node_customers", node_customers[["node", "customer_id"]])
+    con.register("_merges", merges)
+    con.execute("""
+        CREATE OR REPLACE TABLE identity_links AS
+        SELECT nc.customer_id, i.id_type, i.id_value, i.first_seen_at
+        FROM _identifiers i JOIN _node_customers nc USING (node)
+        ORDER BY nc.customer_id, i.id_type, i.id_value""")
+    con.execute("""
+        CREATE OR REPLACE TABLE record_customers AS
+        SELECT rn.source_feed, rn.source_id, any_value(nc.customer_id) AS customer_id
+        FROM _record_nodes rn JOIN _node_customers nc USING (node)
+        GROUP BY rn.source_feed, rn.source_id""")
+    con.execute("""
+        CREATE OR REPLACE TABLE customers AS
+        SELECT l.customer_id, l.first_seen_at, l.n_source_ids, coalesce(r.n_records, 0) AS n_records
+        FROM (SELECT customer_id, min(first_seen_at) AS first_seen_at, count(*) AS n_source_ids
+              FROM identity_links GROUP BY customer_id) l
+        LEFT JOIN (SELECT customer_id, count(*) AS n_records FROM record_customers
+                   GROUP BY customer_id) r USING (customer_id)
+        ORDER BY l.customer_id""")
+    con.execute(
+        "INSERT INTO customer_merges SELECT merged_customer_id, into_customer_id, ? FROM _merges",
+        [now],
+    )
+    con.unregister("_node_customers")
+    con.unregister("_merges")
+
+    n_records = con.execute(f"SELECT count(*) FROM ({_all_records_sql()})").fetchall()[0][0]
+    n_linked = con.execute("SELECT count(*) FROM record_customers").fetchall()[0][0]
+    n_links = con.execute("SELECT count(*) FROM _record_nodes").fetchall()[0][0]
+    for table in ("_record_raw_ids", "_record_ids", "_identifiers", "_record_nodes"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    return {
+        "customers": int(assigned["customer_id"].nunique()) if len(assigned) else 0,
+        "identifiers": int(n_nodes),
+        "links": int(n_links),
+        "records": int(n_records),
+        "linked_records": int(n_linked),
+        "records_without_identifier": int(n_records - n_linked),
+        "merges": len(merges),
+    }
+
+
+# ---- evaluation against the simulator's truth -----------------------------------------------
+_TRUTH_KEY_CANDIDATES = ("record_key", "key", "record_id", "source_id")
+
+
+def pairwise_scores(cells: pd.DataFrame) -> dict[str, float]:
+    """Pairwise precision / recall from per-(customer, person) record counts.
+
+    Args:
+        cells: columns ``customer_id`` (null = unlinked, its own singleton), ``person_id``, ``n``.
+
+    A pair of records is predicted when both have the same (non-null) customer, true when both
+    belong to the same person. Counting pairs per cell (``n * (n - 1) / 2``) avoids enumerating
+    the quadratic number of pairs.
+    """
+
+    def pairs(counts: pd.Series) -> float:
+        values = counts.to_numpy(dtype=np.float64)
+        return float((values * (values - 1) / 2).sum())
+
+    linked = cells[cells["customer_id"].notna()]
+    true_positive = pairs(linked["n"])
+    predicted = pairs(linked.groupby("customer_id")["n"].sum())
+    actual = pairs(cells.groupby("person_id")["n"].sum())
+    actual_identified = pairs(linked.groupby("person_id")["n"].sum())
+    return {
+        "precision": true_positive / predicted if predicted else 1.0,
+        "recall": true_positive / actual if actual else 1.0,
+        "recall_identified": true_positive / actual_identified if actual_identified else 1.0,
+        "true_positive_pairs": true_positive,
+        "predicted_pairs": predicted,
+        "true_pairs": actual,
+        "true_pairs_identified": actual_identified,
+    }
+
+
+def evaluate_identity(settings: Settings) -> dict[str, Any]:
+    """Score the resolution in the warehouse against ``truth_dir/records.parquet``.
+
+    Only accepted records take part. ``recall`` counts every same-person pair, including records
+    that carry no identifier at all (anonymous web events, which no method could link);
+    ``recall_identified`` restricts the true pairs to records that carry at least one valid
+    identifier, the part that is linkable at all.
+    """
+    import duckdb
+
+    truth_path = Path(settings.truth_dir) / "records.parquet"
+    if not truth_path.exists():
+        raise FileNotFoundError(f"{truth_path} not found: run `omniretain simulate` first")
+    if not Path(settings.warehouse_path).exists():
+        raise FileNotFoundError(
+            f"{settings.warehouse_path} not found: run `omniretain ingest` first"
+        )
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        truth_columns = [
+            row[0]
+            for row in con.execute(
+                f"DESCRIBE SELECT * FROM read_parquet('{truth_path}')"
+            ).fetchall()
+        ]
+        key_column = next((c for c in _TRUTH_KEY_CANDIDATES if c in truth_columns), None)
+        if key_column is None or "feed" not in truth_columns or "person_id" not in truth_columns:
+            raise ValueError(
+                f"{truth_path}: expected columns feed, person_id and one of "
+                f"{_TRUTH_KEY_CANDIDATES}; found {truth_columns}"
+            )
+        cells = con.execute(f"""
+            WITH truth AS (
+                SELECT DISTINCT feed AS source_feed, CAST("{key_column}" AS VARCHAR) AS source_id,
+                       CAST(person_id AS VARCHAR) AS person_id
+                FROM read_parquet('{truth_path}')),
+            accepted AS ({_all_records_sql()})
+            SELECT rc.customer_id, t.person_id, count(*) AS n
+            FROM accepted a
+            JOIN truth t USING (source_feed, source_id)
+            LEFT JOIN record_customers rc USING (source_feed, source_id)
+            GROUP BY ALL""").df()
+        n_accepted = con.execute(f"SELECT count(*) FROM ({_all_records_sql()})").fetchall()[0][0]
+    finally:
+        con.close()
+    scores: dict[str, Any] = pairwise_scores(cells)
+    scores.update(
+        {
+            "records_accepted": int(n_accepted),
+            "records_scored": int(cells["n"].sum()),
+            "customers": int(cells["customer_id"].nunique()),
+            "persons": int(cells["person_id"].nunique()),
+        }
+    )
+    return scores

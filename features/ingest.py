@@ -1,0 +1,773 @@
+"""Ingestion: raw per-channel feeds -> validated staging tables -> identities -> unified tables.
+
+Every file of ``<source>/<feed>/`` (CSV, Parquet or JSON Lines) is read with all columns as text
+by DuckDB, validated and cast in SQL against the feed's contract (:mod:`features.contract`), and
+split three ways: accepted rows go to the staging table ``raw_<feed>`` (typed, with ``_file`` and
+``_line``), failing rows go to ``quarantine`` with the reason and the raw row, and rows whose key
+was already accepted are counted as duplicates. Nothing is dropped silently: for every file,
+``read = accepted + quarantined + duplicates``.
+
+Why this shape:
+    * Text first, then ``TRY_CAST`` in SQL: one vectorised pass validates millions of rows, and a
+      bad value becomes a quarantine reason instead of a parser error that loses the whole file.
+    * One DuckDB transaction per file, keyed by the file's sha256 in ``ingested_files``: a crash
+      leaves the previous good state, and re-running adds nothing (a new month adds only itself).
+    * Identity resolution and the unified tables are rebuilt from the staging tables whenever
+      the staging tables changed: simple, idempotent, and a fix to the resolver applies to all
+      history.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field
+
+from features.contract import FEEDS, UNIFIED_TABLES, Column, Feed
+from features.identity import resolve_identities
+
+if TYPE_CHECKING:  # pragma: no cover
+    import duckdb
+    from rich.table import Table
+
+    from omniretain.settings import Settings
+
+SUPPORTED_SUFFIXES: tuple[str, ...] = (".csv", ".parquet", ".jsonl")
+SQL_TYPES: dict[str, str] = {
+    "str": "VARCHAR",
+    "timestamp": "TIMESTAMP",
+    "float": "DOUBLE",
+    "int": "BIGINT",
+    "bool": "BOOLEAN",
+}
+TRUE_WORDS: tuple[str, ...] = ("true", "1", "yes")
+FALSE_WORDS: tuple[str, ...] = ("false", "0", "no")
+FUTURE_TOLERANCE = timedelta(days=1)  # clocks of source systems drift; a day later is fine
+_QUOTED_VALUE_CHARS = 60  # long raw values are cut in reasons (the full row is in ``raw``)
+
+
+class NotAFeedError(ValueError):
+    """A file that is not the feed its folder says (missing required columns, unreadable)."""
+
+
+# ---- report ---------------------------------------------------------------------------------
+class FileCounts(BaseModel):
+    """What happened to one file."""
+
+    feed: str
+    file: str
+    read: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+
+
+class FeedCounts(BaseModel):
+    """Totals of one feed over this run."""
+
+    files_ingested: int = 0
+    files_skipped: int = 0  # already ingested (same sha256)
+    read: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+
+    def add(self, counts: FileCounts) -> None:
+        self.files_ingested += 1
+        self.read += counts.read
+        self.accepted += counts.accepted
+        self.quarantined += counts.quarantined
+        self.duplicates += counts.duplicates
+
+
+_COLUMN_HEADERS: dict[str, str] = {
+    "files_ingested": "files",
+    "files_skipped": "skipped",
+    "read": "read",
+    "accepted": "accepted",
+    "quarantined": "quarant.",
+    "duplicates": "dupl.",
+}
+
+
+class IdentitySummary(BaseModel):
+    """The identity graph after this run (all history, not only this run's rows)."""
+
+    customers: int = 0
+    identifiers: int = 0  # distinct normalised identifiers
+    links: int = 0  # record-identifier links (edges of the graph)
+    records: int = 0  # accepted records of every feed
+    linked_records: int = 0  # records with a customer_id
+    records_without_identifier: int = 0  # customer_id NULL (e.g. anonymous web sessions)
+    merges: int = 0  # customers absorbed by an older one, over all runs
+
+
+class IngestReport(BaseModel):
+    """Counts per feed and per file, the identity summary and where everything was written."""
+
+    warehouse_path: Path
+    source_dir: Path
+    feeds: dict[str, FeedCounts] = Field(default_factory=dict)
+    files: list[FileCounts] = Field(default_factory=list)
+    identity: IdentitySummary = Field(default_factory=IdentitySummary)
+    identity_rebuilt: bool = False
+    unknown_folders: list[str] = Field(default_factory=list)
+    ignored_files: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+    def totals(self) -> FeedCounts:
+        total = FeedCounts()
+        for counts in self.feeds.values():
+            for name in FeedCounts.model_fields:
+                setattr(total, name, getattr(total, name) + getattr(counts, name))
+        return total
+
+    def render(self) -> Table:
+        """A rich table: one line per feed, totals, then identity and warnings as a caption."""
+        from rich.table import Table
+
+        table = Table(title=f"ingest -> {self.warehouse_path}", show_footer=True)
+        total = self.totals()
+        table.add_column("feed", footer="total")
+        for name, header in _COLUMN_HEADERS.items():
+            table.add_column(header, justify="right", footer=f"{getattr(total, name):,}")
+        for feed, counts in self.feeds.items():
+            table.add_row(feed, *(f"{getattr(counts, name):,}" for name in _COLUMN_HEADERS))
+        identity = self.identity
+        lines = [
+            f"identity{'' if self.identity_rebuilt else ' (unchanged)'}: "
+            f"{identity.customers:,} customers, {identity.identifiers:,} identifiers, "
+            f"{identity.links:,} links, {identity.linked_records:,}/{identity.records:,} records "
+            f"linked, {identity.records_without_identifier:,} without any identifier, "
+            f"{identity.merges:,} merges",
+            f"{self.seconds:.1f} s",
+        ]
+        if self.unknown_folders:
+            lines.append(f"skipped unknown feed folders: {', '.join(self.unknown_folders)}")
+        if self.ignored_files:
+            lines.append(
+                f"ignored files (not {'/'.join(SUPPORTED_SUFFIXES)}): "
+                f"{', '.join(self.ignored_files)}"
+            )
+        table.caption = "\n".join(lines)
+        return table
+
+
+# ---- pure helpers: discovery, columns, validation SQL ---------------------------------------
+def discover_files(source_dir: Path) -> tuple[dict[str, list[Path]], list[str], list[str]]:
+    """Feed -> its data files (sorted by name), unknown folders, ignored files.
+
+    Files are taken in name order so that monthly exports (``pos_sales_2025-01.csv``) are
+    ingested oldest first and a row repeated in the next month counts as the duplicate.
+    """
+    files: dict[str, list[Path]] = {}
+    unknown: list[str] = []
+    ignored: list[str] = []
+    if not source_dir.is_dir():
+        raise FileNotFoundError(
+            f"feed folder {source_dir} does not exist: run `omniretain simulate` or pass --source"
+        )
+    for folder in sorted(p for p in source_dir.iterdir() if p.is_dir()):
+        if folder.name.startswith("."):
+            continue
+        if folder.name not in FEEDS:
+            unknown.append(folder.name)
+            continue
+        found = []
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            if path.name.startswith("."):
+                continue
+            if path.suffix.lower() in SUPPORTED_SUFFIXES:
+                found.append(path)
+            else:
+                ignored.append(f"{folder.name}/{path.name}")
+        files[folder.name] = found
+    return files, unknown, ignored
+
+
+def map_columns(found: list[str], feed: Feed, path: Path) -> dict[str, str | None]:
+    """Contract column -> the file's column name (matched trimmed, case-insensitive) or None.
+
+    Raises:
+        NotAFeedError: a required column of the feed is missing.
+    """
+    by_normal_name: dict[str, str] = {}
+    for name in found:
+        by_normal_name.setdefault(name.strip().lower(), name)
+    mapping = {column: by_normal_name.get(column) for column in feed.columns}
+    missing = [c for c in feed.required_columns if mapping[c] is None]
+    if missing:
+        raise NotAFeedError(
+            f"{path}: not a '{feed.name}' file: missing required column(s) {', '.join(missing)} "
+            f"(found: {', '.join(found) or 'no columns'}). Move it out of {path.parent} or fix "
+            "its header."
+        )
+    return mapping
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _column_checks(name: str, column: Column, future_limit: datetime) -> tuple[str, str]:
+    """(typed expression, reason expression) of one column over its trimmed text ``_t_<name>``.
+
+    The reason is NULL when the value is fine; at most one reason per column (the first problem).
+    """
+    text = sql_identifier(f"_t_{name}")
+    quoted = f"'''' || left({text}, {_QUOTED_VALUE_CHARS}) || ''''"
+    prefix = sql_string(f"{name}: ")
+    missing = sql_string(f"{name}: missing required value") if column.required else "NULL"
+    problems: list[tuple[str, str]] = []  # (condition, message) in order, after the NULL check
+    if column.type == "str":
+        typed = f"lower({text})" if column.allowed else text
+        if column.allowed:
+            allowed = ", ".join(sql_string(v) for v in column.allowed)
+            choices = sql_string(" is not one of " + ", ".join(column.allowed))
+            problems.append(
+                (f"lower({text}) NOT IN ({allowed})", f"{prefix} || {quoted} || {choices}")
+            )
+    elif column.type == "timestamp":
+        typed = f"timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ))"
+        problems.append((f"{typed} IS NULL", f"{prefix} || {quoted} || ' is not a timestamp'"))
+        if column.not_future:
+            limit = future_limit.strftime("%Y-%m-%d %H:%M:%S")
+            problems.append(
+                (
+                    f"{typed} > TIMESTAMP '{limit}'",
+                    f"{prefix} || {quoted} || ' is in the future (after {limit} UTC)'",
+                )
+            )
+    elif column.type in ("float", "int"):
+        as_double = f"TRY_CAST({text} AS DOUBLE)"
+        if column.type == "float":
+            typed = as_double
+            problems.append(
+                (
+                    f"{as_double} IS NULL OR NOT isfinite({as_double})",
+                    f"{prefix} || {quoted} || ' is not a number'",
+                )
+            )
+        else:
+            typed = f"CAST({as_double} AS BIGINT)"
+            problems.append(
+                (
+                    f"{as_double} IS NULL OR NOT isfinite({as_double}) "
+                    f"OR {as_double} <> trunc({as_double})",
+                    f"{prefix} || {quoted} || ' is not an integer'",
+                )
+            )
+        if column.minimum is not None:
+            bound = _number_text(column.minimum)
+            problems.append(
+                (f"{as_double} < {bound}", f"{prefix} || {text} || ' below minimum {bound}'")
+            )
+        if column.maximum is not None:
+            bound = _number_text(column.maximum)
+            problems.append(
+                (f"{as_double} > {bound}", f"{prefix} || {text} || ' above maximum {bound}'")
+            )
+    elif column.type == "bool":
+        true_words = ", ".join(sql_string(w) for w in TRUE_WORDS)
+        false_words = ", ".join(sql_string(w) for w in FALSE_WORDS)
+        typed = (
+            f"CASE WHEN lower({text}) IN ({true_words}) THEN true "
+            f"WHEN lower({text}) IN ({false_words}) THEN false END"
+        )
+        problems.append(
+            (
+                f"{typed} IS NULL",
+                f"{prefix} || {quoted} || ' is not a boolean (true/false, 1/0, yes/no)'",
+            )
+        )
+    else:  # pragma: no cover - the contract's Literal forbids it
+        raise ValueError(f"column {name}: unknown type {column.type!r}")
+    branches = "".join(f" WHEN {condition} THEN {message}" for condition, message in problems)
+    reason = f"CASE WHEN {text} IS NULL THEN {missing}{branches} END"
+    return typed, reason
+
+
+def validation_sql(feed: Feed, now: datetime, source_table: str = "_src") -> str:
+    """SELECT over ``source_table`` (``_line``, ``_raw`` and one text column per contract column)
+    giving ``_line``, ``_raw``, the typed contract columns and ``_reason`` ('' when valid)."""
+    future_limit = now.astimezone(UTC).replace(tzinfo=None) + FUTURE_TOLERANCE
+    trimmed = ", ".join(
+        f"NULLIF(trim({sql_identifier(name)}, ' \t\r\n'), '') AS {sql_identifier('_t_' + name)}"
+        for name in feed.columns
+    )
+    typed_columns, reasons = [], []
+    for name, column in feed.columns.items():
+        typed, reason = _column_checks(name, column, future_limit)
+        typed_columns.append(f"{typed} AS {sql_identifier(name)}")
+        reasons.append(reason)
+    return (
+        f"SELECT _line, _raw, {', '.join(typed_columns)}, "
+        f"concat_ws('; ', {', '.join(reasons)}) AS _reason "
+        f"FROM (SELECT _line, _raw, {trimmed} FROM {source_table})"
+    )
+
+
+def staging_ddl(feed: Feed) -> str:
+    """The staging table of a feed: typed contract columns plus provenance."""
+    columns = ", ".join(
+        f"{sql_identifier(name)} {SQL_TYPES[c.type]}" for name, c in feed.columns.items()
+    )
+    return (
+        f"CREATE TABLE IF NOT EXISTS raw_{feed.name} ({columns}, _file VARCHAR, "
+        "_line BIGINT, _ingested_at TIMESTAMP)"
+    )
+
+
+WAREHOUSE_DDL = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    feed VARCHAR, file VARCHAR, line BIGINT, reason VARCHAR, raw VARCHAR,
+    quarantined_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS ingested_files (
+    feed VARCHAR, file VARCHAR, sha256 VARCHAR, rows_read BIGINT, rows_accepted BIGINT,
+    rows_quarantined BIGINT, rows_duplicate BIGINT, ingested_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS ingest_state (key VARCHAR PRIMARY KEY, value VARCHAR);
+"""
+
+
+# ---- reading files into ``_src`` (text columns) and ``_rejected`` (unparsable lines) --------
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+            return [name.strip() for name in next(csv.reader(handle), [])]
+    except (OSError, csv.Error) as error:
+        raise NotAFeedError(f"{path}: unreadable as CSV: {error}") from error
+
+
+def _rejects_options() -> str:
+    return "store_rejects=true, rejects_table='_reject_errors', rejects_scan='_reject_scans'"
+
+
+def _jsonl_lines_sql(path: Path) -> str:
+    # One text column per physical line: a delimiter and quote that JSON lines do not use.
+    return (
+        f"read_csv({sql_string(str(path))}, columns={{'line': 'VARCHAR'}}, header=false, "
+        f"auto_detect=false, delim=E'\\x01', quote='', escape='', {_rejects_options()})"
+    )
+
+
+def file_columns(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
+    """The column names of a data file (for JSON Lines: every key of any object line)."""
+    import duckdb
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return _csv_header(path)
+        if suffix == ".parquet":
+            return [
+                row[0]
+                for row in con.execute(
+                    f"DESCRIBE SELECT * FROM read_parquet({sql_string(str(path))})"
+                ).fetchall()
+            ]
+        rows = con.execute(f"""
+            SELECT DISTINCT unnest(keys) FROM (
+                SELECT CASE WHEN json_valid(line) THEN
+                    CASE WHEN json_type(line) = 'OBJECT' THEN json_keys(line) END END AS keys
+                FROM read_csv({sql_string(str(path))}, columns={{'line': 'VARCHAR'}},
+                              header=false, auto_detect=false, delim=E'\\x01', quote='',
+                              escape='', ignore_errors=true))""").fetchall()
+        return [row[0] for row in rows]
+    except duckdb.Error as error:
+        raise NotAFeedError(f"{path}: unreadable as {suffix[1:]}: {error}") from error
+
+
+def _drop_rejects(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("DROP TABLE IF EXISTS _reject_errors; DROP TABLE IF EXISTS _reject_scans")
+
+
+def _rejected_from_reader(con: duckdb.DuckDBPyConnection, header_lines: int, kind: str) -> None:
+    """``_rejected`` from DuckDB's reject table: lines the reader could not split into fields."""
+    has_rejects = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_reject_errors'"
+    ).fetchall()[0][0]
+    if not has_rejects:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _rejected (_line BIGINT, _reason VARCHAR, _raw VARCHAR)"
+        )
+        return
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _rejected AS
+        SELECT (line - {header_lines})::BIGINT AS _line,
+               'malformed {kind} line: ' || string_agg(DISTINCT lower(error_type), ', ') AS _reason,
+               to_json({{'_unparsed': any_value(csv_line)}})::VARCHAR AS _raw
+        FROM _reject_errors GROUP BY line""")
+
+
+def _renumber_around_rejects(con: duckdb.DuckDBPyConnection) -> None:
+    """Give ``_read`` rows their data line numbers when the reader skipped rejected lines.
+
+    The reader numbers the rows it returns (``ordinality``); the k-th returned row is on the
+    k-th data line that was not rejected.
+    """
+    n_rejected = con.execute("SELECT count(*) FROM _rejected").fetchall()[0][0]
+    if not n_rejected:
+        con.execute("ALTER TABLE _read RENAME COLUMN ordinality TO _line")
+        return
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _line_numbers AS
+        SELECT row_number() OVER (ORDER BY i) AS ordinality, i AS _line
+        FROM range(1, (SELECT count(*) FROM _read) + (SELECT max(_line) FROM _rejected) + 1) t(i)
+        WHERE i NOT IN (SELECT _line FROM _rejected)""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _read AS
+        SELECT n._line, r.* EXCLUDE (ordinality)
+        FROM _read r JOIN _line_numbers n USING (ordinality)""")
+    con.execute("DROP TABLE _line_numbers")
+
+
+def _text_columns_sql(mapping: dict[str, str | None], expression: str) -> str:
+    """``<expr of source column> AS "<contract column>"`` (NULL for absent optional columns)."""
+    parts = []
+    for column, source in mapping.items():
+        value = expression.format(sql_identifier(source)) if source is not None else "NULL"
+        parts.append(f"CAST({value} AS VARCHAR) AS {sql_identifier(column)}")
+    return ", ".join(parts)
+
+
+def load_file(con: duckdb.DuckDBPyConnection, path: Path, feed: Feed) -> None:
+    """Read one file into temp tables ``_src`` (one text column per contract column, ``_line``,
+    ``_raw`` JSON) and ``_rejected`` (lines that could not be parsed at all)."""
+    import duckdb
+
+    columns = file_columns(con, path)
+    mapping = map_columns(columns, feed, path)
+    suffix = path.suffix.lower()
+    location = sql_string(str(path))
+    _drop_rejects(con)
+    try:
+        if suffix == ".csv":
+            names = ", ".join(f"{sql_string(name)}: 'VARCHAR'" for name in columns)
+            con.execute(f"""
+                CREATE OR REPLACE TEMP TABLE _read AS SELECT * FROM read_csv({location},
+                    columns={{{names}}}, header=true, auto_detect=false, delim=',', quote='"',
+                    escape='"', {_rejects_options()}) WITH ORDINALITY""")
+            _rejected_from_reader(con, header_lines=1, kind="CSV")
+            _renumber_around_rejects(con)
+            raw = (
+                "to_json({"
+                + ", ".join(f"{sql_string(name)}: {sql_identifier(name)}" for name in columns)
+                + "})"
+            )
+            con.execute(f"""
+                CREATE OR REPLACE TEMP TABLE _src AS
+                SELECT _line, {raw}::VARCHAR AS _raw, {_text_columns_sql(mapping, "{}")}
+                FROM _read""")
+        elif suffix == ".parquet":
+            raw = (
+                "to_json({"
+                + ", ".join(f"{sql_string(name)}: {sql_identifier(name)}" for name in columns)
+                + "})"
+            )
+            con.execute(f"""
+                CREATE OR REPLACE TEMP TABLE _src AS
+                SELECT file_row_number + 1 AS _line, {raw}::VARCHAR AS _raw,
+                       {_text_columns_sql(mapping, "{}")}
+                FROM read_parquet({location}, file_row_number=true)""")
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE _rejected (_line BIGINT, _reason VARCHAR, "
+                "_raw VARCHAR)"
+            )
+        else:
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE _read AS SELECT * FROM "
+                f"{_jsonl_lines_sql(path)} WITH ORDINALITY"
+            )
+            _rejected_from_reader(con, header_lines=0, kind="JSON Lines")
+            _renumber_around_rejects(con)
+            con.execute("""
+                CREATE OR REPLACE TEMP TABLE _lines AS
+                SELECT _line, line,
+                       CASE WHEN json_valid(line) THEN
+                           CASE WHEN json_type(line) = 'OBJECT' THEN line END END AS doc
+                FROM _read WHERE trim(line, ' \t\r') <> ''""")
+            con.execute("""
+                INSERT INTO _rejected
+                SELECT _line, 'malformed JSON Lines line: not a JSON object',
+                       to_json({'_unparsed': line})::VARCHAR
+                FROM _lines WHERE doc IS NULL""")
+            text_columns = ", ".join(
+                f"CAST(json_extract_string(doc, {sql_string('$.' + _json_key(source))}) "
+                f"AS VARCHAR) AS {sql_identifier(column)}"
+                if source is not None
+                else f"CAST(NULL AS VARCHAR) AS {sql_identifier(column)}"
+                for column, source in mapping.items()
+            )
+            con.execute(f"""
+                CREATE OR REPLACE TEMP TABLE _src AS
+                SELECT _line, line AS _raw, {text_columns} FROM _lines WHERE doc IS NOT NULL""")
+            con.execute("DROP TABLE _lines")
+    except duckdb.Error as error:
+        raise NotAFeedError(f"{path}: unreadable as {suffix[1:]}: {error}") from error
+    finally:
+        _drop_rejects(con)
+    con.execute("DROP TABLE IF EXISTS _read")
+
+
+def _json_key(key: str) -> str:
+    """A JSONPath member name: quoted so keys with spaces or dots work."""
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# ---- unified tables -------------------------------------------------------------------------
+# Constant channels of the feeds whose channel is implied by the source system.
+IMPLIED_CHANNEL: dict[str, str] = {
+    "pos_sales": "store",
+    "email_events": "email",
+    "sms_events": "sms",
+}
+# Columns added to the contract's unified tables (allowed: "ingestion may add columns").
+EXTRA_UNIFIED_COLUMNS: dict[str, tuple[str, ...]] = {"purchases": ("store_id",)}
+
+
+def _column_sql_type(table: str, column: str) -> str:
+    for feed in FEEDS.values():
+        if feed.target_table == table and column in feed.columns:
+            return SQL_TYPES[feed.columns[column].type]
+    return "VARCHAR"
+
+
+def unified_select(feed: Feed) -> str:
+    """SELECT of one feed's staging rows in the shape of its unified table, with customer_id."""
+    table = feed.target_table
+    expressions = []
+    for column in UNIFIED_TABLES[table] + EXTRA_UNIFIED_COLUMNS.get(table, ()):
+        if column == "customer_id":
+            value = "rc.customer_id"
+        elif column == "occurred_at":
+            value = f"s.{sql_identifier(feed.time_column)}"
+        elif column == "source_feed":
+            value = sql_string(feed.name)
+        elif column == "source_id":
+            value = f"s.{sql_identifier(feed.key)}"
+        elif column == "channel" and feed.name in IMPLIED_CHANNEL:
+            value = sql_string(IMPLIED_CHANNEL[feed.name])
+        elif column in feed.columns:
+            value = f"s.{sql_identifier(column)}"
+        else:
+            value = f"CAST(NULL AS {_column_sql_type(table, column)})"
+        expressions.append(f"{value} AS {sql_identifier(column)}")
+    return (
+        f"SELECT {', '.join(expressions)} FROM raw_{feed.name} s "
+        f"LEFT JOIN (SELECT source_id, customer_id FROM record_customers "
+        f"WHERE source_feed = {sql_string(feed.name)}) rc "
+        f"ON rc.source_id = s.{sql_identifier(feed.key)}"
+    )
+
+
+def build_unified_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Rebuild every event table from the staging tables (idempotent by construction)."""
+    targets: dict[str, list[Feed]] = {}
+    for feed in FEEDS.values():
+        targets.setdefault(feed.target_table, []).append(feed)
+    for table, feeds in targets.items():
+        union = "\nUNION ALL\n".join(unified_select(feed) for feed in feeds)
+        con.execute(
+            f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM ({union}) "
+            "ORDER BY occurred_at, source_feed, source_id"
+        )
+
+
+# ---- the ingest command ---------------------------------------------------------------------
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    return int(con.execute(sql).fetchall()[0][0])
+
+
+def ingest_file(
+    con: duckdb.DuckDBPyConnection,
+    feed: Feed,
+    path: Path,
+    file_name: str,
+    sha256: str,
+    now: datetime,
+) -> FileCounts:
+    """Validate one file and commit its rows, quarantine and bookkeeping in one transaction."""
+    stamp = now.astimezone(UTC).replace(tzinfo=None)
+    key = sql_identifier(feed.key)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        load_file(con, path, feed)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS {validation_sql(feed, now)}")
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _fresh AS
+            SELECT c.* FROM _checked c ANTI JOIN raw_{feed.name} r ON c.{key} = r.{key}
+            WHERE c._reason = ''
+            QUALIFY row_number() OVER (PARTITION BY c.{key} ORDER BY c._line) = 1""")
+        n_rejected = _count(con, "SELECT count(*) FROM _rejected")
+        counts = FileCounts(
+            feed=feed.name,
+            file=file_name,
+            read=_count(con, "SELECT count(*) FROM _checked") + n_rejected,
+            accepted=_count(con, "SELECT count(*) FROM _fresh"),
+            quarantined=_count(con, "SELECT count(*) FROM _checked WHERE _reason <> ''")
+            + n_rejected,
+        )
+        counts.duplicates = counts.read - counts.accepted - counts.quarantined
+        columns = ", ".join(sql_identifier(name) for name in feed.columns)
+        con.execute(
+            f"INSERT INTO raw_{feed.name} SELECT {columns}, ?, _line, ? FROM _fresh ORDER BY _line",
+            [file_name, stamp],
+        )
+        con.execute(
+            """
+            INSERT INTO quarantine
+            SELECT ?, ?, _line, _reason, _raw, ? FROM _checked WHERE _reason <> ''
+            UNION ALL SELECT ?, ?, _line, _reason, _raw, ? FROM _rejected""",
+            [feed.name, file_name, stamp] * 2,
+        )
+        con.execute(
+            "INSERT INTO ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                feed.name,
+                file_name,
+                sha256,
+                counts.read,
+                counts.accepted,
+                counts.quarantined,
+                counts.duplicates,
+                stamp,
+            ],
+        )
+        for table in ("_src", "_rejected", "_checked", "_fresh"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return counts
+
+
+def connect_warehouse(path: Path) -> duckdb.DuckDBPyConnection:
+    """Open (or create) the warehouse with UTC as the session zone and every table present."""
+    import duckdb
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path))
+    # Naive timestamps in the feeds are UTC; TIMESTAMPTZ casts read them in the session zone.
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(WAREHOUSE_DDL)
+    for feed in FEEDS.values():
+        con.execute(staging_ddl(feed))
+    return con
+
+
+def _state(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+    rows = con.execute("SELECT value FROM ingest_state WHERE key = ?", [key]).fetchall()
+    return str(rows[0][0]) if rows else None
+
+
+def _set_state(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+    con.execute("INSERT OR REPLACE INTO ingest_state VALUES (?, ?)", [key, value])
+
+
+def _unified_tables_present(con: duckdb.DuckDBPyConnection) -> bool:
+    present = {
+        row[0]
+        for row in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'"
+        ).fetchall()
+    }
+    return all(table in present for table in UNIFIED_TABLES)
+
+
+def ingest(
+    settings: Settings,
+    source_dir: Path | None = None,
+    progress: bool = True,
+    now: datetime | None = None,
+) -> IngestReport:
+    """Ingest every new file of every feed, then resolve identities and rebuild unified tables.
+
+    Args:
+        settings: the project settings (warehouse path, phone region).
+        source_dir: folder of feed folders; ``settings.raw_dir`` by default.
+        progress: show a progress bar over files.
+        now: the ingest time (``not_future`` checks and timestamps); the clock by default.
+
+    Raises:
+        NotAFeedError: a new file lacks a required column of its feed or cannot be read. Every
+            new file's columns are checked before anything is written, so nothing is ingested.
+        FileNotFoundError: ``source_dir`` does not exist.
+    """
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    now = now or datetime.now(UTC)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    source = Path(source_dir) if source_dir is not None else Path(settings.raw_dir)
+    files, unknown, ignored = discover_files(source)
+    report = IngestReport(
+        warehouse_path=Path(settings.warehouse_path),
+        source_dir=source,
+        unknown_folders=unknown,
+        ignored_files=ignored,
+        feeds={name: FeedCounts() for name in files},
+    )
+    con = connect_warehouse(Path(settings.warehouse_path))
+    try:
+        known = {row[0] for row in con.execute("SELECT sha256 FROM ingested_files").fetchall()}
+        todo: list[tuple[Feed, Path, str]] = []
+        for feed_name, paths in files.items():
+            for path in paths:
+                digest = file_sha256(path)
+                if digest in known or any(digest == queued for _, _, queued in todo):
+                    report.feeds[feed_name].files_skipped += 1
+                    continue
+                # Fail before writing anything when a file is not its folder's feed.
+                map_columns(file_columns(con, path), FEEDS[feed_name], path)
+                todo.append((FEEDS[feed_name], path, digest))
+        for feed, path, digest in tqdm(todo, desc="ingest", unit="file", disable=not progress):
+            counts = ingest_file(con, feed, path, path.relative_to(source).as_posix(), digest, now)
+            report.files.append(counts)
+            report.feeds[feed.name].add(counts)
+
+        n_files = _count(con, "SELECT count(*) FROM ingested_files")
+        if _state(con, "identity_files") != str(n_files) or not _unified_tables_present(con):
+            con.execute("BEGIN TRANSACTION")
+            try:
+                stats = resolve_identities(con, settings.identity.default_phone_region, now)
+                build_unified_tables(con)
+                summary = IdentitySummary(**stats)
+                _set_state(con, "identity_files", str(n_files))
+                _set_state(con, "identity_summary", summary.model_dump_json())
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            report.identity_rebuilt = True
+        stored = _state(con, "identity_summary")
+        if stored:
+            report.identity = IdentitySummary.model_validate_json(stored)
+    finally:
+        con.close()
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
