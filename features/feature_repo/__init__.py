@@ -1,0 +1,33 @@
+"""The Feast repo of omniretain, split by kind (entities, sources, views, services).
+
+Every object is built by a function of the settings, because paths live in the settings and
+differ between the CLI, the tests and the serving workers. ``features.store.apply_repo`` applies
+:func:`repo_objects`; importing this package imports Feast (seconds), so light modules must not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from features.feature_repo.data_sources import customer_features_source
+from features.feature_repo.entities import customer_entity
+from features.feature_repo.feature_services import churn_feature_service
+from features.feature_repo.feature_views import customer_features_view
+from omniretain.settings import Settings
+
+
+def repo_objects(settings: Settings) -> list[Any]:
+    """Entity, source, feature view and feature service, in the order Feast applies them."""
+    entity = customer_entity()
+    source = customer_features_source(settings)
+    view = customer_features_view(settings, entity=entity, source=source)
+    return [entity, source, view, churn_feature_service(settings, view=view)]
+
+
+__all__ = [
+    "churn_feature_service",
+    "customer_entity",
+    "customer_features_source",
+    "customer_features_view",
+    "repo_objects",
+]
