@@ -19,11 +19,18 @@ from training.model import (
     expected_calibration_error,
     fit_calibrated_classifier,
     lift_at_top,
+    lightgbm_parameters,
 )
 from training.train import promotion_decision
 
 FEATURES = ["recency", "frequency", "spend", "noise"]
-PARAMS = {"n_estimators": 200, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 20}
+PARAMS = {
+    "n_estimators": 200,
+    "learning_rate": 0.05,
+    "num_leaves": 15,
+    "min_child_samples": 20,
+    "n_jobs": 1,
+}
 
 
 def synthetic_slice(rows: int, seed: int, drift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +126,12 @@ def test_model_survives_pickle_unchanged(model, slices) -> None:
     restored = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(restored.predict_proba(X_later), model.predict_proba(X_later))
     np.testing.assert_array_equal(restored.contributions(X_later), model.contributions(X_later))
+
+
+def test_lightgbm_parameters_default_to_two_threads_silent_and_seeded() -> None:
+    params = lightgbm_parameters({"n_estimators": 10, "verbose": 1})
+    assert params["n_jobs"] == 2 and params["verbose"] == -1 and "random_state" in params
+    assert lightgbm_parameters({"n_jobs": 1})["n_jobs"] == 1
 
 
 def test_one_class_slice_is_refused() -> None:
