@@ -17,6 +17,7 @@ from monitoring.drift import (
     DISTANCE_METHODS,
     P_VALUE_METHODS,
     PREDICTION_COLUMN,
+    SMALL_REFERENCE_ROWS,
     CurrentFeaturesNotFoundError,
     DriftParseError,
     ReferenceNotFoundError,
@@ -29,6 +30,7 @@ from monitoring.drift import (
     run_evidently,
     sample_rows,
     select_drift_columns,
+    small_sample_methods,
     to_evidently_frame,
 )
 from omniretain.settings import load_settings
@@ -119,6 +121,25 @@ def test_sample_rows_is_bounded_and_repeatable() -> None:
     assert len(first) == 100
     assert first.index.equals(second.index)
     assert sample_rows(frame, 5000) is frame
+
+
+def test_small_references_test_few_valued_counts_with_ks_not_chi_square() -> None:
+    rng = np.random.default_rng(0)
+
+    def frame(n: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "open_cases": rng.integers(0, 4, n).astype(float),  # 4 values: chi-square
+                "consent_sms": rng.integers(0, 2, n).astype(float),  # 2 values: Z-test stays
+                "spend_365d": rng.gamma(2.0, 100.0, n),  # continuous: K-S already
+            }
+        )
+
+    columns = ["open_cases", "consent_sms", "spend_365d"]
+    small = frame(SMALL_REFERENCE_ROWS)
+    assert small_sample_methods(frame(50), small, columns) == {"open_cases": "ks"}
+    # above the limit Evidently uses distances, which need no correction
+    assert small_sample_methods(frame(50), frame(SMALL_REFERENCE_ROWS + 1), columns) == {}
 
 
 # ---- file inputs -----------------------------------------------------------------------------
