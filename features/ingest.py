@@ -33,7 +33,7 @@ from features.identity import resolve_identities
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
-    from rich.table import Table
+    from rich.console import Group
 
     from omniretain.settings import Settings
 
@@ -127,9 +127,11 @@ class IngestReport(BaseModel):
                 setattr(total, name, getattr(total, name) + getattr(counts, name))
         return total
 
-    def render(self) -> Table:
-        """A rich table: one line per feed, totals, then identity and warnings as a caption."""
+    def render(self) -> Group:
+        """A rich table (one line per feed, totals), then identity and warnings as lines."""
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=f"ingest -> {self.warehouse_path}", show_footer=True)
         total = self.totals()
@@ -154,8 +156,7 @@ class IngestReport(BaseModel):
                 f"ignored files (not {'/'.join(SUPPORTED_SUFFIXES)}): "
                 f"{', '.join(self.ignored_files)}"
             )
-        table.caption = "\n".join(lines)
-        return table
+        return Group(table, *(Text(line) for line in lines))
 
 
 # ---- pure helpers: discovery, columns, validation SQL ---------------------------------------

@@ -148,7 +148,7 @@ def test_first_ingest_counts_quarantines_and_links(settings: Settings) -> None:
     assert messages == [("sms", "sent", purchases[0][2])]
     assert report.identity.records_without_identifier == 1
     assert report.identity.customers == 1
-    console = Console(record=True, width=120)
+    console = Console(record=True, width=250)
     console.print(report.render())
     rendered = console.export_text()
     assert "pos_sales" in rendered and "1 without any identifier" in rendered

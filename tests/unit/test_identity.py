@@ -38,8 +38,14 @@ uk_mobile = st.tuples(st.integers(4, 9), st.integers(0, 99_999_999)).map(
 
 
 # ---- email -----------------------------------------------------------------------------------
-@given(local_part, domain, st.sampled_from(["com", "co.uk", "org"]), spaces, spaces,
-       st.randoms(use_true_random=False))
+@given(
+    local_part,
+    domain,
+    st.sampled_from(["com", "co.uk", "org"]),
+    spaces,
+    spaces,
+    st.randoms(use_true_random=False),
+)
 def test_email_is_case_and_space_insensitive(local, dom, tld, before, after, rnd) -> None:
     address = f"{local}@{dom}.{tld}"
     noisy = "".join(c.upper() if rnd.random() < 0.5 else c for c in address)
@@ -52,8 +58,20 @@ def test_email_normaliser_is_idempotent(raw: str) -> None:
     assert normalise_email(once) == once
 
 
-@pytest.mark.parametrize("raw", [None, "", "   ", "n/a", "ann@", "@example.com", "ann@example",
-                                 "a b@example.com", "ann@@example.com"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        "",
+        "   ",
+        "n/a",
+        "ann@",
+        "@example.com",
+        "ann@example",
+        "a b@example.com",
+        "ann@@example.com",
+    ],
+)
 def test_invalid_email_is_none(raw: str | None) -> None:
     assert normalise_email(raw) is None
 
@@ -62,8 +80,14 @@ def test_invalid_email_is_none(raw: str | None) -> None:
 @given(uk_mobile)
 def test_phone_formats_of_one_number_agree(national: str) -> None:
     head, tail = national[:4], national[4:]
-    formats = [f"+44 {head} {tail}", f"0{head} {tail}", f"0044-{head}-{tail}",
-               f"(0{head}) {tail}", f"44{head}{tail}", f" +44{national} "]
+    formats = [
+        f"+44 {head} {tail}",
+        f"0{head} {tail}",
+        f"0044-{head}-{tail}",
+        f"(0{head}) {tail}",
+        f"44{head}{tail}",
+        f" +44{national} ",
+    ]
     results = {normalise_phone(text, "GB") for text in formats}
     assert len(results) == 1
     (result,) = results
@@ -71,8 +95,13 @@ def test_phone_formats_of_one_number_agree(national: str) -> None:
 
 
 def test_known_valid_mobile_in_every_format() -> None:
-    for text in ["07911 123456", "+44 7911 123456", "0044-7911-123456", "(07911) 123456",
-                 "447911123456"]:
+    for text in [
+        "07911 123456",
+        "+44 7911 123456",
+        "0044-7911-123456",
+        "(07911) 123456",
+        "447911123456",
+    ]:
         assert normalise_phone(text, "GB") == "+447911123456"
 
 
@@ -94,14 +123,12 @@ def test_invalid_phone_is_none(raw: str | None) -> None:
 
 # ---- other ids -------------------------------------------------------------------------------
 def test_social_handles_lose_at_and_case() -> None:
-    assert normalise_id(" @Jane_Doe ", "social_handle") == normalise_id("jane_doe",
-                                                                        "social_handle")
+    assert normalise_id(" @Jane_Doe ", "social_handle") == normalise_id("jane_doe", "social_handle")
     assert normalise_id("@Jane_Doe", "social_handle") == "jane_doe"
 
 
 def test_loyalty_card_separators_and_case() -> None:
-    assert normalise_id("LC-0012-34", "loyalty_card") == normalise_id("lc 001234",
-                                                                       "loyalty_card")
+    assert normalise_id("LC-0012-34", "loyalty_card") == normalise_id("lc 001234", "loyalty_card")
 
 
 def test_device_id_keeps_hyphens_but_not_case() -> None:
@@ -131,8 +158,14 @@ def test_components_chain_and_singletons() -> None:
 
 
 @settings(max_examples=60)
-@given(st.integers(1, 25).flatmap(lambda n: st.tuples(
-    st.just(n), st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=30))))
+@given(
+    st.integers(1, 25).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=30),
+        )
+    )
+)
 def test_components_match_breadth_first_search(case: tuple[int, list[tuple[int, int]]]) -> None:
     n_nodes, edges = case
     labels = connected_components(n_nodes, [a for a, _ in edges], [b for _, b in edges])
@@ -150,38 +183,51 @@ def test_components_match_breadth_first_search(case: tuple[int, list[tuple[int, 
 
 # ---- stable customer ids ---------------------------------------------------------------------
 def _nodes(rows: list[tuple[int, str, str | None]]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["component", "first_seen_at", "previous_customer_id"]
-                        ).assign(first_seen_at=lambda f: pd.to_datetime(f["first_seen_at"]))
+    return pd.DataFrame(
+        rows, columns=["component", "first_seen_at", "previous_customer_id"]
+    ).assign(first_seen_at=lambda f: pd.to_datetime(f["first_seen_at"]))
 
 
 def test_new_components_are_numbered_by_first_appearance() -> None:
     nodes = _nodes([(0, "2025-03-01", None), (1, "2025-01-01", None), (1, "2025-05-01", None)])
-    assigned, merges = assign_customer_ids(nodes, pd.DataFrame(columns=["customer_id",
-                                                                        "first_seen_at"]), 1)
+    assigned, merges = assign_customer_ids(
+        nodes, pd.DataFrame(columns=["customer_id", "first_seen_at"]), 1
+    )
     assert dict(zip(assigned["component"], assigned["customer_id"], strict=True)) == {
-        1: "C000000001", 0: "C000000002"}
+        1: "C000000001",
+        0: "C000000002",
+    }
     assert merges.empty
 
 
 def test_existing_customer_keeps_its_id_and_new_ones_continue_the_counter() -> None:
-    nodes = _nodes([(0, "2025-01-01", "C000000007"), (0, "2025-06-01", None),
-                    (3, "2025-02-01", None)])
-    previous = pd.DataFrame({"customer_id": ["C000000007"],
-                             "first_seen_at": pd.to_datetime(["2025-01-01"])})
+    nodes = _nodes(
+        [(0, "2025-01-01", "C000000007"), (0, "2025-06-01", None), (3, "2025-02-01", None)]
+    )
+    previous = pd.DataFrame(
+        {"customer_id": ["C000000007"], "first_seen_at": pd.to_datetime(["2025-01-01"])}
+    )
     assigned, merges = assign_customer_ids(nodes, previous, 8)
-    assert assigned.set_index("component")["customer_id"].to_dict() == {0: "C000000007",
-                                                                        3: "C000000008"}
+    assert assigned.set_index("component")["customer_id"].to_dict() == {
+        0: "C000000007",
+        3: "C000000008",
+    }
     assert merges.empty
 
 
 def test_bridge_keeps_the_older_customer_and_records_the_merge() -> None:
     nodes = _nodes([(0, "2025-01-01", "C000000002"), (0, "2025-03-01", "C000000001")])
-    previous = pd.DataFrame({"customer_id": ["C000000001", "C000000002"],
-                             "first_seen_at": pd.to_datetime(["2025-03-01", "2025-01-01"])})
+    previous = pd.DataFrame(
+        {
+            "customer_id": ["C000000001", "C000000002"],
+            "first_seen_at": pd.to_datetime(["2025-03-01", "2025-01-01"]),
+        }
+    )
     assigned, merges = assign_customer_ids(nodes, previous, 3)
     assert assigned["customer_id"].tolist() == ["C000000002"]
-    assert merges.to_dict("records") == [{"merged_customer_id": "C000000001",
-                                          "into_customer_id": "C000000002"}]
+    assert merges.to_dict("records") == [
+        {"merged_customer_id": "C000000001", "into_customer_id": "C000000002"}
+    ]
 
 
 def test_customer_id_format_round_trips() -> None:
@@ -201,43 +247,99 @@ def _insert(con: duckdb.DuckDBPyConnection, feed: str, row: dict[str, object]) -
 
 
 def _customer_of(con: duckdb.DuckDBPyConnection, feed: str, key: str) -> str | None:
-    rows = con.execute("SELECT customer_id FROM record_customers WHERE source_feed = ? AND "
-                       "source_id = ?", [feed, key]).fetchall()
+    rows = con.execute(
+        "SELECT customer_id FROM record_customers WHERE source_feed = ? AND source_id = ?",
+        [feed, key],
+    ).fetchall()
     return rows[0][0] if rows else None
 
 
 def test_resolution_links_shared_identifiers_and_ids_are_stable(tmp_path: Path) -> None:
     con = _warehouse(tmp_path)
-    _insert(con, "email_events", {"event_id": "E1", "occurred_at": "2025-01-01",
-                                  "email": " Ann@Example.com", "event_type": "sent"})
-    _insert(con, "sms_events", {"event_id": "S1", "occurred_at": "2025-01-02",
-                                "phone": "07911 123456", "event_type": "sent"})
-    _insert(con, "web_sessions", {"event_id": "W1", "occurred_at": "2025-01-03", "channel": "web",
-                                  "session_id": "s", "event_type": "page_view"})
+    _insert(
+        con,
+        "email_events",
+        {
+            "event_id": "E1",
+            "occurred_at": "2025-01-01",
+            "email": " Ann@Example.com",
+            "event_type": "sent",
+        },
+    )
+    _insert(
+        con,
+        "sms_events",
+        {
+            "event_id": "S1",
+            "occurred_at": "2025-01-02",
+            "phone": "07911 123456",
+            "event_type": "sent",
+        },
+    )
+    _insert(
+        con,
+        "web_sessions",
+        {
+            "event_id": "W1",
+            "occurred_at": "2025-01-03",
+            "channel": "web",
+            "session_id": "s",
+            "event_type": "page_view",
+        },
+    )
     stats = resolve_identities(con, "GB", NOW)
     assert stats["customers"] == 2 and stats["records_without_identifier"] == 1
-    ann, phone_person = _customer_of(con, "email_events", "E1"), _customer_of(con, "sms_events",
-                                                                              "S1")
+    ann, phone_person = (
+        _customer_of(con, "email_events", "E1"),
+        _customer_of(con, "sms_events", "S1"),
+    )
     assert ann == "C000000001" and phone_person == "C000000002"
     assert _customer_of(con, "web_sessions", "W1") is None
 
     # Run 2: a new record links to Ann only -> keeps her id; a new person gets the next number.
-    _insert(con, "web_orders", {"order_id": "O1", "ordered_at": "2025-02-01", "channel": "app",
-                                "email": "ann@example.com", "device_id": "DEV-9", "amount": 3,
-                                "items": 1})
-    _insert(con, "social", {"interaction_id": "X1", "occurred_at": "2025-02-02",
-                            "handle": "@newbie", "interaction_type": "dm"})
+    _insert(
+        con,
+        "web_orders",
+        {
+            "order_id": "O1",
+            "ordered_at": "2025-02-01",
+            "channel": "app",
+            "email": "ann@example.com",
+            "device_id": "DEV-9",
+            "amount": 3,
+            "items": 1,
+        },
+    )
+    _insert(
+        con,
+        "social",
+        {
+            "interaction_id": "X1",
+            "occurred_at": "2025-02-02",
+            "handle": "@newbie",
+            "interaction_type": "dm",
+        },
+    )
     resolve_identities(con, "GB", NOW)
     assert _customer_of(con, "web_orders", "O1") == ann == _customer_of(con, "email_events", "E1")
     assert _customer_of(con, "social", "X1") == "C000000003"
 
     # Run 3: a loyalty enrolment bridges Ann and the phone person -> Ann (older) wins.
-    _insert(con, "loyalty_members", {"card_number": "LC1", "enrolled_at": "2025-03-01",
-                                     "email": "ANN@example.com", "phone": "+447911123456"})
+    _insert(
+        con,
+        "loyalty_members",
+        {
+            "card_number": "LC1",
+            "enrolled_at": "2025-03-01",
+            "email": "ANN@example.com",
+            "phone": "+447911123456",
+        },
+    )
     stats = resolve_identities(con, "GB", NOW)
     assert _customer_of(con, "sms_events", "S1") == ann
-    assert con.execute("SELECT merged_customer_id, into_customer_id FROM customer_merges"
-                       ).fetchall() == [("C000000002", ann)]
+    assert con.execute(
+        "SELECT merged_customer_id, into_customer_id FROM customer_merges"
+    ).fetchall() == [("C000000002", ann)]
     assert stats["merges"] == 1
     customers = dict(con.execute("SELECT customer_id, n_source_ids FROM customers").fetchall())
     assert customers == {ann: 4, "C000000003": 1}  # email, phone, device, card / handle
@@ -246,12 +348,21 @@ def test_resolution_links_shared_identifiers_and_ids_are_stable(tmp_path: Path) 
 
 # ---- pairwise scores -------------------------------------------------------------------------
 @settings(max_examples=40)
-@given(st.lists(st.tuples(st.sampled_from(["A", "B", "C", None]), st.sampled_from(["p", "q",
-                                                                                 "r"])),
-                min_size=1, max_size=25))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["A", "B", "C", None]), st.sampled_from(["p", "q", "r"])),
+        min_size=1,
+        max_size=25,
+    )
+)
 def test_pairwise_scores_match_enumerating_pairs(records: list[tuple[str | None, str]]) -> None:
-    cells = (pd.DataFrame(records, columns=["customer_id", "person_id"])
-             .groupby(["customer_id", "person_id"], dropna=False).size().rename("n").reset_index())
+    cells = (
+        pd.DataFrame(records, columns=["customer_id", "person_id"])
+        .groupby(["customer_id", "person_id"], dropna=False)
+        .size()
+        .rename("n")
+        .reset_index()
+    )
     scores = pairwise_scores(cells)
     predicted = actual = both = 0
     for (c1, p1), (c2, p2) in itertools.combinations(records, 2):

@@ -18,10 +18,21 @@ from features.ingest import (
 )
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-GOOD_POS = {"transaction_id": "T1", "store_id": "S1", "purchased_at": "2025-03-01T14:05:00",
-            "amount": "12.50", "items": "2", "is_return": "false"}
-GOOD_ORDER = {"order_id": "O1", "ordered_at": "2025-03-01T14:05:00Z", "channel": "web",
-              "amount": "10", "items": "1"}
+GOOD_POS = {
+    "transaction_id": "T1",
+    "store_id": "S1",
+    "purchased_at": "2025-03-01T14:05:00",
+    "amount": "12.50",
+    "items": "2",
+    "is_return": "false",
+}
+GOOD_ORDER = {
+    "order_id": "O1",
+    "ordered_at": "2025-03-01T14:05:00Z",
+    "channel": "web",
+    "amount": "10",
+    "items": "1",
+}
 
 
 def check(feed_name: str, row: dict[str, str | None]) -> dict[str, object]:
@@ -30,8 +41,10 @@ def check(feed_name: str, row: dict[str, str | None]) -> dict[str, object]:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     columns = ", ".join(f'CAST(? AS VARCHAR) AS "{name}"' for name in feed.columns)
-    con.execute(f"CREATE TEMP TABLE _src AS SELECT 1 AS _line, '{{}}' AS _raw, {columns}",
-                [row.get(name) for name in feed.columns])
+    con.execute(
+        f"CREATE TEMP TABLE _src AS SELECT 1 AS _line, '{{}}' AS _raw, {columns}",
+        [row.get(name) for name in feed.columns],
+    )
     result = con.execute(validation_sql(feed, NOW)).df().iloc[0].to_dict()
     con.close()
     return result
@@ -46,8 +59,9 @@ def test_good_row_is_typed_and_has_no_reason() -> None:
 
 
 def test_offsets_become_naive_utc_and_allowed_values_are_lower_cased() -> None:
-    result = check("web_orders", GOOD_ORDER | {"ordered_at": "2025-03-01T14:05:00+02:00",
-                                               "channel": " APP "})
+    result = check(
+        "web_orders", GOOD_ORDER | {"ordered_at": "2025-03-01T14:05:00+02:00", "channel": " APP "}
+    )
     assert result["_reason"] == ""
     assert result["ordered_at"] == datetime(2025, 3, 1, 12, 5)
     assert result["channel"] == "app"
@@ -63,17 +77,17 @@ def test_offsets_become_naive_utc_and_allowed_values_are_lower_cased() -> None:
         ({"items": "1.5"}, "items: '1.5' is not an integer"),
         ({"items": "0"}, "items: 0 below minimum 1"),
         ({"purchased_at": "yesterday"}, "purchased_at: 'yesterday' is not a timestamp"),
-        ({"purchased_at": "2099-01-01T00:00:00"},
-         "purchased_at: '2099-01-01T00:00:00' is in the future (after 2026-01-02 12:00:00 UTC)"),
+        (
+            {"purchased_at": "2099-01-01T00:00:00"},
+            "purchased_at: '2099-01-01T00:00:00' is in the future (after 2026-01-02 12:00:00 UTC)",
+        ),
         ({"store_id": "   "}, "store_id: missing required value"),
         ({"transaction_id": None}, "transaction_id: missing required value"),
-        ({"is_return": "maybe"},
-         "is_return: 'maybe' is not a boolean (true/false, 1/0, yes/no)"),
+        ({"is_return": "maybe"}, "is_return: 'maybe' is not a boolean (true/false, 1/0, yes/no)"),
         ({"discount_amount": "-1"}, "discount_amount: -1 below minimum 0"),
     ],
 )
-def test_each_kind_of_bad_value_has_its_reason(change: dict[str, str | None],
-                                               reason: str) -> None:
+def test_each_kind_of_bad_value_has_its_reason(change: dict[str, str | None], reason: str) -> None:
     assert check("pos_sales", GOOD_POS | change)["_reason"] == reason
 
 
@@ -103,8 +117,11 @@ def test_missing_required_columns_raise_not_a_feed() -> None:
 
 
 def test_header_matching_ignores_case_and_spaces_and_optional_columns_may_be_absent() -> None:
-    mapping = map_columns([" Transaction_ID", "STORE_ID", "purchased_at", "amount", "items"],
-                          FEEDS["pos_sales"], Path("x.csv"))
+    mapping = map_columns(
+        [" Transaction_ID", "STORE_ID", "purchased_at", "amount", "items"],
+        FEEDS["pos_sales"],
+        Path("x.csv"),
+    )
     assert mapping["transaction_id"] == " Transaction_ID" and mapping["email"] is None
 
 
