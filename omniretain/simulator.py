@@ -144,11 +144,11 @@ class WorldParameters:
     treatment_horizon_days: int = 90
     churned_message_response: float = 0.1  # residual opens/clicks of churned persons, relative
     # churn hazard
-    hazard_base: float = 0.00042
+    hazard_base: float = 0.00052
     hazard_engagement: float = 1.2  # times (0.5 - engagement)
     hazard_breadth: tuple[float, float, float] = (0.45, 0.0, -0.9)  # 1, 2, 3 channels
-    hazard_unresolved: float = 0.55
-    hazard_price_gap: float = 0.45
+    hazard_unresolved: float = 0.9
+    hazard_price_gap: float = 0.6
     hazard_ignored_cart: float = 0.35
     hazard_low_score: float = 0.45
     hazard_dissatisfaction: float = 0.35
@@ -1223,7 +1223,10 @@ def simulate(settings: Settings, customers: int | None = None, months: int | Non
         truth_dir=settings.truth_dir,
     )
     (settings.truth_dir / "simulation.json").write_text(
-        json.dumps(summary.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+        json.dumps(summary.model_dump(mode="json", exclude={"raw_dir", "truth_dir"})
+                   | {"dirty_row_share": sim.dirty_row_share,
+                      "duplicate_row_share": params.duplicate_row_share},
+                   indent=2, sort_keys=True) + "\n")
     return summary
 
 
