@@ -755,7 +755,8 @@ class _World:
                    granted=False)
 
     def _consent_changes(self, day: int, events: _Events) -> None:
-        who = np.flatnonzero(self.alive & (self.rng.random(self.n) < self.params.consent_change_rate))
+        changing_mind = self.rng.random(self.n) < self.params.consent_change_rate
+        who = np.flatnonzero(self.alive & changing_mind)
         channel = self.rng.integers(4, size=len(who))
         for index, name in enumerate(CONSENT_CHANNELS):
             changing = who[channel == index]
