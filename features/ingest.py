@@ -225,74 +225,75 @@ def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _column_checks(name: str, column: Column, future_limit: datetime) -> tuple[str, str]:
-    """(typed expression, reason expression) of one column over its trimmed text ``_t_<name>``.
+def _column_checks(name: str, column: Column, future_limit: datetime) -> tuple[str, str, str]:
+    """SQL for one column: (parsed value, final typed value, reason).
 
-    The reason is NULL when the value is fine; at most one reason per column (the first problem).
+    The parsed value reads the trimmed text ``_t_<name>`` once (one ``TRY_CAST`` per value);
+    the reason reads both and is NULL when the value is fine, else names the first problem.
     """
     text = sql_identifier(f"_t_{name}")
+    value = sql_identifier(f"_v_{name}")
     quoted = f"'''' || left({text}, {_QUOTED_VALUE_CHARS}) || ''''"
     prefix = sql_string(f"{name}: ")
     missing = sql_string(f"{name}: missing required value") if column.required else "NULL"
     problems: list[tuple[str, str]] = []  # (condition, message) in order, after the NULL check
+    final = value
     if column.type == "str":
-        typed = f"lower({text})" if column.allowed else text
+        parsed = f"lower({text})" if column.allowed else text
         if column.allowed:
             allowed = ", ".join(sql_string(v) for v in column.allowed)
             choices = sql_string(" is not one of " + ", ".join(column.allowed))
-            problems.append(
-                (f"lower({text}) NOT IN ({allowed})", f"{prefix} || {quoted} || {choices}")
-            )
+            problems.append((f"{value} NOT IN ({allowed})", f"{prefix} || {quoted} || {choices}"))
     elif column.type == "timestamp":
-        typed = f"timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ))"
-        problems.append((f"{typed} IS NULL", f"{prefix} || {quoted} || ' is not a timestamp'"))
+        # Naive text is read in the session zone (UTC); offsets are honoured; stored naive UTC.
+        parsed = f"timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ))"
+        problems.append((f"{value} IS NULL", f"{prefix} || {quoted} || ' is not a timestamp'"))
         if column.not_future:
             limit = future_limit.strftime("%Y-%m-%d %H:%M:%S")
             problems.append(
                 (
-                    f"{typed} > TIMESTAMP '{limit}'",
+                    f"{value} > TIMESTAMP '{limit}'",
                     f"{prefix} || {quoted} || ' is in the future (after {limit} UTC)'",
                 )
             )
     elif column.type in ("float", "int"):
-        as_double = f"TRY_CAST({text} AS DOUBLE)"
+        parsed = f"TRY_CAST({text} AS DOUBLE)"
         if column.type == "float":
-            typed = as_double
             problems.append(
                 (
-                    f"{as_double} IS NULL OR NOT isfinite({as_double})",
+                    f"{value} IS NULL OR NOT isfinite({value})",
                     f"{prefix} || {quoted} || ' is not a number'",
                 )
             )
         else:
-            typed = f"CAST({as_double} AS BIGINT)"
+            # TRY_CAST('1.5' AS BIGINT) rounds to 2: go through DOUBLE and demand a whole number.
+            final = f"CAST({value} AS BIGINT)"
             problems.append(
                 (
-                    f"{as_double} IS NULL OR NOT isfinite({as_double}) "
-                    f"OR {as_double} <> trunc({as_double})",
+                    f"{value} IS NULL OR NOT isfinite({value}) OR {value} <> trunc({value})",
                     f"{prefix} || {quoted} || ' is not an integer'",
                 )
             )
         if column.minimum is not None:
             bound = _number_text(column.minimum)
             problems.append(
-                (f"{as_double} < {bound}", f"{prefix} || {text} || ' below minimum {bound}'")
+                (f"{value} < {bound}", f"{prefix} || {text} || ' below minimum {bound}'")
             )
         if column.maximum is not None:
             bound = _number_text(column.maximum)
             problems.append(
-                (f"{as_double} > {bound}", f"{prefix} || {text} || ' above maximum {bound}'")
+                (f"{value} > {bound}", f"{prefix} || {text} || ' above maximum {bound}'")
             )
     elif column.type == "bool":
         true_words = ", ".join(sql_string(w) for w in TRUE_WORDS)
         false_words = ", ".join(sql_string(w) for w in FALSE_WORDS)
-        typed = (
+        parsed = (
             f"CASE WHEN lower({text}) IN ({true_words}) THEN true "
             f"WHEN lower({text}) IN ({false_words}) THEN false END"
         )
         problems.append(
             (
-                f"{typed} IS NULL",
+                f"{value} IS NULL",
                 f"{prefix} || {quoted} || ' is not a boolean (true/false, 1/0, yes/no)'",
             )
         )
@@ -300,26 +301,28 @@ def _column_checks(name: str, column: Column, future_limit: datetime) -> tuple[s
         raise ValueError(f"column {name}: unknown type {column.type!r}")
     branches = "".join(f" WHEN {condition} THEN {message}" for condition, message in problems)
     reason = f"CASE WHEN {text} IS NULL THEN {missing}{branches} END"
-    return typed, reason
+    return parsed, final, reason
 
 
 def validation_sql(feed: Feed, now: datetime, source_table: str = "_src") -> str:
-    """SELECT over ``source_table`` (``_line``, ``_raw`` and one text column per contract column)
-    giving ``_line``, ``_raw``, the typed contract columns and ``_reason`` ('' when valid)."""
+    """SELECT over ``source_table`` (``_line`` and one text column per contract column) giving
+    ``_line``, the typed contract columns and ``_reason`` ('' when the row is valid).
+
+    Three levels so that each value is trimmed once and cast once: text -> parsed -> checked.
+    """
     future_limit = now.astimezone(UTC).replace(tzinfo=None) + FUTURE_TOLERANCE
-    trimmed = ", ".join(
-        f"NULLIF(trim({sql_identifier(name)}, ' \t\r\n'), '') AS {sql_identifier('_t_' + name)}"
-        for name in feed.columns
-    )
-    typed_columns, reasons = [], []
+    trimmed, parsed, typed, reasons = [], [], [], []
     for name, column in feed.columns.items():
-        typed, reason = _column_checks(name, column, future_limit)
-        typed_columns.append(f"{typed} AS {sql_identifier(name)}")
+        parse, final, reason = _column_checks(name, column, future_limit)
+        text = sql_identifier(f"_t_{name}")
+        trimmed.append(f"NULLIF(trim({sql_identifier(name)}, ' \t\r\n'), '') AS {text}")
+        parsed.append(f"{text}, {parse} AS {sql_identifier(f'_v_{name}')}")
+        typed.append(f"{final} AS {sql_identifier(name)}")
         reasons.append(reason)
     return (
-        f"SELECT _line, _raw, {', '.join(typed_columns)}, "
-        f"concat_ws('; ', {', '.join(reasons)}) AS _reason "
-        f"FROM (SELECT _line, _raw, {trimmed} FROM {source_table})"
+        f"SELECT _line, {', '.join(typed)}, concat_ws('; ', {', '.join(reasons)}) AS _reason "
+        f"FROM (SELECT _line, {', '.join(parsed)} "
+        f"FROM (SELECT _line, {', '.join(trimmed)} FROM {source_table}))"
     )
 
 
@@ -437,18 +440,24 @@ def _renumber_around_rejects(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE _line_numbers")
 
 
-def _text_columns_sql(mapping: dict[str, str | None], expression: str) -> str:
-    """``<expr of source column> AS "<contract column>"`` (NULL for absent optional columns)."""
-    parts = []
-    for column, source in mapping.items():
-        value = expression.format(sql_identifier(source)) if source is not None else "NULL"
-        parts.append(f"CAST({value} AS VARCHAR) AS {sql_identifier(column)}")
-    return ", ".join(parts)
+def _struct_json(columns: list[str], alias: str) -> str:
+    """``to_json({...})`` of the named columns of ``alias``: a row's raw values as JSON text."""
+    fields = ", ".join(f"{sql_string(name)}: {alias}.{sql_identifier(name)}" for name in columns)
+    return f"to_json({{{fields}}})::VARCHAR"
 
 
-def load_file(con: duckdb.DuckDBPyConnection, path: Path, feed: Feed) -> None:
-    """Read one file into temp tables ``_src`` (one text column per contract column, ``_line``,
-    ``_raw`` JSON) and ``_rejected`` (lines that could not be parsed at all)."""
+def load_file(con: duckdb.DuckDBPyConnection, path: Path, feed: Feed) -> str:
+    """Read one file as text into temp tables; return the SQL of a row's raw JSON.
+
+    Leaves ``_read`` (``_line`` plus the file's own columns), the view ``_src`` (``_line`` and
+    one text column per contract column, NULL when the file lacks an optional column) and
+    ``_rejected`` (lines that could not be parsed at all, with reason and raw text). The returned
+    expression reads ``_read`` under the alias ``r``; it is only evaluated for quarantined rows,
+    because building JSON for every accepted row would cost more than the validation itself.
+
+    Raises:
+        NotAFeedError: required columns missing, or DuckDB cannot read the file.
+    """
     import duckdb
 
     columns = file_columns(con, path)
@@ -465,30 +474,17 @@ def load_file(con: duckdb.DuckDBPyConnection, path: Path, feed: Feed) -> None:
                     escape='"', {_rejects_options()}) WITH ORDINALITY""")
             _rejected_from_reader(con, header_lines=1, kind="CSV")
             _renumber_around_rejects(con)
-            raw = (
-                "to_json({"
-                + ", ".join(f"{sql_string(name)}: {sql_identifier(name)}" for name in columns)
-                + "})"
-            )
-            con.execute(f"""
-                CREATE OR REPLACE TEMP TABLE _src AS
-                SELECT _line, {raw}::VARCHAR AS _raw, {_text_columns_sql(mapping, "{}")}
-                FROM _read""")
+            raw = _struct_json(columns, "r")
         elif suffix == ".parquet":
-            raw = (
-                "to_json({"
-                + ", ".join(f"{sql_string(name)}: {sql_identifier(name)}" for name in columns)
-                + "})"
-            )
             con.execute(f"""
-                CREATE OR REPLACE TEMP TABLE _src AS
-                SELECT file_row_number + 1 AS _line, {raw}::VARCHAR AS _raw,
-                       {_text_columns_sql(mapping, "{}")}
+                CREATE OR REPLACE TEMP TABLE _read AS
+                SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS _line
                 FROM read_parquet({location}, file_row_number=true)""")
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE _rejected (_line BIGINT, _reason VARCHAR, "
                 "_raw VARCHAR)"
             )
+            raw = _struct_json(columns, "r")
         else:
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE _read AS SELECT * FROM "
@@ -497,7 +493,7 @@ def load_file(con: duckdb.DuckDBPyConnection, path: Path, feed: Feed) -> None:
             _rejected_from_reader(con, header_lines=0, kind="JSON Lines")
             _renumber_around_rejects(con)
             con.execute("""
-                CREATE OR REPLACE TEMP TABLE _lines AS
+                CREATE OR REPLACE TEMP TABLE _read AS
                 SELECT _line, line,
                        CASE WHEN json_valid(line) THEN
                            CASE WHEN json_type(line) = 'OBJECT' THEN line END END AS doc
@@ -506,23 +502,32 @@ def load_file(con: duckdb.DuckDBPyConnection, path: Path, feed: Feed) -> None:
                 INSERT INTO _rejected
                 SELECT _line, 'malformed JSON Lines line: not a JSON object',
                        to_json({'_unparsed': line})::VARCHAR
-                FROM _lines WHERE doc IS NULL""")
-            text_columns = ", ".join(
-                f"CAST(json_extract_string(doc, {sql_string('$.' + _json_key(source))}) "
-                f"AS VARCHAR) AS {sql_identifier(column)}"
-                if source is not None
-                else f"CAST(NULL AS VARCHAR) AS {sql_identifier(column)}"
-                for column, source in mapping.items()
-            )
-            con.execute(f"""
-                CREATE OR REPLACE TEMP TABLE _src AS
-                SELECT _line, line AS _raw, {text_columns} FROM _lines WHERE doc IS NOT NULL""")
-            con.execute("DROP TABLE _lines")
+                FROM _read WHERE doc IS NULL""")
+            con.execute("DELETE FROM _read WHERE doc IS NULL")
+            raw = "r.line"
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW _src AS SELECT _line, "
+            f"{_text_columns_sql(mapping, suffix)} FROM _read"
+        )
     except duckdb.Error as error:
         raise NotAFeedError(f"{path}: unreadable as {suffix[1:]}: {error}") from error
     finally:
         _drop_rejects(con)
-    con.execute("DROP TABLE IF EXISTS _read")
+    return raw
+
+
+def _text_columns_sql(mapping: dict[str, str | None], suffix: str) -> str:
+    """``<text of the source column> AS "<contract column>"``, NULL for absent columns."""
+    parts = []
+    for column, source in mapping.items():
+        if source is None:
+            value = "NULL"
+        elif suffix == ".jsonl":
+            value = f"json_extract_string(doc, {sql_string('$.' + _json_key(source))})"
+        else:
+            value = sql_identifier(source)
+        parts.append(f"CAST({value} AS VARCHAR) AS {sql_identifier(column)}")
+    return ", ".join(parts)
 
 
 def _json_key(key: str) -> str:
@@ -610,37 +615,45 @@ def ingest_file(
     sha256: str,
     now: datetime,
 ) -> FileCounts:
-    """Validate one file and commit its rows, quarantine and bookkeeping in one transaction."""
+    """Validate one file and commit its rows, quarantine and bookkeeping in one transaction.
+
+    A valid row is accepted unless its key is already staged (an earlier file) or appeared on
+    an earlier line of this file; those are counted as duplicates.
+    """
     stamp = now.astimezone(UTC).replace(tzinfo=None)
     key = sql_identifier(feed.key)
     con.execute("BEGIN TRANSACTION")
     try:
-        load_file(con, path, feed)
+        raw_json = load_file(con, path, feed)
         con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS {validation_sql(feed, now)}")
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _fresh AS
-            SELECT c.* FROM _checked c ANTI JOIN raw_{feed.name} r ON c.{key} = r.{key}
-            WHERE c._reason = ''
-            QUALIFY row_number() OVER (PARTITION BY c.{key} ORDER BY c._line) = 1""")
+        checked, invalid = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE _reason <> '') FROM _checked"
+        ).fetchall()[0]
         n_rejected = _count(con, "SELECT count(*) FROM _rejected")
+        columns = ", ".join(f"c.{sql_identifier(name)}" for name in feed.columns)
+        accepted = con.execute(
+            f"""
+            INSERT INTO raw_{feed.name}
+            SELECT {columns}, ?, c._line, ?
+            FROM _checked c ANTI JOIN raw_{feed.name} s ON c.{key} = s.{key}
+            WHERE c._reason = ''
+            QUALIFY row_number() OVER (PARTITION BY c.{key} ORDER BY c._line) = 1
+""",
+            [file_name, stamp],
+        ).fetchall()[0][0]
         counts = FileCounts(
             feed=feed.name,
             file=file_name,
-            read=_count(con, "SELECT count(*) FROM _checked") + n_rejected,
-            accepted=_count(con, "SELECT count(*) FROM _fresh"),
-            quarantined=_count(con, "SELECT count(*) FROM _checked WHERE _reason <> ''")
-            + n_rejected,
+            read=int(checked) + n_rejected,
+            accepted=int(accepted),
+            quarantined=int(invalid) + n_rejected,
         )
         counts.duplicates = counts.read - counts.accepted - counts.quarantined
-        columns = ", ".join(sql_identifier(name) for name in feed.columns)
         con.execute(
-            f"INSERT INTO raw_{feed.name} SELECT {columns}, ?, _line, ? FROM _fresh ORDER BY _line",
-            [file_name, stamp],
-        )
-        con.execute(
-            """
+            f"""
             INSERT INTO quarantine
-            SELECT ?, ?, _line, _reason, _raw, ? FROM _checked WHERE _reason <> ''
+            SELECT ?, ?, c._line, c._reason, {raw_json}, ?
+            FROM _checked c JOIN _read r USING (_line) WHERE c._reason <> ''
             UNION ALL SELECT ?, ?, _line, _reason, _raw, ? FROM _rejected""",
             [feed.name, file_name, stamp] * 2,
         )
@@ -657,7 +670,8 @@ def ingest_file(
                 stamp,
             ],
         )
-        for table in ("_src", "_rejected", "_checked", "_fresh"):
+        con.execute("DROP VIEW IF EXISTS _src")
+        for table in ("_read", "_rejected", "_checked"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         con.execute("COMMIT")
     except BaseException:
