@@ -156,6 +156,27 @@ class DriftReport(BaseModel):
                 return result.drifted
         return None
 
+    def render(self, top: int = 10) -> Any:
+        """A short rich summary for the terminal: verdict, the most drifted columns, the files."""
+        from rich.console import Group
+        from rich.table import Table
+
+        table = Table(title=f"most drifted of {len(self.columns)} columns tested")
+        for name in ("column", "method", "score", "threshold"):
+            table.add_column(name, justify="right" if name in ("score", "threshold") else "left")
+        ranked = sorted(self.drifted_columns, key=lambda c: -(c.score or 0.0))
+        for result in ranked[:top]:
+            table.add_row(result.column, result.method, f"{result.score:.3f}",
+                          f"{result.threshold:.3f}")
+        verdict = "[bold red]DRIFT[/]" if self.drift_detected else "[bold green]no drift[/]"
+        return Group(
+            f"{verdict}: {len(self.drifted_columns)}/{len(self.columns)} columns drifted "
+            f"(share {self.share_drifted:.2f}, threshold {self.threshold:.2f}); "
+            f"{self.n_current} current rows vs {self.n_reference} reference rows",
+            table,
+            f"report: {self.html_path}\nsummary: {self.summary_path}",
+        )
+
 
 @dataclass(frozen=True)
 class DriftColumns:
