@@ -22,6 +22,7 @@ from features.identity import (
     normalise_id,
     normalise_identifier,
     normalise_phone,
+    normalise_phones,
     pairwise_scores,
     resolve_identities,
 )
@@ -374,3 +375,26 @@ def test_pairwise_scores_match_enumerating_pairs(records: list[tuple[str | None,
     assert scores["precision"] == pytest.approx(both / predicted if predicted else 1.0)
     assert scores["recall"] == pytest.approx(both / actual if actual else 1.0)
     assert np.isfinite(scores["recall_identified"])
+
+
+phone_text = st.one_of(
+    st.text(alphabet="0123456789 +-()./x", max_size=18),
+    uk_mobile.map(lambda n: f"0{n}"),
+    uk_mobile.map(lambda n: f"+44 (0){n[:4]} {n[4:]}"),
+    uk_mobile.map(lambda n: f"0044 {n}"),
+    st.integers(0, 10**12).map(lambda n: f"00{n}"),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(phone_text, max_size=8), st.sampled_from(["GB", "US", "DE", "IT", "AR"]))
+def test_batch_phone_normaliser_agrees_with_the_scalar_one(values: list[str], region: str) -> None:
+    assert normalise_phones(values, region) == [normalise_phone(v, region) for v in values]
+
+
+def test_batch_phone_normaliser_handles_missing_values() -> None:
+    assert normalise_phones([None, "07911 123456", "+44 7911 123456"], "GB") == [
+        None,
+        "+447911123456",
+        "+447911123456",
+    ]
