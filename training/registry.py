@@ -8,6 +8,7 @@ reports a change. MLflow is imported inside the functions: it costs seconds to i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omniretain.settings import Settings
@@ -47,9 +48,21 @@ def _client(settings: Settings):  # -> mlflow.MlflowClient (imported lazily)
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
 
 
+def _registry_never_created(settings: Settings) -> bool:
+    """True when the registry is a local SQLite file that does not exist yet.
+
+    Asking MLflow would create the database (seconds of schema migrations) as a side effect of
+    a read; a file that does not exist holds no champion.
+    """
+    uri = settings.mlflow_tracking_uri
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
+
+
 def _champion_version(settings: Settings, name: str):  # -> ModelVersion | None
     from mlflow.exceptions import MlflowException
 
+    if _registry_never_created(settings):
+        return None
     try:
         return _client(settings).get_model_version_by_alias(name, CHAMPION_ALIAS)
     except MlflowException:

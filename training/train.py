@@ -18,6 +18,8 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -415,6 +417,25 @@ class TrainReport:
 # ---- MLflow (I/O edge) -------------------------------------------------------------------------
 
 
+# Warnings MLflow prints on every log_model that say nothing actionable here: the pickle format
+# warns about loading untrusted files (this registry is the project's own, and the service
+# needs the fast pickle path); the environment module cannot find pip in a uv-made venv.
+NOISY_LOGGERS = ("mlflow.sklearn", "mlflow.utils.environment")
+
+
+@contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for each, level in zip(loggers, levels, strict=True):
+            each.setLevel(level)
+
+
 def _experiment_id(settings: Settings, name: str) -> str:
     """The experiment ``name``, created with its artifacts under the project's MLflow folder."""
     from mlflow import MlflowClient
@@ -540,12 +561,7 @@ def log_and_register(
             },
             "training_summary.json",
         )
-        # The pickle-format warning is about loading untrusted files; this registry is the
-        # project's own, and the service needs the fast pickle path.
-        sklearn_logger = logging.getLogger("mlflow.sklearn")
-        previous_level = sklearn_logger.level
-        sklearn_logger.setLevel(logging.ERROR)
-        try:
+        with _quiet_loggers(*NOISY_LOGGERS):
             model_info = mlflow.sklearn.log_model(
                 trained.model,
                 name="model",
@@ -555,8 +571,6 @@ def log_and_register(
                 input_example=example,
                 pyfunc_predict_fn="predict_proba",
             )
-        finally:
-            sklearn_logger.setLevel(previous_level)
         decision_tags = {
             "promotion_decision": "promoted" if promote else "rejected",
             "promotion_reason": reason,
