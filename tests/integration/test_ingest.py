@@ -273,3 +273,34 @@ def test_parquet_and_evaluation_against_truth(settings: Settings, tmp_path: Path
     scores = evaluate_identity(settings)
     assert scores["records_scored"] == 7  # T2 was quarantined
     assert scores["precision"] == 1.0 and scores["recall"] == 1.0  # bob has one record
+
+
+def test_malformed_csv_lines_are_quarantined_and_line_numbers_stay_right(
+    settings: Settings,
+) -> None:
+    write(
+        settings.raw_dir,
+        "contact_center/contact_center_2025-01.csv",
+        "contact_id,occurred_at,case_id,phone,contact_channel,reason,resolved\n"
+        "K1,2025-01-02,case1,07911 123456,phone,delivery,no\n"
+        "K2,2025-01-02,case1,07911 123456,phone,delivery,no,surplus,fields\n"
+        "K3,2025-01-03,case1,,chat,billing,true\n"
+        "K4,2025-01-04,case2,,chat,billing,perhaps\n",
+    )
+    report = ingest(settings, progress=False, now=NOW)
+    counts = report.feeds["contact_center"]
+    assert (counts.read, counts.accepted, counts.quarantined) == (4, 2, 2)
+    rows = query(
+        settings,
+        "SELECT line, reason FROM quarantine WHERE feed = 'contact_center' ORDER BY line",
+    )
+    assert rows[0][0] == 2 and rows[0][1].startswith("malformed CSV line: too many columns")
+    assert rows[1] == (4, "resolved: 'perhaps' is not a boolean (true/false, 1/0, yes/no)")
+    lines = query(settings, "SELECT contact_id, _line FROM raw_contact_center ORDER BY 1")
+    assert lines == [("K1", 1), ("K3", 3)]
+
+
+def test_unreadable_parquet_raises_not_a_feed(settings: Settings) -> None:
+    write(settings.raw_dir, "social/social_2025-01.parquet", "this is not parquet")
+    with pytest.raises(NotAFeedError, match=r"social_2025-01\.parquet: unreadable"):
+        ingest(settings, progress=False, now=NOW)
