@@ -455,10 +455,17 @@ def _pip_requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("lightgbm", "scikit-learn", "numpy")]
 
 
-def _champion_metrics(
-    name: str, holdout: pd.DataFrame, label: str
-) -> tuple[dict[str, float] | None, str | None]:
-    """The current champion re-scored on this holdout (``None`` when there is no champion)."""
+@dataclass
+class ChampionScore:
+    """The current champion re-scored on the challenger's holdout, or why it could not be."""
+
+    version: str
+    metrics: dict[str, float] | None
+    problem: str | None = None
+
+
+def _score_champion(name: str, holdout: pd.DataFrame, label: str) -> ChampionScore | None:
+    """Re-score the current champion on this holdout (``None`` when there is no champion)."""
     import mlflow.sklearn
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -466,15 +473,16 @@ def _champion_metrics(
     try:
         champion = MlflowClient().get_model_version_by_alias(name, CHAMPION_ALIAS)
     except MlflowException:
-        return None, None
-    model = mlflow.sklearn.load_model(f"models:/{name}/{champion.version}")
+        return None
+    version = str(champion.version)
     try:
-        return model_holdout_metrics(model, holdout, label), str(champion.version)
-    except TrainingDataError as error:
-        # The champion expects features the store no longer serves: it cannot be compared,
-        # and it could not serve either; the challenger takes over.
-        logger.warning("champion %s v%s cannot be scored: %s", name, champion.version, error)
-        return {}, str(champion.version)
+        model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+        return ChampionScore(version, model_holdout_metrics(model, holdout, label))
+    except Exception as error:  # any failure means the champion could not serve either
+        # A champion that cannot be loaded (an older class layout, a lost artifact) or that
+        # needs features the store no longer serves could not answer requests either.
+        logger.warning("champion %s v%s cannot be scored: %s", name, version, error)
+        return ChampionScore(version, None, f"{type(error).__name__}: {error}")
 
 
 def _flat_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -503,15 +511,17 @@ def log_and_register(
         for split_name, part in trained.split.slices().items()
     }
     cutoffs = trained.split.cutoffs()
-    champion_metrics, champion_version = _champion_metrics(
-        name, trained.split.holdout, trained.label
-    )
-    promote, reason = promotion_decision(
-        trained.metrics["model"],
-        champion_metrics,
-        training.promotion_metric,
-        training.promotion_margin,
-    )
+    champion = _score_champion(name, trained.split.holdout, trained.label)
+    if champion is not None and champion.metrics is None:
+        promote = True
+        reason = f"champion v{champion.version} cannot be scored here ({champion.problem})"
+    else:
+        promote, reason = promotion_decision(
+            trained.metrics["model"],
+            champion.metrics if champion else None,
+            training.promotion_metric,
+            training.promotion_margin,
+        )
     example = trained.split.holdout[trained.model.feature_names].head(INPUT_EXAMPLE_ROWS)
     example = example.astype("float64")
     signature = infer_signature(example, trained.model.predict_proba(example.to_numpy()))
@@ -557,7 +567,7 @@ def log_and_register(
                 "cutoffs": cutoffs,
                 "feature_names": trained.model.feature_names,
                 "holdout_metrics": trained.metrics,
-                "champion_metrics": champion_metrics,
+                "champion_metrics": champion.metrics if champion else None,
             },
             "training_summary.json",
         )
@@ -574,7 +584,7 @@ def log_and_register(
         decision_tags = {
             "promotion_decision": "promoted" if promote else "rejected",
             "promotion_reason": reason,
-            "compared_with_champion_version": champion_version or "none",
+            "compared_with_champion_version": champion.version if champion else "none",
         }
         mlflow.set_tags(decision_tags)
         version = mlflow.register_model(
