@@ -544,6 +544,9 @@ IMPLIED_CHANNEL: dict[str, str] = {
 }
 # Columns added to the contract's unified tables (allowed: "ingestion may add columns").
 EXTRA_UNIFIED_COLUMNS: dict[str, tuple[str, ...]] = {"purchases": ("store_id",)}
+# A purchase row without a return flag is a sale: downstream filters use ``NOT is_return``,
+# which would silently drop rows whose flag is NULL.
+UNIFIED_DEFAULTS: dict[tuple[str, str], str] = {("purchases", "is_return"): "false"}
 
 
 def _column_sql_type(table: str, column: str) -> str:
@@ -570,6 +573,8 @@ def unified_select(feed: Feed) -> str:
             value = sql_string(IMPLIED_CHANNEL[feed.name])
         elif column in feed.columns:
             value = f"s.{sql_identifier(column)}"
+            if (table, column) in UNIFIED_DEFAULTS:
+                value = f"coalesce({value}, {UNIFIED_DEFAULTS[table, column]})"
         else:
             value = f"CAST(NULL AS {_column_sql_type(table, column)})"
         expressions.append(f"{value} AS {sql_identifier(column)}")

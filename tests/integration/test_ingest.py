@@ -135,6 +135,7 @@ def test_first_ingest_counts_quarantines_and_links(settings: Settings) -> None:
     assert raw["transaction_id"] == "T3" and raw["purchased_at"] == "yesterday"
 
     # The loyalty card, the app order, the device and the phone all join one customer.
+    assert query(settings, "SELECT count(*) FROM purchases WHERE is_return IS NULL") == [(0,)]
     purchases = query(
         settings,
         "SELECT source_id, channel, customer_id, occurred_at FROM purchases ORDER BY source_id",

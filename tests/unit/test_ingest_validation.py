@@ -142,3 +142,7 @@ def test_unified_select_sets_implied_channels() -> None:
     assert "'store' AS \"channel\"" in unified_select(FEEDS["pos_sales"])
     assert 's."channel" AS "channel"' in unified_select(FEEDS["web_orders"])
     assert "'sms' AS \"channel\"" in unified_select(FEEDS["sms_events"])
+
+
+def test_missing_return_flag_means_a_sale_in_the_unified_table() -> None:
+    assert 'coalesce(s."is_return", false) AS "is_return"' in unified_select(FEEDS["pos_sales"])
