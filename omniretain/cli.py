@@ -248,7 +248,7 @@ def pick_demo_customer(settings: Settings) -> str:
     import duckdb
 
     path = settings.features_dir / "customer_features.parquet"
-    row = duckdb.sql(
+    row = duckdb.connect().execute(
         f"""SELECT customer_id FROM read_parquet('{path}')
             WHERE event_timestamp = (SELECT max(event_timestamp) FROM read_parquet('{path}'))
             ORDER BY open_cases DESC, spend_365d DESC, customer_id LIMIT 1"""
