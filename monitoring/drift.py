@@ -410,7 +410,27 @@ def load_reference(settings: Settings) -> pd.DataFrame:
             f"no drift reference at {path}: run `omniretain train` first (it saves the feature "
             "rows it trained on there)"
         )
-    return pd.read_parquet(path)
+    return newest_snapshot(pd.read_parquet(path))
+
+
+def newest_snapshot(frame: pd.DataFrame) -> pd.DataFrame:
+    """Only the rows of the newest ``event_timestamp``.
+
+    Cumulative features (tenure, totals, recency) grow with every cutoff, so pooling all the
+    training cutoffs against one current snapshot would flag them whatever happened. One
+    snapshot against one snapshot compares like with like.
+    """
+    if TIMESTAMP_COLUMN not in frame.columns or frame.empty:
+        return frame
+    newest = frame[TIMESTAMP_COLUMN].max()
+    return frame.loc[frame[TIMESTAMP_COLUMN] == newest].reset_index(drop=True)
+
+
+def scored_population(frame: pd.DataFrame) -> pd.DataFrame:
+    """The customers the models score: those with at least one purchase (as in training)."""
+    if "purchases_total" not in frame.columns:
+        return frame
+    return frame.loc[frame["purchases_total"] > 0].reset_index(drop=True)
 
 
 def load_latest_snapshot(settings: Settings) -> pd.DataFrame:
@@ -432,7 +452,7 @@ def load_latest_snapshot(settings: Settings) -> pd.DataFrame:
         raise EmptyDataError(f"the feature table {path} has no rows")
     newest = pc.max(timestamps).as_py()
     table = pq.read_table(path, filters=[(TIMESTAMP_COLUMN, "==", newest)])
-    return table.to_pandas()
+    return scored_population(table.to_pandas())
 
 
 def _new_run_dir(drift_root: Path, now: datetime) -> Path:

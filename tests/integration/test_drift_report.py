@@ -124,7 +124,8 @@ def test_current_is_the_newest_snapshot_and_both_sides_are_sampled(
 ) -> None:
     assert steady_run.current_snapshot == NEWEST.to_pydatetime()
     assert steady_run.n_current_before_sampling == 250
-    assert steady_run.n_reference_before_sampling == 400
+    # the reference is the newest training snapshot only (200 of its 400 rows)
+    assert steady_run.n_reference_before_sampling == 200
     assert steady_run.n_current == 200 and steady_run.n_reference == 200
 
 

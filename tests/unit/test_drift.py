@@ -275,3 +275,22 @@ def test_parse_rejects_an_unknown_method_it_cannot_decide(small_snapshot: dict[s
     odd = {**metric, "config": {**metric["config"], "method": "new-fangled test"}}
     with pytest.raises(DriftParseError, match="new-fangled"):
         parse_column_drift({"metrics": [odd], "tests": []})
+
+
+def test_newest_snapshot_keeps_only_the_latest_cutoff() -> None:
+    from monitoring.drift import newest_snapshot
+
+    frame = pd.DataFrame(
+        {
+            "event_timestamp": pd.to_datetime(["2025-01-01", "2025-02-01", "2025-02-01"], utc=True),
+            "x": [1.0, 2.0, 3.0],
+        }
+    )
+    assert newest_snapshot(frame)["x"].tolist() == [2.0, 3.0]
+
+
+def test_scored_population_drops_customers_who_never_bought() -> None:
+    from monitoring.drift import scored_population
+
+    frame = pd.DataFrame({"purchases_total": [0.0, 2.0, 1.0], "x": [1.0, 2.0, 3.0]})
+    assert scored_population(frame)["x"].tolist() == [2.0, 3.0]
