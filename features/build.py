@@ -234,27 +234,46 @@ def _days(days: int) -> str:
     return f"INTERVAL {int(days)} DAY"
 
 
+# One bit per channel name of ``settings.channels``; distinct counts become bit counts.
+_CHANNEL_BITS: dict[str, int] = {
+    name: 1 << position
+    for position, name in enumerate(("store", "web", "app", "email", "sms", "call_center",
+                                     "social"))
+}
+
+
+def _channel_bit(column: str) -> str:
+    cases = " ".join(f"WHEN '{name}' THEN {bit}" for name, bit in _CHANNEL_BITS.items())
+    return f"CAST(CASE {column} {cases} ELSE {1 << len(_CHANNEL_BITS)} END AS UINTEGER)"
+
+
 def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
     """The single DuckDB query; windows are validated ints, so inlining them is safe."""
+    # Window starts are precomputed per cutoff (``k.since_<n>d``) so that each of the many
+    # FILTER clauses is a plain timestamp comparison, not interval arithmetic per row.
+    window_starts = sorted(set(windows) | {3, 7, 30, 90, 180, 365})
+
     def in_window(days: int, column: str = "e.occurred_at") -> str:
-        return f"{column} >= k.cutoff - {_days(days)}"
+        return f"{column} >= k.since_{days}d"
 
     purchase_aggs: list[str] = [
         "max(e.occurred_at) FILTER (WHERE NOT e.is_return) AS last_purchase_at",
         "count(*) FILTER (WHERE NOT e.is_return) AS purchases_total",
         "sum(e.net_amount) AS historic_clv",
-        f"count(*) FILTER (WHERE NOT e.is_return AND e.occurred_at < k.cutoff - {_days(90)} "
+        f"count(*) FILTER (WHERE NOT e.is_return AND e.occurred_at < k.since_90d "
         f"AND {in_window(180)}) AS purchases_prior_90d",
         f"sum(e.amount) FILTER (WHERE NOT e.is_return AND {in_window(365)}) AS gross_spend_365d",
         f"count(*) FILTER (WHERE NOT e.is_return AND e.used_promo AND {in_window(365)}) "
         "AS promo_orders_365d",
         f"count(*) FILTER (WHERE e.is_return AND {in_window(365)}) AS returns_365d",
-        f"count(DISTINCT e.channel) FILTER (WHERE NOT e.is_return AND {in_window(90)}) "
+        # bit_or of one bit per channel instead of count(DISTINCT): several times faster
+        f"bit_count(bit_or(e.channel_bit) FILTER (WHERE NOT e.is_return AND {in_window(90)})) "
         "AS purchase_channels_90d",
     ]
     for channel in PURCHASE_CHANNELS:
         purchase_aggs.append(
-            f"max(e.occurred_at) FILTER (WHERE NOT e.is_return AND e.channel = '{channel}') "
+            f"max(e.occurred_at) FILTER (WHERE NOT e.is_return AND e.channel_bit = "
+            f"{_CHANNEL_BITS[channel]}) "
             f"AS last_purchase_{channel}_at"
         )
     for days in windows:
@@ -266,11 +285,13 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
         )
         for channel in PURCHASE_CHANNELS:
             purchase_aggs.append(
-                f"count(*) FILTER (WHERE NOT e.is_return AND e.channel = '{channel}' "
+                f"count(*) FILTER (WHERE NOT e.is_return AND e.channel_bit = "
+                f"{_CHANNEL_BITS[channel]} "
                 f"AND {in_window(days)}) AS purchases_{days}d_{channel}"
             )
             purchase_aggs.append(
-                f"coalesce(sum(e.net_amount) FILTER (WHERE e.channel = '{channel}' "
+                f"coalesce(sum(e.net_amount) FILTER (WHERE e.channel_bit = "
+                f"{_CHANNEL_BITS[channel]} "
                 f"AND {in_window(days)}), 0) AS spend_{days}d_{channel}"
             )
     purchase_select = ",\n        ".join(purchase_aggs)
@@ -365,17 +386,34 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
         select_items.append(f"CAST({expression} AS {cast}) AS {name}")
     final_select = ",\n    ".join(select_items)
 
+    window_columns = ", ".join(
+        f"cutoff - {_days(days)} AS since_{days}d" for days in window_starts
+    )
+    keyed_sources = ",\n".join(
+        f"keyed_{table} AS (SELECT k.customer_key, t.* EXCLUDE (customer_id)"
+        f" FROM {table} t JOIN customer_keys k USING (customer_id))"
+        for table in EVENT_TABLES
+    )
     return f"""
 WITH
-cutoffs AS (SELECT DISTINCT CAST(cutoff AS TIMESTAMP) AS cutoff FROM {cutoffs_view}),
-grid AS (
-    SELECT c.customer_id, k.cutoff, c.n_source_ids,
-           epoch(k.cutoff - c.first_seen_at) / 86400.0 AS tenure_days
-    FROM customers c JOIN cutoffs k ON c.first_seen_at < k.cutoff
-    WHERE c.customer_id IS NOT NULL
+cutoffs AS MATERIALIZED (
+    SELECT cutoff, {window_columns}
+    FROM (SELECT DISTINCT CAST(cutoff AS TIMESTAMP) AS cutoff FROM {cutoffs_view})
 ),
-purchase_events AS (
-    SELECT customer_id, occurred_at, channel,
+-- Integer customer keys: grouping and joining on them is several times faster than on strings.
+customer_keys AS MATERIALIZED (
+    SELECT customer_id, first_seen_at, n_source_ids,
+        CAST(row_number() OVER (ORDER BY customer_id) AS BIGINT) AS customer_key
+    FROM customers WHERE customer_id IS NOT NULL
+),
+{keyed_sources},
+grid AS (
+    SELECT c.customer_id, c.customer_key, k.cutoff, c.n_source_ids,
+           epoch(k.cutoff - c.first_seen_at) / 86400.0 AS tenure_days
+    FROM customer_keys c JOIN cutoffs k ON c.first_seen_at < k.cutoff
+),
+purchase_events AS MATERIALIZED (
+    SELECT customer_key, occurred_at, channel, {_channel_bit('channel')} AS channel_bit,
            coalesce(is_return, false) AS is_return,
            coalesce(amount, 0) AS amount,
            CASE WHEN coalesce(is_return, false) THEN -coalesce(amount, 0)
@@ -383,50 +421,50 @@ purchase_events AS (
            coalesce(discount_amount, 0) > 0 OR coalesce(trim(promo_code), '') <> ''
                AS used_promo,
            product_id, unit_price, source_feed, source_id
-    FROM purchases WHERE customer_id IS NOT NULL
+    FROM keyed_purchases
 ),
 purchase_agg AS (
-    SELECT e.customer_id, k.cutoff,
+    SELECT e.customer_key, k.cutoff,
         {purchase_select}
     FROM purchase_events e JOIN cutoffs k ON e.occurred_at < k.cutoff
-    GROUP BY e.customer_id, k.cutoff
+    GROUP BY e.customer_key, k.cutoff
 ),
-sessions AS (
-    SELECT customer_id, session_id, min(occurred_at) AS started_at,
+sessions AS MATERIALIZED (
+    SELECT customer_key, session_id, min(occurred_at) AS started_at,
            arg_min(channel, occurred_at) AS channel
-    FROM web_events WHERE customer_id IS NOT NULL
-    GROUP BY customer_id, session_id
+    FROM keyed_web_events
+    GROUP BY customer_key, session_id
 ),
 session_agg AS (
-    SELECT e.customer_id, k.cutoff,
+    SELECT e.customer_key, k.cutoff,
         max(e.started_at) AS last_session_at,
         count(*) FILTER (WHERE {in_window(30, 'e.started_at')}) AS sessions_30d,
         count(*) FILTER (WHERE {in_window(90, 'e.started_at')}) AS sessions_90d
     FROM sessions e JOIN cutoffs k ON e.started_at < k.cutoff
-    GROUP BY e.customer_id, k.cutoff
+    GROUP BY e.customer_key, k.cutoff
 ),
 web_agg AS (
-    SELECT e.customer_id, k.cutoff,
+    SELECT e.customer_key, k.cutoff,
         count(*) FILTER (WHERE e.event_type = 'product_view') AS product_views_30d,
         count(*) FILTER (WHERE e.event_type = 'add_to_cart') AS add_to_carts_30d
-    FROM web_events e JOIN cutoffs k
+    FROM keyed_web_events e JOIN cutoffs k
         ON e.occurred_at < k.cutoff AND {in_window(30)}
-    WHERE e.customer_id IS NOT NULL AND e.event_type IN ('product_view', 'add_to_cart')
-    GROUP BY e.customer_id, k.cutoff
+    WHERE e.event_type IN ('product_view', 'add_to_cart')
+    GROUP BY e.customer_key, k.cutoff
 ),
 abandoned_carts AS (
-    SELECT w.customer_id, w.occurred_at,
+    SELECT w.customer_key, w.occurred_at,
         EXISTS (
             SELECT 1 FROM purchase_events p
-            WHERE p.customer_id = w.customer_id AND NOT p.is_return
+            WHERE p.customer_key = w.customer_key AND NOT p.is_return
               AND p.occurred_at > w.occurred_at
               AND p.occurred_at < w.occurred_at + {_days(3)}
         ) AS recovered
-    FROM web_events w
-    WHERE w.customer_id IS NOT NULL AND w.event_type = 'cart_abandoned'
+    FROM keyed_web_events w
+    WHERE w.event_type = 'cart_abandoned'
 ),
 cart_agg AS (
-    SELECT e.customer_id, k.cutoff,
+    SELECT e.customer_key, k.cutoff,
         max(e.occurred_at) AS last_abandoned_cart_at,
         count(*) FILTER (WHERE {in_window(30)}) AS abandoned_carts_30d,
         count(*) FILTER (WHERE {in_window(90)}) AS abandoned_carts_90d,
@@ -434,104 +472,106 @@ cart_agg AS (
         count(*) FILTER (WHERE {in_window(90)} AND NOT e.recovered
                          AND e.occurred_at + {_days(3)} <= k.cutoff) AS ignored_abandoned_carts_90d
     FROM abandoned_carts e JOIN cutoffs k ON e.occurred_at < k.cutoff
-    GROUP BY e.customer_id, k.cutoff
+    GROUP BY e.customer_key, k.cutoff
 ),
-touchpoints AS (
-    SELECT customer_id, occurred_at, channel FROM purchase_events WHERE NOT is_return
+touchpoints AS MATERIALIZED (
+    SELECT customer_key, occurred_at, channel FROM purchase_events WHERE NOT is_return
     UNION ALL
-    SELECT customer_id, started_at, channel FROM sessions
+    SELECT customer_key, started_at, channel FROM sessions
 ),
 transitions AS (
-    SELECT customer_id, occurred_at, channel,
+    SELECT customer_key, occurred_at, channel,
         lag(occurred_at) OVER history AS previous_at,
         lag(channel) OVER history AS previous_channel
     FROM touchpoints
-    WINDOW history AS (PARTITION BY customer_id ORDER BY occurred_at, channel)
+    WINDOW history AS (PARTITION BY customer_key ORDER BY occurred_at, channel)
 ),
 transition_agg AS (
-    SELECT e.customer_id, k.cutoff,
+    SELECT e.customer_key, k.cutoff,
         count(*) AS transitions_90d,
         count(*) FILTER (WHERE e.channel <> e.previous_channel) AS channel_switches_90d
     FROM transitions e JOIN cutoffs k
-        ON e.occurred_at < k.cutoff AND e.previous_at >= k.cutoff - {_days(90)}
-    GROUP BY e.customer_id, k.cutoff
+        ON e.occurred_at < k.cutoff AND e.previous_at >= k.since_90d
+    GROUP BY e.customer_key, k.cutoff
 ),
 engagement AS (
-    SELECT customer_id, occurred_at, channel FROM touchpoints
+    SELECT customer_key, occurred_at, channel FROM touchpoints
     UNION ALL
-    SELECT customer_id, occurred_at, channel FROM messages
-    WHERE customer_id IS NOT NULL AND event_type IN ('open', 'click')
+    SELECT customer_key, occurred_at, channel FROM keyed_messages
+    WHERE event_type IN ('open', 'click')
     UNION ALL
-    SELECT customer_id, occurred_at, 'call_center' FROM contacts WHERE customer_id IS NOT NULL
+    SELECT customer_key, occurred_at, 'call_center' FROM keyed_contacts
     UNION ALL
-    SELECT customer_id, occurred_at, 'social' FROM social WHERE customer_id IS NOT NULL
+    SELECT customer_key, occurred_at, 'social' FROM keyed_social
 ),
 breadth_agg AS (
-    SELECT e.customer_id, k.cutoff, count(DISTINCT e.channel) AS channel_breadth_90d
+    SELECT e.customer_key, k.cutoff,
+        bit_count(bit_or({_channel_bit('e.channel')})) AS channel_breadth_90d
     FROM engagement e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
-    GROUP BY e.customer_id, k.cutoff
+    GROUP BY e.customer_key, k.cutoff
 ),
 store_price_exposures AS (
-    SELECT p.customer_id, p.occurred_at AS purchased_at,
+    SELECT p.customer_key, p.occurred_at AS purchased_at,
         min(greatest(p.occurred_at, w.occurred_at)) AS exposed_at
-    FROM purchase_events p JOIN web_events w
-        ON w.customer_id = p.customer_id AND w.product_id = p.product_id
+    FROM purchase_events p JOIN keyed_web_events w
+        ON w.customer_key = p.customer_key AND w.product_id = p.product_id
        AND w.occurred_at >= p.occurred_at - {_days(7)}
        AND w.occurred_at <= p.occurred_at + {_days(7)}
        AND abs(w.price_seen - p.unit_price) >= 0.005
     WHERE p.channel = 'store' AND NOT p.is_return AND p.unit_price IS NOT NULL
       AND w.price_seen IS NOT NULL AND w.channel IN ('web', 'app')
-    GROUP BY p.customer_id, p.occurred_at, p.product_id, p.source_feed, p.source_id
+    GROUP BY p.customer_key, p.occurred_at, p.product_id, p.source_feed, p.source_id
 ),
 exposure_agg AS (
-    SELECT e.customer_id, k.cutoff, count(*) AS price_inconsistency_exposure_90d
+    SELECT e.customer_key, k.cutoff, count(*) AS price_inconsistency_exposure_90d
     FROM store_price_exposures e JOIN cutoffs k
-        ON e.exposed_at < k.cutoff AND e.purchased_at >= k.cutoff - {_days(90)}
-    GROUP BY e.customer_id, k.cutoff
+        ON e.exposed_at < k.cutoff AND e.purchased_at >= k.since_90d
+    GROUP BY e.customer_key, k.cutoff
 ),
-contact_events AS (
-    SELECT customer_id, occurred_at, case_id, contact_channel,
+contact_events AS MATERIALIZED (
+    SELECT customer_key, occurred_at, case_id, contact_channel,
         coalesce(resolved, false) AS resolved, handle_minutes,
         coalesce(occurred_at - lag(occurred_at) OVER (
-            PARTITION BY customer_id, case_id ORDER BY occurred_at) <= {_days(7)}, false)
+            PARTITION BY customer_key, case_id ORDER BY occurred_at) <= {_days(7)}, false)
         OR coalesce(occurred_at - lag(occurred_at) OVER (
-            PARTITION BY customer_id, reason ORDER BY occurred_at) <= {_days(7)}, false)
+            PARTITION BY customer_key, reason ORDER BY occurred_at) <= {_days(7)}, false)
             AS is_repeat
-    FROM contacts WHERE customer_id IS NOT NULL
+    FROM keyed_contacts
 ),
 contact_agg AS (
-    SELECT e.customer_id, k.cutoff,
+    SELECT e.customer_key, k.cutoff,
         count(*) FILTER (WHERE {in_window(30)}) AS contacts_30d,
         count(*) AS contacts_90d,
         count(*) FILTER (WHERE e.is_repeat) AS repeat_contacts_7d,
         count(*) FILTER (WHERE NOT e.resolved) AS unresolved_contacts_90d,
         avg(e.handle_minutes) AS mean_handle_minutes_90d
     FROM contact_events e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
-    GROUP BY e.customer_id, k.cutoff
+    GROUP BY e.customer_key, k.cutoff
 ),
 case_state AS (
-    SELECT e.customer_id, k.cutoff, e.case_id,
+    SELECT e.customer_key, k.cutoff, e.case_id,
         max(e.occurred_at) AS last_contact_at,
         arg_max(e.resolved, e.occurred_at) AS last_resolved,
-        count(DISTINCT e.contact_channel) AS contact_channels
+        bit_count(bit_or(CASE e.contact_channel WHEN 'phone' THEN 1 WHEN 'chat' THEN 2
+                         WHEN 'email' THEN 4 ELSE 8 END)) AS contact_channels
     FROM contact_events e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
-    GROUP BY e.customer_id, k.cutoff, e.case_id
+    GROUP BY e.customer_key, k.cutoff, e.case_id
 ),
 case_agg AS (
-    SELECT customer_id, cutoff,
+    SELECT customer_key, cutoff,
         count(*) FILTER (WHERE last_contact_at >= cutoff - {_days(30)} AND NOT last_resolved)
             AS open_cases,
         max(contact_channels) AS max_contact_channels_per_case_90d
-    FROM case_state GROUP BY customer_id, cutoff
+    FROM case_state GROUP BY customer_key, cutoff
 ),
 survey_responses AS (
-    SELECT customer_id, occurred_at, survey_type, score,
-        lag(score) OVER (PARTITION BY customer_id, survey_type ORDER BY occurred_at)
+    SELECT customer_key, occurred_at, survey_type, score,
+        lag(score) OVER (PARTITION BY customer_key, survey_type ORDER BY occurred_at)
             AS previous_score
-    FROM surveys WHERE customer_id IS NOT NULL AND score IS NOT NULL
+    FROM keyed_surveys WHERE score IS NOT NULL
 ),
 survey_agg AS (
-    SELECT e.customer_id, k.cutoff,
+    SELECT e.customer_key, k.cutoff,
         arg_max_null(e.score, e.occurred_at) FILTER (WHERE e.survey_type = 'nps') AS last_nps,
         arg_max_null(e.previous_score, e.occurred_at) FILTER (WHERE e.survey_type = 'nps')
             AS previous_nps,
@@ -539,66 +579,64 @@ survey_agg AS (
         arg_max_null(e.previous_score, e.occurred_at) FILTER (WHERE e.survey_type = 'ces')
             AS previous_ces
     FROM survey_responses e JOIN cutoffs k ON e.occurred_at < k.cutoff
-    GROUP BY e.customer_id, k.cutoff
+    GROUP BY e.customer_key, k.cutoff
 ),
 message_agg AS (
-    SELECT e.customer_id, k.cutoff,
+    SELECT e.customer_key, k.cutoff,
         count(*) FILTER (WHERE e.channel = 'email' AND e.event_type = 'sent') AS emails_sent_90d,
         count(*) FILTER (WHERE e.channel = 'email' AND e.event_type = 'open') AS email_opens_90d,
         count(*) FILTER (WHERE e.channel = 'email' AND e.event_type = 'click')
             AS email_clicks_90d,
         count(*) FILTER (WHERE e.channel = 'sms' AND e.event_type = 'sent') AS sms_sent_90d,
         count(*) FILTER (WHERE e.channel = 'sms' AND e.event_type = 'click') AS sms_clicks_90d
-    FROM messages e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
-    WHERE e.customer_id IS NOT NULL
-    GROUP BY e.customer_id, k.cutoff
+    FROM keyed_messages e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
+    GROUP BY e.customer_key, k.cutoff
 ),
 unsubscribes AS (
-    SELECT customer_id, min(occurred_at) AS first_unsubscribed_at
-    FROM messages
-    WHERE customer_id IS NOT NULL AND event_type IN ('unsubscribe', 'opt_out')
-    GROUP BY customer_id
+    SELECT customer_key, min(occurred_at) AS first_unsubscribed_at
+    FROM keyed_messages
+    WHERE event_type IN ('unsubscribe', 'opt_out')
+    GROUP BY customer_key
 ),
 social_agg AS (
-    SELECT e.customer_id, k.cutoff,
+    SELECT e.customer_key, k.cutoff,
         count(*) AS social_interactions_90d,
         count(*) FILTER (WHERE e.interaction_type = 'complaint') AS social_complaints_90d,
         avg(e.sentiment) AS social_sentiment_90d
-    FROM social e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
-    WHERE e.customer_id IS NOT NULL
-    GROUP BY e.customer_id, k.cutoff
+    FROM keyed_social e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
+    GROUP BY e.customer_key, k.cutoff
 ),
 consent_agg AS (
-    SELECT e.customer_id, k.cutoff,
+    SELECT e.customer_key, k.cutoff,
         arg_max(e.granted, e.occurred_at) FILTER (WHERE e.channel = 'email') AS consent_email,
         arg_max(e.granted, e.occurred_at) FILTER (WHERE e.channel = 'sms') AS consent_sms,
         arg_max(e.granted, e.occurred_at) FILTER (WHERE e.channel = 'app') AS consent_app,
         arg_max(e.granted, e.occurred_at) FILTER (WHERE e.channel = 'call_center')
             AS consent_call_center
-    FROM consents e JOIN cutoffs k ON e.occurred_at < k.cutoff
-    WHERE e.customer_id IS NOT NULL AND e.granted IS NOT NULL
-    GROUP BY e.customer_id, k.cutoff
+    FROM keyed_consents e JOIN cutoffs k ON e.occurred_at < k.cutoff
+    WHERE e.granted IS NOT NULL
+    GROUP BY e.customer_key, k.cutoff
 )
 SELECT
     CAST(g.customer_id AS VARCHAR) AS {ENTITY_KEY},
     g.cutoff AS event_timestamp,
     {final_select}
 FROM grid g
-LEFT JOIN purchase_agg pa USING ({ENTITY_KEY}, cutoff)
-LEFT JOIN session_agg ws USING ({ENTITY_KEY}, cutoff)
-LEFT JOIN web_agg we USING ({ENTITY_KEY}, cutoff)
-LEFT JOIN cart_agg ca USING ({ENTITY_KEY}, cutoff)
-LEFT JOIN transition_agg tr USING ({ENTITY_KEY}, cutoff)
-LEFT JOIN breadth_agg br USING ({ENTITY_KEY}, cutoff)
-LEFT JOIN exposure_agg px USING ({ENTITY_KEY}, cutoff)
-LEFT JOIN contact_agg co USING ({ENTITY_KEY}, cutoff)
-LEFT JOIN case_agg cc USING ({ENTITY_KEY}, cutoff)
-LEFT JOIN survey_agg su USING ({ENTITY_KEY}, cutoff)
-LEFT JOIN message_agg me USING ({ENTITY_KEY}, cutoff)
-LEFT JOIN unsubscribes un USING ({ENTITY_KEY})
-LEFT JOIN social_agg so USING ({ENTITY_KEY}, cutoff)
-LEFT JOIN consent_agg cs USING ({ENTITY_KEY}, cutoff)
-ORDER BY event_timestamp, {ENTITY_KEY}
+LEFT JOIN purchase_agg pa USING (customer_key, cutoff)
+LEFT JOIN session_agg ws USING (customer_key, cutoff)
+LEFT JOIN web_agg we USING (customer_key, cutoff)
+LEFT JOIN cart_agg ca USING (customer_key, cutoff)
+LEFT JOIN transition_agg tr USING (customer_key, cutoff)
+LEFT JOIN breadth_agg br USING (customer_key, cutoff)
+LEFT JOIN exposure_agg px USING (customer_key, cutoff)
+LEFT JOIN contact_agg co USING (customer_key, cutoff)
+LEFT JOIN case_agg cc USING (customer_key, cutoff)
+LEFT JOIN survey_agg su USING (customer_key, cutoff)
+LEFT JOIN message_agg me USING (customer_key, cutoff)
+LEFT JOIN unsubscribes un USING (customer_key)
+LEFT JOIN social_agg so USING (customer_key, cutoff)
+LEFT JOIN consent_agg cs USING (customer_key, cutoff)
+ORDER BY g.cutoff, g.customer_key
 """
 
 
@@ -655,7 +693,8 @@ def event_time_range(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime
         f" WHERE customer_id IS NOT NULL"
         for table in EVENT_TABLES
     )
-    first, last = con.execute(f"SELECT min(lo), max(hi) FROM ({union})").fetchone() or (None, None)
+    # fetchall, not fetchone: DuckDB 2 keeps a half-read result open and refuses further work
+    [(first, last)] = con.execute(f"SELECT min(lo), max(hi) FROM ({union})").fetchall()
     if first is None or last is None:
         raise FeatureBuildError(
             "the warehouse has no customer events; check the raw feeds and run "
