@@ -40,6 +40,8 @@ FEATURE_SOURCE_TABLES: tuple[str, ...] = (
     "consents",
 )
 EVENT_TABLES: tuple[str, ...] = FEATURE_SOURCE_TABLES[1:]
+# Tables of profile records rather than behaviour: they do not start the snapshot grid.
+PROFILE_TABLES: frozenset[str] = frozenset({"consents", "loyalty"})
 
 
 class FeatureBuildError(RuntimeError):
@@ -686,11 +688,16 @@ def _require_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def event_time_range(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime]:
-    """First and last ``occurred_at`` over the event tables (UTC), for the snapshot grid."""
+    """First and last ``occurred_at`` for the snapshot grid (UTC).
+
+    The grid starts at the first *behaviour* (purchase, session, message, contact...): profile
+    records such as loyalty enrolments and consents can be dated years before any activity and
+    would otherwise fill the grid with empty snapshots. It ends at the last event of any kind.
+    """
     _require_tables(con)
     union = " UNION ALL ".join(
-        f"SELECT min(occurred_at) AS lo, max(occurred_at) AS hi FROM {table}"
-        f" WHERE customer_id IS NOT NULL"
+        f"SELECT min(occurred_at) FILTER (WHERE {str(table not in PROFILE_TABLES).lower()})"
+        f" AS lo, max(occurred_at) AS hi FROM {table} WHERE customer_id IS NOT NULL"
         for table in EVENT_TABLES
     )
     # fetchall, not fetchone: DuckDB 2 keeps a half-read result open and refuses further work
@@ -721,6 +728,19 @@ class FeatureReport:
     @property
     def serving_cutoff(self) -> datetime:
         return self.cutoffs[-1]
+
+    def render(self) -> str:
+        """A few lines for the terminal: what was built, where, and how long each step took."""
+        steps = ", ".join(f"{name} {secs:.1f} s" for name, secs in self.seconds.items())
+        first, last = self.cutoffs[0], self.cutoffs[-1]
+        return (
+            f"{self.rows:,} snapshot rows: {self.customers:,} customers x {len(self.cutoffs)} "
+            f"cutoffs ({first:%Y-%m-%d} .. {last:%Y-%m-%d}, the last one is served online), "
+            f"{self.feature_count} features\n"
+            f"offline source: {self.path}\n"
+            f"online store: {self.materialized.get('customers', 0):,} customers materialized\n"
+            f"steps: {steps}"
+        )
 
 
 def write_features_atomically(frame: pd.DataFrame, path: Path) -> None:

@@ -222,11 +222,14 @@ def test_short_history_still_yields_the_serving_cutoff() -> None:
         snapshot_cutoffs(end, start, labels)
 
 
-def test_event_time_range_ignores_anonymous_events(con: duckdb.DuckDBPyConnection) -> None:
+def test_event_time_range_ignores_anonymous_events_and_starts_at_behaviour(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
     con.execute("INSERT INTO web_events (customer_id, occurred_at, channel, session_id, event_type)"
                 " VALUES (NULL, TIMESTAMP '2025-09-01', 'web', 'anon2', 'page_view')")
     first, last = event_time_range(con)
-    assert first == datetime(2025, 1, 15, tzinfo=UTC)  # the first consent
+    # the consent of 2025-01-15 is a profile record: the grid starts at the first behaviour
+    assert first == datetime(2025, 2, 1, tzinfo=UTC)
     assert last == datetime(2025, 6, 1, tzinfo=UTC)
 
 
