@@ -14,7 +14,7 @@ help: ## Show the targets
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
-	$(PYTHON) -m uv sync --frozen --extra dev --python $(PYTHON)
+	$(PYTHON) -m uv sync --quiet --frozen --extra dev --python $(PYTHON)
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv from the lock file (uv)

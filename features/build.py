@@ -36,7 +36,13 @@ NO_ABANDONED_CART_HOURS = 99999.0
 DEFAULT_LOOKBACK_DAYS: tuple[int, ...] = (30, 90, 365)
 # Tables the feature query reads; ingestion writes them (see features/contract.py).
 FEATURE_SOURCE_TABLES: tuple[str, ...] = (
-    "customers", "purchases", "web_events", "messages", "contacts", "social", "surveys",
+    "customers",
+    "purchases",
+    "web_events",
+    "messages",
+    "contacts",
+    "social",
+    "surveys",
     "consents",
 )
 EVENT_TABLES: tuple[str, ...] = FEATURE_SOURCE_TABLES[1:]
@@ -78,90 +84,162 @@ def feature_specs(lookback_days: Sequence[int] = DEFAULT_LOOKBACK_DAYS) -> list[
 
     add("tenure_days", "float64", "days from the customer's first seen event to the cutoff")
     add("n_source_ids", "int64", "source identifiers linked to the customer by identity resolution")
-    add("days_since_last_purchase", "float64",
-        "days from the last purchase to the cutoff (tenure when none)")
+    add(
+        "days_since_last_purchase",
+        "float64",
+        "days from the last purchase to the cutoff (tenure when none)",
+    )
     for channel in PURCHASE_CHANNELS:
-        add(f"days_since_last_purchase_{channel}", "float64",
-            f"days from the last {channel} purchase to the cutoff (tenure when none)")
+        add(
+            f"days_since_last_purchase_{channel}",
+            "float64",
+            f"days from the last {channel} purchase to the cutoff (tenure when none)",
+        )
     for days in windows:
-        add(f"purchases_{days}d", "int64", f"purchase occasions (returns excluded) in the last "
-            f"{days} days")
+        add(
+            f"purchases_{days}d",
+            "int64",
+            f"purchase occasions (returns excluded) in the last {days} days",
+        )
         for channel in PURCHASE_CHANNELS:
-            add(f"purchases_{days}d_{channel}", "int64",
-                f"{channel} purchase occasions in the last {days} days")
+            add(
+                f"purchases_{days}d_{channel}",
+                "int64",
+                f"{channel} purchase occasions in the last {days} days",
+            )
     for days in windows:
-        add(f"spend_{days}d", "float64", f"net spend (purchases minus returns) in the last {days} "
-            "days")
+        add(
+            f"spend_{days}d",
+            "float64",
+            f"net spend (purchases minus returns) in the last {days} days",
+        )
         for channel in PURCHASE_CHANNELS:
-            add(f"spend_{days}d_{channel}", "float64",
-                f"net {channel} spend in the last {days} days")
+            add(
+                f"spend_{days}d_{channel}",
+                "float64",
+                f"net {channel} spend in the last {days} days",
+            )
     add("purchases_total", "int64", "purchase occasions since the customer was first seen")
-    add("purchase_trend_90d", "int64",
-        "purchases in the last 90 days minus purchases in the 90 days before those")
-    add("avg_order_value_365d", "float64", "mean gross order amount over the last 365 days "
-        "(0 when no order)")
+    add(
+        "purchase_trend_90d",
+        "int64",
+        "purchases in the last 90 days minus purchases in the 90 days before those",
+    )
+    add(
+        "avg_order_value_365d",
+        "float64",
+        "mean gross order amount over the last 365 days (0 when no order)",
+    )
     add("historic_clv", "float64", "all-time net spend before the cutoff")
-    add("channel_breadth_90d", "int64",
+    add(
+        "channel_breadth_90d",
+        "int64",
         "distinct channels used in the last 90 days (store/web/app purchases and sessions, email "
-        "and SMS opens or clicks, call centre, social)")
+        "and SMS opens or clicks, call centre, social)",
+    )
     add("purchase_channels_90d", "int64", "distinct purchase channels in the last 90 days")
     add("omnichannel_90d", "int64", "1 when the customer used 3 or more channels in 90 days")
-    add("cross_channel_transition_rate_90d", "float64",
+    add(
+        "cross_channel_transition_rate_90d",
+        "float64",
         "share of consecutive purchases/sessions in 90 days that switch channel (0 when fewer "
-        "than two)")
-    add("days_since_last_session", "float64",
-        "days from the last web/app session start to the cutoff (tenure when none)")
+        "than two)",
+    )
+    add(
+        "days_since_last_session",
+        "float64",
+        "days from the last web/app session start to the cutoff (tenure when none)",
+    )
     add("sessions_30d", "int64", "web/app sessions started in the last 30 days")
     add("sessions_90d", "int64", "web/app sessions started in the last 90 days")
     add("product_views_30d", "int64", "product_view events in the last 30 days")
     add("add_to_carts_30d", "int64", "add_to_cart events in the last 30 days")
     add("abandoned_carts_30d", "int64", "cart_abandoned events in the last 30 days")
     add("abandoned_carts_90d", "int64", "cart_abandoned events in the last 90 days")
-    add("ignored_abandoned_carts_90d", "int64",
+    add(
+        "ignored_abandoned_carts_90d",
+        "int64",
         "abandoned carts in 90 days not followed by a purchase within 3 days (window closed "
-        "before the cutoff)")
-    add("hours_since_last_abandoned_cart", "float64",
+        "before the cutoff)",
+    )
+    add(
+        "hours_since_last_abandoned_cart",
+        "float64",
         f"hours from the last abandoned cart to the cutoff ({NO_ABANDONED_CART_HOURS:.0f} when "
-        "none)")
-    add("price_inconsistency_exposure_90d", "int64",
+        "none)",
+    )
+    add(
+        "price_inconsistency_exposure_90d",
+        "int64",
         "store purchases in 90 days whose product was seen on web/app at a different price "
-        "within 7 days")
-    add("promo_share_365d", "float64",
-        "share of orders in 365 days with a promo code or a discount (0 when no order)")
+        "within 7 days",
+    )
+    add(
+        "promo_share_365d",
+        "float64",
+        "share of orders in 365 days with a promo code or a discount (0 when no order)",
+    )
     add("returns_365d", "int64", "returns in the last 365 days")
-    add("return_rate_365d", "float64",
-        "returns per order in the last 365 days, capped at 1 (0 when neither)")
+    add(
+        "return_rate_365d",
+        "float64",
+        "returns per order in the last 365 days, capped at 1 (0 when neither)",
+    )
     add("contacts_30d", "int64", "contact-centre contacts in the last 30 days")
     add("contacts_90d", "int64", "contact-centre contacts in the last 90 days")
-    add("repeat_contacts_7d", "int64",
+    add(
+        "repeat_contacts_7d",
+        "int64",
         "contacts in 90 days that came within 7 days of an earlier contact on the same case or "
-        "reason")
+        "reason",
+    )
     add("unresolved_contacts_90d", "int64", "contacts left unresolved in the last 90 days")
     add("open_cases", "int64", "cases whose last contact (last 30 days) was unresolved")
-    add("mean_handle_minutes_90d", "float64",
-        "mean handling time of contacts in 90 days (0 when none)")
-    add("max_contact_channels_per_case_90d", "int64",
-        "most distinct contact channels used on one case in 90 days")
+    add(
+        "mean_handle_minutes_90d",
+        "float64",
+        "mean handling time of contacts in 90 days (0 when none)",
+    )
+    add(
+        "max_contact_channels_per_case_90d",
+        "int64",
+        "most distinct contact channels used on one case in 90 days",
+    )
     add("last_nps", "float64", "latest NPS score 0-10 (NaN when never answered)")
-    add("nps_change", "float64",
-        "latest NPS minus the previous NPS response (NaN with fewer than two)")
+    add(
+        "nps_change",
+        "float64",
+        "latest NPS minus the previous NPS response (NaN with fewer than two)",
+    )
     add("last_ces", "float64", "latest CES score 1-7 (NaN when never answered)")
-    add("ces_change", "float64",
-        "latest CES minus the previous CES response (NaN with fewer than two)")
+    add(
+        "ces_change",
+        "float64",
+        "latest CES minus the previous CES response (NaN with fewer than two)",
+    )
     add("emails_sent_90d", "int64", "marketing emails sent in the last 90 days")
     add("email_open_rate_90d", "float64", "email opens per email sent in 90 days, capped at 1")
     add("email_click_rate_90d", "float64", "email clicks per email sent in 90 days, capped at 1")
     add("sms_sent_90d", "int64", "SMS sent in the last 90 days")
     add("sms_click_rate_90d", "float64", "SMS clicks per SMS sent in 90 days, capped at 1")
-    add("unsubscribed", "int64", "1 when the customer ever unsubscribed from email or opted out "
-        "of SMS")
+    add(
+        "unsubscribed",
+        "int64",
+        "1 when the customer ever unsubscribed from email or opted out of SMS",
+    )
     add("social_interactions_90d", "int64", "social media interactions in the last 90 days")
     add("social_complaints_90d", "int64", "social media complaints in the last 90 days")
-    add("social_sentiment_90d", "float64",
-        "mean social sentiment -1..1 in the last 90 days (0 when none)")
+    add(
+        "social_sentiment_90d",
+        "float64",
+        "mean social sentiment -1..1 in the last 90 days (0 when none)",
+    )
     for channel in ("email", "sms", "app", "call_center"):
-        add(f"consent_{channel}", "float64",
-            f"1.0 when the latest {channel} consent is granted, 0.0 if withdrawn or never given")
+        add(
+            f"consent_{channel}",
+            "float64",
+            f"1.0 when the latest {channel} consent is granted, 0.0 if withdrawn or never given",
+        )
     return specs
 
 
@@ -239,8 +317,9 @@ def _days(days: int) -> str:
 # One bit per channel name of ``settings.channels``; distinct counts become bit counts.
 _CHANNEL_BITS: dict[str, int] = {
     name: 1 << position
-    for position, name in enumerate(("store", "web", "app", "email", "sms", "call_center",
-                                     "social"))
+    for position, name in enumerate(
+        ("store", "web", "app", "email", "sms", "call_center", "social")
+    )
 }
 
 
@@ -304,59 +383,69 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
     count_columns = [s.name for s in feature_specs(windows) if s.dtype == "int64"]
     # Columns that come straight from an aggregate and default to 0 when the customer has no
     # event of that family before the cutoff.
-    zero_default = {
-        f"purchases_{d}d{suffix}" for d in windows for suffix in
-        ["", *[f"_{c}" for c in PURCHASE_CHANNELS]]
-    } | {
-        f"spend_{d}d{suffix}" for d in windows for suffix in
-        ["", *[f"_{c}" for c in PURCHASE_CHANNELS]]
-    } | {
-        "purchases_total", "historic_clv", "purchase_channels_90d", "returns_365d",
-        "sessions_30d", "sessions_90d", "product_views_30d", "add_to_carts_30d",
-        "abandoned_carts_30d", "abandoned_carts_90d", "ignored_abandoned_carts_90d",
-        "price_inconsistency_exposure_90d", "contacts_30d", "contacts_90d", "repeat_contacts_7d",
-        "unresolved_contacts_90d", "open_cases", "max_contact_channels_per_case_90d",
-        "emails_sent_90d", "sms_sent_90d", "social_interactions_90d", "social_complaints_90d",
-        "channel_breadth_90d",
-    }
+    zero_default = (
+        {
+            f"purchases_{d}d{suffix}"
+            for d in windows
+            for suffix in ["", *[f"_{c}" for c in PURCHASE_CHANNELS]]
+        }
+        | {
+            f"spend_{d}d{suffix}"
+            for d in windows
+            for suffix in ["", *[f"_{c}" for c in PURCHASE_CHANNELS]]
+        }
+        | {
+            "purchases_total",
+            "historic_clv",
+            "purchase_channels_90d",
+            "returns_365d",
+            "sessions_30d",
+            "sessions_90d",
+            "product_views_30d",
+            "add_to_carts_30d",
+            "abandoned_carts_30d",
+            "abandoned_carts_90d",
+            "ignored_abandoned_carts_90d",
+            "price_inconsistency_exposure_90d",
+            "contacts_30d",
+            "contacts_90d",
+            "repeat_contacts_7d",
+            "unresolved_contacts_90d",
+            "open_cases",
+            "max_contact_channels_per_case_90d",
+            "emails_sent_90d",
+            "sms_sent_90d",
+            "social_interactions_90d",
+            "social_complaints_90d",
+            "channel_breadth_90d",
+        }
+    )
     derived = {
         "tenure_days": "g.tenure_days",
         "n_source_ids": "coalesce(g.n_source_ids, 1)",
-        "days_since_last_purchase":
-            f"coalesce({days_before_cutoff('pa.last_purchase_at')}, g.tenure_days)",
+        "days_since_last_purchase": f"coalesce({days_before_cutoff('pa.last_purchase_at')}, g.tenure_days)",
         **{
-            f"days_since_last_purchase_{c}":
-                f"coalesce({days_before_cutoff(f'pa.last_purchase_{c}_at')}, g.tenure_days)"
+            f"days_since_last_purchase_{c}": f"coalesce({days_before_cutoff(f'pa.last_purchase_{c}_at')}, g.tenure_days)"
             for c in PURCHASE_CHANNELS
         },
-        "purchase_trend_90d":
-            "coalesce(pa.purchases_90d, 0) - coalesce(pa.purchases_prior_90d, 0)",
-        "avg_order_value_365d":
-            "coalesce(pa.gross_spend_365d / nullif(pa.purchases_365d, 0), 0)",
+        "purchase_trend_90d": "coalesce(pa.purchases_90d, 0) - coalesce(pa.purchases_prior_90d, 0)",
+        "avg_order_value_365d": "coalesce(pa.gross_spend_365d / nullif(pa.purchases_365d, 0), 0)",
         "omnichannel_90d": "CAST(coalesce(br.channel_breadth_90d, 0) >= 3 AS BIGINT)",
-        "cross_channel_transition_rate_90d":
-            "coalesce(tr.channel_switches_90d / nullif(tr.transitions_90d, 0), 0)",
-        "days_since_last_session":
-            f"coalesce({days_before_cutoff('ws.last_session_at')}, g.tenure_days)",
-        "hours_since_last_abandoned_cart":
-            f"coalesce(epoch(g.cutoff - ca.last_abandoned_cart_at) / 3600.0, "
-            f"{NO_ABANDONED_CART_HOURS})",
-        "promo_share_365d":
-            "coalesce(pa.promo_orders_365d / nullif(pa.purchases_365d, 0), 0)",
-        "return_rate_365d":
-            "least(1.0, coalesce(pa.returns_365d, 0)"
-            " / greatest(coalesce(pa.purchases_365d, 0), 1))",
+        "cross_channel_transition_rate_90d": "coalesce(tr.channel_switches_90d / nullif(tr.transitions_90d, 0), 0)",
+        "days_since_last_session": f"coalesce({days_before_cutoff('ws.last_session_at')}, g.tenure_days)",
+        "hours_since_last_abandoned_cart": f"coalesce(epoch(g.cutoff - ca.last_abandoned_cart_at) / 3600.0, "
+        f"{NO_ABANDONED_CART_HOURS})",
+        "promo_share_365d": "coalesce(pa.promo_orders_365d / nullif(pa.purchases_365d, 0), 0)",
+        "return_rate_365d": "least(1.0, coalesce(pa.returns_365d, 0)"
+        " / greatest(coalesce(pa.purchases_365d, 0), 1))",
         "mean_handle_minutes_90d": "coalesce(co.mean_handle_minutes_90d, 0)",
         "last_nps": "su.last_nps",
         "nps_change": "su.last_nps - su.previous_nps",
         "last_ces": "su.last_ces",
         "ces_change": "su.last_ces - su.previous_ces",
-        "email_open_rate_90d":
-            "coalesce(least(1.0, me.email_opens_90d / nullif(me.emails_sent_90d, 0)), 0)",
-        "email_click_rate_90d":
-            "coalesce(least(1.0, me.email_clicks_90d / nullif(me.emails_sent_90d, 0)), 0)",
-        "sms_click_rate_90d":
-            "coalesce(least(1.0, me.sms_clicks_90d / nullif(me.sms_sent_90d, 0)), 0)",
+        "email_open_rate_90d": "coalesce(least(1.0, me.email_opens_90d / nullif(me.emails_sent_90d, 0)), 0)",
+        "email_click_rate_90d": "coalesce(least(1.0, me.email_clicks_90d / nullif(me.emails_sent_90d, 0)), 0)",
+        "sms_click_rate_90d": "coalesce(least(1.0, me.sms_clicks_90d / nullif(me.sms_sent_90d, 0)), 0)",
         "unsubscribed": "CAST(coalesce(un.first_unsubscribed_at < g.cutoff, false) AS BIGINT)",
         "social_sentiment_90d": "coalesce(so.social_sentiment_90d, 0)",
         **{
@@ -366,14 +455,28 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
     }
     source_alias = {
         **{name: "pa" for name in zero_default if name.startswith(("purchases_", "spend_"))},
-        "purchases_total": "pa", "historic_clv": "pa", "purchase_channels_90d": "pa",
-        "returns_365d": "pa", "sessions_30d": "ws", "sessions_90d": "ws",
-        "product_views_30d": "we", "add_to_carts_30d": "we", "abandoned_carts_30d": "ca",
-        "abandoned_carts_90d": "ca", "ignored_abandoned_carts_90d": "ca",
-        "price_inconsistency_exposure_90d": "px", "contacts_30d": "co", "contacts_90d": "co",
-        "repeat_contacts_7d": "co", "unresolved_contacts_90d": "co", "open_cases": "cc",
-        "max_contact_channels_per_case_90d": "cc", "emails_sent_90d": "me",
-        "sms_sent_90d": "me", "social_interactions_90d": "so", "social_complaints_90d": "so",
+        "purchases_total": "pa",
+        "historic_clv": "pa",
+        "purchase_channels_90d": "pa",
+        "returns_365d": "pa",
+        "sessions_30d": "ws",
+        "sessions_90d": "ws",
+        "product_views_30d": "we",
+        "add_to_carts_30d": "we",
+        "abandoned_carts_30d": "ca",
+        "abandoned_carts_90d": "ca",
+        "ignored_abandoned_carts_90d": "ca",
+        "price_inconsistency_exposure_90d": "px",
+        "contacts_30d": "co",
+        "contacts_90d": "co",
+        "repeat_contacts_7d": "co",
+        "unresolved_contacts_90d": "co",
+        "open_cases": "cc",
+        "max_contact_channels_per_case_90d": "cc",
+        "emails_sent_90d": "me",
+        "sms_sent_90d": "me",
+        "social_interactions_90d": "so",
+        "social_complaints_90d": "so",
         "channel_breadth_90d": "br",
     }
     select_items: list[str] = []
@@ -388,9 +491,7 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
         select_items.append(f"CAST({expression} AS {cast}) AS {name}")
     final_select = ",\n    ".join(select_items)
 
-    window_columns = ", ".join(
-        f"cutoff - {_days(days)} AS since_{days}d" for days in window_starts
-    )
+    window_columns = ", ".join(f"cutoff - {_days(days)} AS since_{days}d" for days in window_starts)
     keyed_sources = ",\n".join(
         f"keyed_{table} AS (SELECT k.customer_key, t.* EXCLUDE (customer_id)"
         f" FROM {table} t JOIN customer_keys k USING (customer_id))"
@@ -415,7 +516,7 @@ grid AS (
     FROM customer_keys c JOIN cutoffs k ON c.first_seen_at < k.cutoff
 ),
 purchase_events AS MATERIALIZED (
-    SELECT customer_key, occurred_at, channel, {_channel_bit('channel')} AS channel_bit,
+    SELECT customer_key, occurred_at, channel, {_channel_bit("channel")} AS channel_bit,
            coalesce(is_return, false) AS is_return,
            coalesce(amount, 0) AS amount,
            CASE WHEN coalesce(is_return, false) THEN -coalesce(amount, 0)
@@ -440,8 +541,8 @@ sessions AS MATERIALIZED (
 session_agg AS (
     SELECT e.customer_key, k.cutoff,
         max(e.started_at) AS last_session_at,
-        count(*) FILTER (WHERE {in_window(30, 'e.started_at')}) AS sessions_30d,
-        count(*) FILTER (WHERE {in_window(90, 'e.started_at')}) AS sessions_90d
+        count(*) FILTER (WHERE {in_window(30, "e.started_at")}) AS sessions_30d,
+        count(*) FILTER (WHERE {in_window(90, "e.started_at")}) AS sessions_90d
     FROM sessions e JOIN cutoffs k ON e.started_at < k.cutoff
     GROUP BY e.customer_key, k.cutoff
 ),
@@ -508,7 +609,7 @@ engagement AS (
 ),
 breadth_agg AS (
     SELECT e.customer_key, k.cutoff,
-        bit_count(bit_or({_channel_bit('e.channel')})) AS channel_breadth_90d
+        bit_count(bit_or({_channel_bit("e.channel")})) AS channel_breadth_90d
     FROM engagement e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
     GROUP BY e.customer_key, k.cutoff
 ),
@@ -676,7 +777,8 @@ def compute_features(
 
 def _require_tables(con: duckdb.DuckDBPyConnection) -> None:
     present = {
-        row[0] for row in con.execute(
+        row[0]
+        for row in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
         ).fetchall()
     }
@@ -704,8 +806,7 @@ def event_time_range(con: duckdb.DuckDBPyConnection) -> tuple[datetime, datetime
     [(first, last)] = con.execute(f"SELECT min(lo), max(hi) FROM ({union})").fetchall()
     if first is None or last is None:
         raise FeatureBuildError(
-            "the warehouse has no customer events; check the raw feeds and run "
-            "`omniretain ingest`"
+            "the warehouse has no customer events; check the raw feeds and run `omniretain ingest`"
         )
     return _as_utc(first), _as_utc(last)
 
@@ -805,4 +906,3 @@ def build_features(settings: Settings, progress: bool = True) -> FeatureReport:
         seconds=seconds,
         materialized=materialized,
     )
-

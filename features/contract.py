@@ -139,8 +139,13 @@ FEEDS: dict[str, Feed] = {
                 "event_type": Column(
                     "str",
                     required=True,
-                    allowed=("page_view", "product_view", "add_to_cart", "cart_abandoned",
-                             "checkout"),
+                    allowed=(
+                        "page_view",
+                        "product_view",
+                        "add_to_cart",
+                        "cart_abandoned",
+                        "checkout",
+                    ),
                 ),
                 "product_id": Column("str"),
                 "price_seen": Column("float", minimum=0.0),
@@ -158,8 +163,7 @@ FEEDS: dict[str, Feed] = {
                 "email": Column("str", required=True, id_type="email"),
                 "campaign_id": Column("str"),
                 "event_type": Column(
-                    "str", required=True, allowed=("sent", "open", "click", "unsubscribe",
-                                                   "bounce")
+                    "str", required=True, allowed=("sent", "open", "click", "unsubscribe", "bounce")
                 ),
             },
         ),
@@ -190,10 +194,10 @@ FEEDS: dict[str, Feed] = {
                 "phone": Column("str", id_type="phone"),
                 "email": Column("str", id_type="email"),
                 "loyalty_card": Column("str", id_type="loyalty_card"),
-                "contact_channel": Column("str", required=True, allowed=("phone", "chat",
-                                                                         "email")),
+                "contact_channel": Column("str", required=True, allowed=("phone", "chat", "email")),
                 "reason": Column(
-                    "str", required=True,
+                    "str",
+                    required=True,
                     allowed=("delivery", "return", "price", "product", "billing", "other"),
                 ),
                 "resolved": Column("bool", required=True),
@@ -244,8 +248,9 @@ FEEDS: dict[str, Feed] = {
                 "email": Column("str", id_type="email"),
                 "phone": Column("str", id_type="phone"),
                 "loyalty_card": Column("str", id_type="loyalty_card"),
-                "channel": Column("str", required=True,
-                                  allowed=("email", "sms", "app", "call_center")),
+                "channel": Column(
+                    "str", required=True, allowed=("email", "sms", "app", "call_center")
+                ),
                 "granted": Column("bool", required=True),
             },
         ),
@@ -296,33 +301,84 @@ UNIFIED_TABLES: dict[str, tuple[str, ...]] = {
     "customers": ("customer_id", "first_seen_at", "n_source_ids"),
     "identity_links": ("customer_id", "id_type", "id_value", "first_seen_at"),
     "purchases": (
-        "customer_id", "occurred_at", "channel", "amount", "items", "discount_amount",
-        "is_return", "product_id", "unit_price", "promo_code", "source_feed", "source_id",
+        "customer_id",
+        "occurred_at",
+        "channel",
+        "amount",
+        "items",
+        "discount_amount",
+        "is_return",
+        "product_id",
+        "unit_price",
+        "promo_code",
+        "source_feed",
+        "source_id",
     ),
     "web_events": (
-        "customer_id", "occurred_at", "channel", "session_id", "event_type", "product_id",
-        "price_seen", "source_feed", "source_id",
+        "customer_id",
+        "occurred_at",
+        "channel",
+        "session_id",
+        "event_type",
+        "product_id",
+        "price_seen",
+        "source_feed",
+        "source_id",
     ),
     "messages": (
-        "customer_id", "occurred_at", "channel", "campaign_id", "event_type", "source_feed",
+        "customer_id",
+        "occurred_at",
+        "channel",
+        "campaign_id",
+        "event_type",
+        "source_feed",
         "source_id",
     ),
     "contacts": (
-        "customer_id", "occurred_at", "case_id", "contact_channel", "reason", "resolved",
-        "handle_minutes", "source_feed", "source_id",
+        "customer_id",
+        "occurred_at",
+        "case_id",
+        "contact_channel",
+        "reason",
+        "resolved",
+        "handle_minutes",
+        "source_feed",
+        "source_id",
     ),
-    "social": ("customer_id", "occurred_at", "interaction_type", "sentiment", "source_feed",
-               "source_id"),
+    "social": (
+        "customer_id",
+        "occurred_at",
+        "interaction_type",
+        "sentiment",
+        "source_feed",
+        "source_id",
+    ),
     "surveys": ("customer_id", "occurred_at", "survey_type", "score", "source_feed", "source_id"),
     "consents": ("customer_id", "occurred_at", "channel", "granted", "source_feed", "source_id"),
     "loyalty": ("customer_id", "occurred_at", "region", "birth_year", "source_feed", "source_id"),
     "campaigns": (
-        "customer_id", "occurred_at", "campaign_id", "action", "channel", "randomised",
-        "propensity", "is_control", "source_feed", "source_id",
+        "customer_id",
+        "occurred_at",
+        "campaign_id",
+        "action",
+        "channel",
+        "randomised",
+        "propensity",
+        "is_control",
+        "source_feed",
+        "source_id",
     ),
     "quarantine": ("feed", "file", "line", "reason", "raw", "quarantined_at"),
-    "ingested_files": ("feed", "file", "sha256", "rows_read", "rows_accepted",
-                       "rows_quarantined", "rows_duplicate", "ingested_at"),
+    "ingested_files": (
+        "feed",
+        "file",
+        "sha256",
+        "rows_read",
+        "rows_accepted",
+        "rows_quarantined",
+        "rows_duplicate",
+        "ingested_at",
+    ),
 }
 
 # Channel names used in unified tables (``purchases.channel`` is one of store/web/app,
@@ -341,14 +397,14 @@ FEATURE_VIEW = "customer_features"
 ENTITY = "customer"
 ENTITY_KEY = "customer_id"
 DECISION_FEATURES: tuple[str, ...] = (
-    "days_since_last_purchase",   # days from the last purchase to the cutoff (tenure if none)
-    "purchases_90d",              # purchase occasions in the last 90 days
-    "spend_365d",                 # net spend in the last 365 days (the value at stake)
-    "channel_breadth_90d",        # distinct channels used in the last 90 days
-    "open_cases",                 # cases whose last contact was unresolved (last 30 days)
-    "abandoned_carts_30d",        # cart_abandoned events in the last 30 days
+    "days_since_last_purchase",  # days from the last purchase to the cutoff (tenure if none)
+    "purchases_90d",  # purchase occasions in the last 90 days
+    "spend_365d",  # net spend in the last 365 days (the value at stake)
+    "channel_breadth_90d",  # distinct channels used in the last 90 days
+    "open_cases",  # cases whose last contact was unresolved (last 30 days)
+    "abandoned_carts_30d",  # cart_abandoned events in the last 30 days
     "hours_since_last_abandoned_cart",  # large (99999) when none
-    "consent_email",              # 1.0 granted, 0.0 withdrawn or never given (latest wins)
+    "consent_email",  # 1.0 granted, 0.0 withdrawn or never given (latest wins)
     "consent_sms",
     "consent_app",
     "consent_call_center",

@@ -138,9 +138,7 @@ def materialize(settings: Settings, end: datetime | None = None) -> dict[str, An
     window_start = window_end - timedelta(days=settings.features.feast_ttl_days)
     started = time.perf_counter()
     store = get_feature_store(settings)
-    store.materialize(
-        start_date=window_start, end_date=window_end, feature_views=[FEATURE_VIEW]
-    )
+    store.materialize(start_date=window_start, end_date=window_end, feature_views=[FEATURE_VIEW])
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -196,9 +194,7 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame) -> pd.DataF
     keys = pd.DataFrame(
         {
             ENTITY_KEY: entity_df[ENTITY_KEY].astype(str).reset_index(drop=True),
-            "event_timestamp": _utc_timestamps(entity_df["event_timestamp"]).reset_index(
-                drop=True
-            ),
+            "event_timestamp": _utc_timestamps(entity_df["event_timestamp"]).reset_index(drop=True),
         }
     )
     unique_keys = keys.drop_duplicates(ignore_index=True)

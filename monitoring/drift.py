@@ -166,8 +166,9 @@ class DriftReport(BaseModel):
             table.add_column(name, justify="right" if name in ("score", "threshold") else "left")
         ranked = sorted(self.drifted_columns, key=lambda c: -(c.score or 0.0))
         for result in ranked[:top]:
-            table.add_row(result.column, result.method, f"{result.score:.3f}",
-                          f"{result.threshold:.3f}")
+            table.add_row(
+                result.column, result.method, f"{result.score:.3f}", f"{result.threshold:.3f}"
+            )
         verdict = "[bold red]DRIFT[/]" if self.drift_detected else "[bold green]no drift[/]"
         return Group(
             f"{verdict}: {len(self.drifted_columns)}/{len(self.columns)} columns drifted "

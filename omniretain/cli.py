@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,13 +57,44 @@ def main(
         # Through the environment so that child processes (the BentoML server) agree.
         os.environ["OMNIRETAIN_STATE_DIR"] = str(state_dir.resolve())
     _state["debug"] = debug
+    _quiet_third_party()
     for name, value in {
         "FEAST_USAGE": "False",
         "BENTOML_DO_NOT_TRACK": "True",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "1",
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
     }.items():
         os.environ.setdefault(name, value)
+
+
+def _quiet_third_party() -> None:
+    """Keep the terminal for our own reports: the libraries' import-time deprecation notices
+    and INFO chatter say nothing a user can act on (``--debug`` keeps them)."""
+    if _state["debug"]:
+        return
+    import logging
+    import warnings
+
+    for module in (
+        "evidently",
+        "litestar",
+        "numpy",
+        "mlflow",
+        "sqlalchemy",
+        "feast",
+        "dask",
+        "pydantic",
+        "_bentoml_sdk",
+        "_bentoml_impl",
+        "bentoml",
+    ):
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=rf"{module}(\..*)?")
+    warnings.filterwarnings("ignore", message="invalid escape sequence")
+    warnings.filterwarnings("ignore", message=".*configure_mappers.*")
+    warnings.filterwarnings("ignore", module=r"sqlalchemy(\..*)?")
+    for logger in ("mlflow", "alembic", "feast"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
 
 
 def _settings() -> Settings:
@@ -73,6 +105,7 @@ def _settings() -> Settings:
 
 def _guarded(step: str, func: Callable[[], T]) -> T:
     """Run one stage; a failure becomes a clear message and exit code 1, not a traceback."""
+    _quiet_third_party()  # again: Feast's import puts its own warning filters in front
     try:
         return func()
     except typer.Exit:
@@ -81,8 +114,10 @@ def _guarded(step: str, func: Callable[[], T]) -> T:
         if _state["debug"]:
             raise
         console.print(f"[bold red]{step} failed:[/] {type(error).__name__}: {error}")
-        console.print("[dim]Nothing was replaced: the previous good state is still in place. "
-                      "Re-run with --debug for the traceback.[/]")
+        console.print(
+            "[dim]Nothing was replaced: the previous good state is still in place. "
+            "Re-run with --debug for the traceback.[/]"
+        )
         raise typer.Exit(code=1) from None
 
 
@@ -166,15 +201,13 @@ def monitor() -> None:
 def _server_command(settings: Settings, host: str, port: int) -> list[str]:
     bentoml = Path(sys.executable).with_name("bentoml")
     executable = [str(bentoml)] if bentoml.exists() else [sys.executable, "-m", "bentoml"]
-    return [*executable, "serve", "serving.service:OmniRetain", "--host", host,
-            "--port", str(port)]
+    return [*executable, "serve", "serving.service:OmniRetain", "--host", host, "--port", str(port)]
 
 
 def _server_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env["OMNIRETAIN_STATE_DIR"] = str(settings.state_dir)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT),
-                                                      env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -185,10 +218,13 @@ def serve(
 ) -> None:
     """Start the BentoML HTTP service (POST /recommend) in the foreground."""
     settings = _settings()
-    command = _server_command(settings, host or settings.serving.host,
-                              port or settings.serving.port)
-    console.print(f"[bold]serving[/] on http://{host or settings.serving.host}:"
-                  f"{port or settings.serving.port}  (Ctrl-C stops)")
+    command = _server_command(
+        settings, host or settings.serving.host, port or settings.serving.port
+    )
+    console.print(
+        f"[bold]serving[/] on http://{host or settings.serving.host}:"
+        f"{port or settings.serving.port}  (Ctrl-C stops)"
+    )
     raise typer.Exit(subprocess.call(command, cwd=PROJECT_ROOT, env=_server_env(settings)))
 
 
@@ -215,7 +251,10 @@ def running_server(settings: Settings, port: int, timeout_s: float = 120) -> Ite
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             _server_command(settings, "127.0.0.1", port),
-            cwd=PROJECT_ROOT, env=_server_env(settings), stdout=log, stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+            env=_server_env(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         base_url = f"http://127.0.0.1:{port}"
@@ -243,19 +282,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def pick_demo_customer(settings: Settings) -> str:
-    """The customer of the latest snapshot with the most purchases: a typical CRM lookup."""
+def pick_demo_customers(settings: Settings, limit: int = 25) -> list[str]:
+    """Customers a retention team would look at first: valuable ones who have gone quiet.
+
+    From the served (latest) snapshot: bought before, nothing in the last 30 days, most spend
+    over the year first. A real CRM would send its own ids; this only makes the demo telling.
+    """
     import duckdb
 
     path = settings.features_dir / "customer_features.parquet"
-    row = duckdb.connect().execute(
-        f"""SELECT customer_id FROM read_parquet('{path}')
+    rows = (
+        duckdb.connect()
+        .execute(
+            f"""SELECT customer_id FROM read_parquet('{path}')
             WHERE event_timestamp = (SELECT max(event_timestamp) FROM read_parquet('{path}'))
-            ORDER BY open_cases DESC, spend_365d DESC, customer_id LIMIT 1"""
-    ).fetchone()
-    if row is None:
-        raise RuntimeError(f"no customer in {path}")
-    return str(row[0])
+              AND purchases_total > 0
+            ORDER BY (days_since_last_purchase >= 30) DESC, spend_365d DESC, customer_id
+            LIMIT {int(limit)}"""
+        )
+        .fetchall()
+    )
+    if not rows:
+        raise RuntimeError(f"no customer with a purchase in {path}")
+    return [str(row[0]) for row in rows]
 
 
 @app.command()
@@ -263,8 +312,9 @@ def demo(
     customers: Annotated[int | None, typer.Option(help="Persons to simulate.")] = None,
     months: Annotated[int | None, typer.Option(help="Months of history.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port for the demo server (default: free).")]
-    = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port for the demo server (default: free).")
+    ] = None,
 ) -> None:
     """Run every stage on a simulated retailer, then ask the live service for a decision."""
     import httpx
@@ -279,29 +329,51 @@ def demo(
     ):
         step()
     settings = _settings()
-    customer_id = _guarded("demo", lambda: pick_demo_customer(settings))
+    customer_ids = _guarded("demo", lambda: pick_demo_customers(settings))
     with _stage("serve: POST /recommend on the live BentoML service"):
-        def ask() -> dict[str, Any]:
-            with running_server(settings, port or free_port()) as base_url:
-                console.print(f"server ready at {base_url}; asking for customer {customer_id}")
-                console.print(f"[dim]curl -s -X POST {base_url}/recommend -H 'Content-Type: "
-                              f"application/json' -d '{{\"customer_id\": \"{customer_id}\"}}'[/]")
-                response = httpx.post(f"{base_url}/recommend",
-                                      json={"customer_id": customer_id}, timeout=30)
-                response.raise_for_status()
-                return dict(response.json())
 
-        answer = _guarded("serve", ask)
+        def ask() -> list[dict[str, Any]]:
+            with running_server(settings, port or free_port()) as base_url:
+                console.print(
+                    f"server ready at {base_url}; asking about {len(customer_ids)} "
+                    "valuable customers who went quiet, one request each"
+                )
+                body = json.dumps({"customer_id": customer_ids[0]})
+                console.print(
+                    f"[dim]curl -s -X POST {base_url}/recommend "
+                    f"-H 'Content-Type: application/json' -d '{body}'[/]"
+                )
+                answers = []
+                for customer_id in customer_ids:
+                    response = httpx.post(
+                        f"{base_url}/recommend", json={"customer_id": customer_id}, timeout=30
+                    )
+                    response.raise_for_status()
+                    answers.append(dict(response.json()))
+                return answers
+
+        answers = _guarded("serve", ask)
+        chosen = Counter(a["next_best_action"]["action"] for a in answers)
+        console.print(
+            "decisions: " + ", ".join(f"{n} x {name}" for name, n in chosen.most_common())
+        )
+        answer = max(answers, key=lambda a: a["next_best_action"]["expected_value"])
+        console.print(f"the answer with the highest expected value ({answer['customer_id']}):")
         console.print_json(json.dumps(answer))
         answer_path = settings.state_dir / "demo" / "recommendation.json"
         answer_path.parent.mkdir(parents=True, exist_ok=True)
         answer_path.write_text(json.dumps(answer, indent=2))
         console.print(f"answer saved to {answer_path}")
-    console.print(Panel.fit(
-        f"demo finished in {time.perf_counter() - started:.0f} s; state in {settings.state_dir}\n"
-        f"drift report: {settings.monitoring_dir / 'drift' / 'latest' / 'report.html'}\n"
-        f"MLflow UI: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}",
-        title="omniretain demo", border_style="green"))
+    console.print(
+        Panel.fit(
+            f"demo finished in {time.perf_counter() - started:.0f} s; "
+            f"state in {settings.state_dir}\n"
+            f"drift report: {settings.monitoring_dir / 'drift' / 'latest' / 'report.html'}\n"
+            f"MLflow UI: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}",
+            title="omniretain demo",
+            border_style="green",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -91,16 +91,59 @@ DIRTY_KINDS: tuple[str, ...] = (
     "non_numeric",
 )
 _FIRST_NAMES = (
-    "olivia", "amelia", "isla", "ava", "mia", "ivy", "lily", "grace", "freya", "sophia",
-    "noah", "oliver", "george", "arthur", "leo", "harry", "oscar", "jack", "charlie", "muhammad",
+    "olivia",
+    "amelia",
+    "isla",
+    "ava",
+    "mia",
+    "ivy",
+    "lily",
+    "grace",
+    "freya",
+    "sophia",
+    "noah",
+    "oliver",
+    "george",
+    "arthur",
+    "leo",
+    "harry",
+    "oscar",
+    "jack",
+    "charlie",
+    "muhammad",
 )
 _LAST_NAMES = (
-    "smith", "jones", "taylor", "brown", "williams", "wilson", "johnson", "davies", "patel",
-    "wright", "walker", "evans", "thomas", "roberts", "khan", "lewis", "clarke", "hughes",
+    "smith",
+    "jones",
+    "taylor",
+    "brown",
+    "williams",
+    "wilson",
+    "johnson",
+    "davies",
+    "patel",
+    "wright",
+    "walker",
+    "evans",
+    "thomas",
+    "roberts",
+    "khan",
+    "lewis",
+    "clarke",
+    "hughes",
 )
 _EMAIL_DOMAINS = ("example.com", "mail.example.org", "inbox.example.net", "example.co.uk")
-_REGIONS = ("London", "South East", "South West", "Midlands", "North West", "Yorkshire",
-            "Scotland", "Wales", "Northern Ireland")
+_REGIONS = (
+    "London",
+    "South East",
+    "South West",
+    "Midlands",
+    "North West",
+    "Yorkshire",
+    "Scotland",
+    "Wales",
+    "Northern Ireland",
+)
 _PROMO_CODES = ("SPRING10", "WELCOME5", "FREESHIP", "SUMMER15")
 
 
@@ -218,10 +261,14 @@ def draw_persons(
     has_card = rng.random(count) < 0.3 + 0.35 * prefers[:, 0] + 0.15 * (segment == 0)
     device_count = np.where(online, 1 + (rng.random(count) < 0.35), rng.random(count) < 0.12)
     has_social = rng.random(count) < 0.05 + 0.08 * engagement
-    consent_p = np.column_stack([
-        np.full(count, 0.8), np.full(count, 0.5), np.where(prefers[:, 2], 0.75, 0.05),
-        np.full(count, 0.6),
-    ])
+    consent_p = np.column_stack(
+        [
+            np.full(count, 0.8),
+            np.full(count, 0.5),
+            np.where(prefers[:, 2], 0.75, 0.05),
+            np.full(count, 0.6),
+        ]
+    )
     consent = rng.random((count, 4)) < consent_p
 
     first = np.array(_FIRST_NAMES, dtype=object)[rng.integers(len(_FIRST_NAMES), size=count)]
@@ -234,42 +281,51 @@ def draw_persons(
     device_raw = rng.integers(0, 2**62, size=(count, 2))
     width = max(6, len(str(count)))
 
-    persons = pd.DataFrame({
-        "person_id": [f"P{i:0{width}d}" for i in range(count)],
-        "joined_at": pd.Timestamp(start) + pd.to_timedelta(joined_offset, unit="s"),
-        "join_day": join_day.astype(np.int32),
-        "segment": np.array(SEGMENTS, dtype=object)[segment],
-        "engagement": engagement,
-        "price_sensitivity": price_sensitivity,
-        "value_level": value_level,
-        "service_expectation": service_expectation,
-        "dissatisfaction": dissatisfaction,
-        "prefers_store": prefers[:, 0],
-        "prefers_web": prefers[:, 1],
-        "prefers_app": prefers[:, 2],
-        "channel_breadth": breadth.astype(np.int8),
-        "consent_email_at_join": consent[:, 0],
-        "consent_sms_at_join": consent[:, 1],
-        "consent_app_at_join": consent[:, 2],
-        "consent_call_center_at_join": consent[:, 3],
-        "email": [f"{f}.{la}{o}@{d}" for f, la, o, d in zip(first, last, order, domain,
-                                                         strict=True)],
-        "phone_national": [f"7{d:09d}" for d in phone_digits],
-        "loyalty_card": np.where(has_card, [f"LC{d:010d}" for d in card_digits], None),
-        "device_id_1": np.where(device_count >= 1, [f"dev-{d:016x}" for d in device_raw[:, 0]],
-                                None),
-        "device_id_2": np.where(device_count >= 2, [f"dev-{d:016x}" for d in device_raw[:, 1]],
-                                None),
-        "social_handle": np.where(has_social, [f"@{f}_{la[:3]}{o}" for f, la, o in
-                                               zip(first, last, order, strict=True)], None),
-        "region": np.array(_REGIONS, dtype=object)[rng.integers(len(_REGIONS), size=count)],
-        "birth_year": rng.integers(1950, 2006, size=count),
-    })
+    persons = pd.DataFrame(
+        {
+            "person_id": [f"P{i:0{width}d}" for i in range(count)],
+            "joined_at": pd.Timestamp(start) + pd.to_timedelta(joined_offset, unit="s"),
+            "join_day": join_day.astype(np.int32),
+            "segment": np.array(SEGMENTS, dtype=object)[segment],
+            "engagement": engagement,
+            "price_sensitivity": price_sensitivity,
+            "value_level": value_level,
+            "service_expectation": service_expectation,
+            "dissatisfaction": dissatisfaction,
+            "prefers_store": prefers[:, 0],
+            "prefers_web": prefers[:, 1],
+            "prefers_app": prefers[:, 2],
+            "channel_breadth": breadth.astype(np.int8),
+            "consent_email_at_join": consent[:, 0],
+            "consent_sms_at_join": consent[:, 1],
+            "consent_app_at_join": consent[:, 2],
+            "consent_call_center_at_join": consent[:, 3],
+            "email": [
+                f"{f}.{la}{o}@{d}" for f, la, o, d in zip(first, last, order, domain, strict=True)
+            ],
+            "phone_national": [f"7{d:09d}" for d in phone_digits],
+            "loyalty_card": np.where(has_card, [f"LC{d:010d}" for d in card_digits], None),
+            "device_id_1": np.where(
+                device_count >= 1, [f"dev-{d:016x}" for d in device_raw[:, 0]], None
+            ),
+            "device_id_2": np.where(
+                device_count >= 2, [f"dev-{d:016x}" for d in device_raw[:, 1]], None
+            ),
+            "social_handle": np.where(
+                has_social,
+                [f"@{f}_{la[:3]}{o}" for f, la, o in zip(first, last, order, strict=True)],
+                None,
+            ),
+            "region": np.array(_REGIONS, dtype=object)[rng.integers(len(_REGIONS), size=count)],
+            "birth_year": rng.integers(1950, 2006, size=count),
+        }
+    )
     return persons
 
 
-def true_treatment_effects(persons: pd.DataFrame, actions: list[Action],
-                           rng: np.random.Generator) -> pd.DataFrame:
+def true_treatment_effects(
+    persons: pd.DataFrame, actions: list[Action], rng: np.random.Generator
+) -> pd.DataFrame:
     """The true absolute change of each person's 90-day churn probability per (action, channel).
 
     Negative retains, positive pushes away. ``base_uplift`` of the catalogue is the scale; the
@@ -306,14 +362,19 @@ def true_treatment_effects(persons: pd.DataFrame, actions: list[Action],
     frames = []
     for column, (action, channel) in enumerate(pairs):
         person_response = responsiveness.get(action.name, 0.5 + engagement)
-        effect = (-action.base_uplift * person_response * reach.get(channel, 1.0)
-                  * noise[:, column] + annoyance.get(channel, 0.0))
-        frames.append(pd.DataFrame({
-            "person_id": persons["person_id"].to_numpy(),
-            "action": action.name,
-            "channel": channel,
-            "effect": np.round(np.clip(effect, -0.3, 0.15), 5),
-        }))
+        effect = -action.base_uplift * person_response * reach.get(channel, 1.0) * noise[
+            :, column
+        ] + annoyance.get(channel, 0.0)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "person_id": persons["person_id"].to_numpy(),
+                    "action": action.name,
+                    "channel": channel,
+                    "effect": np.round(np.clip(effect, -0.3, 0.15), 5),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -324,8 +385,13 @@ def action_channel_pairs(actions: list[Action]) -> list[tuple[Action, str]]:
 
 # ---- identifier noise (pure) ---------------------------------------------------------------
 
-PHONE_FORMATS: tuple[str, ...] = ("+44 {a} {b}", "0{a} {b}", "0044-{a}-{b}", "(0{a}) {b}",
-                                  "44{a}{b}")
+PHONE_FORMATS: tuple[str, ...] = (
+    "+44 {a} {b}",
+    "0{a} {b}",
+    "0044-{a}-{b}",
+    "(0{a}) {b}",
+    "44{a}{b}",
+)
 PHONE_FORMAT_SHARES: tuple[float, ...] = (0.3, 0.35, 0.1, 0.1, 0.15)
 EMAIL_VARIANT_SHARES: tuple[float, ...] = (0.82, 0.04, 0.06, 0.03, 0.04, 0.01)
 
@@ -345,13 +411,21 @@ def email_variants(emails: pd.Series) -> np.ndarray:
     """Case and whitespace noise of an address (the mailbox itself never changes)."""
     lower = emails.str.lower()
     title = lower.str.title()
-    return np.column_stack([
-        lower, lower.str.upper(), title, " " + lower, lower + "  ", " " + title,
-    ]).astype(object)
+    return np.column_stack(
+        [
+            lower,
+            lower.str.upper(),
+            title,
+            " " + lower,
+            lower + "  ",
+            " " + title,
+        ]
+    ).astype(object)
 
 
-def pick_variants(variants: np.ndarray, rows: np.ndarray, shares: tuple[float, ...],
-                  rng: np.random.Generator) -> np.ndarray:
+def pick_variants(
+    variants: np.ndarray, rows: np.ndarray, shares: tuple[float, ...], rng: np.random.Generator
+) -> np.ndarray:
     """One spelling per row, drawn with the given shares (rows index the persons)."""
     choice = rng.choice(variants.shape[1], size=len(rows), p=shares)
     return variants[rows, choice]
@@ -362,7 +436,8 @@ def format_timestamps(seconds: np.ndarray, start: date, rng: np.random.Generator
     stamps = np.datetime64(start, "s") + seconds.astype(np.int64).astype("timedelta64[s]")
     text = pa.array(np.datetime_as_string(stamps, unit="s"), pa.string())
     suffix = np.array(["", "Z", "+00:00"], dtype=object)[
-        rng.choice(3, size=len(seconds), p=[0.8, 0.15, 0.05])]
+        rng.choice(3, size=len(seconds), p=[0.8, 0.15, 0.05])
+    ]
     joined = pc.binary_join_element_wise(text, pa.array(suffix, pa.string()), "")
     return joined.to_numpy(zero_copy_only=False)
 
@@ -396,12 +471,12 @@ def csv_text(frame: pd.DataFrame) -> str:
         column = pa.array(frame[name].to_numpy(dtype=object), pa.string(), from_pandas=True)
         needs_quotes = pc.match_substring_regex(column, '[",\\n]')
         quoted = pc.binary_join_element_wise(
-            pa.scalar('"'), pc.replace_substring(column, '"', '""'), pa.scalar('"'), "")
+            pa.scalar('"'), pc.replace_substring(column, '"', '""'), pa.scalar('"'), ""
+        )
         columns.append(pc.if_else(pc.fill_null(needs_quotes, False), quoted, column))
     if not len(frame):
         return ",".join(frame.columns) + "\n"
-    lines = pc.binary_join_element_wise(*columns, ",", null_handling="replace",
-                                        null_replacement="")
+    lines = pc.binary_join_element_wise(*columns, ",", null_handling="replace", null_replacement="")
     return ",".join(frame.columns) + "\n" + "\n".join(lines.to_pylist()) + "\n"
 
 
@@ -430,8 +505,9 @@ def applicable_dirty_kinds(feed: Feed) -> list[str]:
     return kinds
 
 
-def inject_dirty_rows(frame: pd.DataFrame, feed: Feed, share: float,
-                      rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
+def inject_dirty_rows(
+    frame: pd.DataFrame, feed: Feed, share: float, rng: np.random.Generator
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Spoil a share of rows the way real exports are spoiled; returns the kind per row ('' clean).
 
     The key column is never spoiled, so that every written row stays traceable in the truth.
@@ -450,8 +526,16 @@ def inject_dirty_rows(frame: pd.DataFrame, feed: Feed, share: float,
         if not len(target):
             continue
         if kind == "unparsable_timestamp":
-            bad = np.array(["2025-02-30T10:00:00", "not a date", "31/12/2025 25:61",
-                            "2025-13-01T00:00:00", "yesterday"], dtype=object)
+            bad = np.array(
+                [
+                    "2025-02-30T10:00:00",
+                    "not a date",
+                    "31/12/2025 25:61",
+                    "2025-13-01T00:00:00",
+                    "yesterday",
+                ],
+                dtype=object,
+            )
             _set(frame, feed.time_column, target, bad[rng.integers(len(bad), size=len(target))])
         elif kind == "future_timestamp":
             original = frame[feed.time_column].iloc[target].astype(str)
@@ -460,8 +544,11 @@ def inject_dirty_rows(frame: pd.DataFrame, feed: Feed, share: float,
             column = _numeric_columns(feed, minimum_zero=True)[0]
             values = pd.to_numeric(frame[column].iloc[target], errors="coerce").fillna(0.0)
             negative = -(values.abs().to_numpy() + 1.0)
-            text = ([str(int(v)) for v in negative] if feed.columns[column].type == "int"
-                    else [f"{v:.2f}" for v in negative])
+            text = (
+                [str(int(v)) for v in negative]
+                if feed.columns[column].type == "int"
+                else [f"{v:.2f}" for v in negative]
+            )
             _set(frame, column, target, np.array(text, dtype=object))
         elif kind == "missing_required":
             candidates = [n for n in feed.required_columns if n != feed.key]
@@ -484,8 +571,13 @@ def _set(frame: pd.DataFrame, column: str, rows: np.ndarray, values: Any) -> Non
         frame.iloc[rows, frame.columns.get_loc(column)] = values
 
 
-def pick_duplicates(row_count: int, clean: np.ndarray, share: float, next_month_share: float,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def pick_duplicates(
+    row_count: int,
+    clean: np.ndarray,
+    share: float,
+    next_month_share: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """Choose clean rows exported twice: (copied in the same file, copied in next month's file)."""
     candidates = np.flatnonzero(clean)
     count = min(len(candidates), rng.binomial(row_count, share)) if row_count else 0
@@ -522,9 +614,7 @@ class _Events:
                     columns[name].append(value)
                 else:
                     columns[name].append(np.full(length, value, dtype=object))
-        frame = pd.DataFrame({
-            name: _concat(arrays) for name, arrays in columns.items()
-        })
+        frame = pd.DataFrame({name: _concat(arrays) for name, arrays in columns.items()})
         if frame.empty:
             return frame
         order = np.lexsort((frame["_person"].to_numpy(), frame["_seconds"].to_numpy()))
@@ -541,14 +631,25 @@ def _concat(arrays: list[np.ndarray]) -> np.ndarray:
 class _World:
     """Latent state of every person, advanced one day at a time (vectorised over persons)."""
 
-    def __init__(self, persons: pd.DataFrame, effects: np.ndarray, pairs: list[tuple[Action, str]],
-                 start: date, params: WorldParameters, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        persons: pd.DataFrame,
+        effects: np.ndarray,
+        pairs: list[tuple[Action, str]],
+        start: date,
+        params: WorldParameters,
+        rng: np.random.Generator,
+    ) -> None:
         self.params, self.rng, self.start = params, rng, start
         self.pairs, self.effects = pairs, effects
         n = self.n = len(persons)
         self.join_day = persons["join_day"].to_numpy()
-        self.joined_seconds = ((persons["joined_at"] - pd.Timestamp(start))
-                               .dt.total_seconds().to_numpy().astype(np.int64))
+        self.joined_seconds = (
+            (persons["joined_at"] - pd.Timestamp(start))
+            .dt.total_seconds()
+            .to_numpy()
+            .astype(np.int64)
+        )
         self.segment = pd.Categorical(persons["segment"], categories=SEGMENTS).codes
         self.engagement = persons["engagement"].to_numpy()
         self.price_sensitivity = persons["price_sensitivity"].to_numpy()
@@ -558,16 +659,19 @@ class _World:
         self.prefers = persons[["prefers_store", "prefers_web", "prefers_app"]].to_numpy()
         self.breadth = persons["channel_breadth"].to_numpy()
         self.online = self.prefers[:, 1] | self.prefers[:, 2]
-        self.device_count = (persons["device_id_1"].notna().to_numpy().astype(np.int8)
-                             + persons["device_id_2"].notna().to_numpy())
+        self.device_count = (
+            persons["device_id_1"].notna().to_numpy().astype(np.int8)
+            + persons["device_id_2"].notna().to_numpy()
+        )
         self.has_card = persons["loyalty_card"].notna().to_numpy()
         self.has_social = persons["social_handle"].notna().to_numpy()
         self.region = persons["region"].to_numpy(dtype=object)
         # Some members leave the optional fields of the enrolment form empty.
         self.region = np.where(rng.random(n) < 0.1, None, self.region)
         self.birth_year = np.where(rng.random(n) < 0.25, np.nan, persons["birth_year"].to_numpy())
-        self.consent_at_join = persons[[f"consent_{c}_at_join" for c in CONSENT_CHANNELS]
-                                       ].to_numpy()
+        self.consent_at_join = persons[
+            [f"consent_{c}_at_join" for c in CONSENT_CHANNELS]
+        ].to_numpy()
 
         self.joined = np.zeros(n, bool)
         self.alive = np.zeros(n, bool)
@@ -582,11 +686,11 @@ class _World:
         self.case_next_day = np.full(n, -1, np.int32)
         self.case_reason = np.zeros(n, object)
         self.viewed_product = np.full(n, -1, np.int32)
-        self.viewed_day = np.full(n, -10**6, np.int32)
+        self.viewed_day = np.full(n, -(10**6), np.int32)
         self.cart_day = np.full(n, -1, np.int32)
         self.recovery_day = np.full(n, -1, np.int32)
-        self.online_order_day = np.full(n, -10**6, np.int32)
-        self.price_gap_day = np.full(n, -10**6, np.int32)
+        self.online_order_day = np.full(n, -(10**6), np.int32)
+        self.price_gap_day = np.full(n, -(10**6), np.int32)
         self.treatment_multiplier = np.ones(n)
         self.treatment_until = np.full(n, -1, np.int32)
         self.counters: dict[str, int] = defaultdict(int)
@@ -608,21 +712,24 @@ class _World:
     def _times(self, day: int, count: int) -> np.ndarray:
         hour_weights = np.array([0.2] * 7 + [1, 2, 3, 3, 4, 4, 4, 3, 3, 3, 4, 5, 5, 4, 3, 2, 1])
         hours = self.rng.choice(24, size=count, p=hour_weights / hour_weights.sum())
-        return (day * SECONDS_PER_DAY + hours * 3600
-                + self.rng.integers(0, 3600, size=count)).astype(np.int64)
+        return (
+            day * SECONDS_PER_DAY + hours * 3600 + self.rng.integers(0, 3600, size=count)
+        ).astype(np.int64)
 
     def hazard(self, day: int) -> np.ndarray:
         """Daily churn hazard of every person (meaningful for the alive)."""
         p = self.params
         cap = p.friction_cap
-        linear = (p.hazard_engagement * (0.5 - self.engagement)
-                  + np.array(p.hazard_breadth)[self.breadth - 1]
-                  + np.array(p.hazard_segment)[self.segment]
-                  + p.hazard_unresolved * np.minimum(self.unresolved, cap)
-                  + p.hazard_price_gap * np.minimum(self.price_gap, cap)
-                  + p.hazard_ignored_cart * np.minimum(self.ignored_carts, cap)
-                  + p.hazard_low_score * np.minimum(self.low_scores, cap)
-                  + p.hazard_dissatisfaction * self.dissatisfaction)
+        linear = (
+            p.hazard_engagement * (0.5 - self.engagement)
+            + np.array(p.hazard_breadth)[self.breadth - 1]
+            + np.array(p.hazard_segment)[self.segment]
+            + p.hazard_unresolved * np.minimum(self.unresolved, cap)
+            + p.hazard_price_gap * np.minimum(self.price_gap, cap)
+            + p.hazard_ignored_cart * np.minimum(self.ignored_carts, cap)
+            + p.hazard_low_score * np.minimum(self.low_scores, cap)
+            + p.hazard_dissatisfaction * self.dissatisfaction
+        )
         treated = self.treatment_until >= day
         return p.hazard_base * np.exp(linear) * np.where(treated, self.treatment_multiplier, 1.0)
 
@@ -636,11 +743,19 @@ class _World:
         if day_date.day == self.params.campaign_day_of_month:
             self._campaign(day, day_date, events)
         if day % 7 == self.params.newsletter_weekday:
-            self._send_emails(np.flatnonzero(self.joined & self.consent[:, 0]), day,
-                              f"NL-{day_date.isoformat()}", events)
+            self._send_emails(
+                np.flatnonzero(self.joined & self.consent[:, 0]),
+                day,
+                f"NL-{day_date.isoformat()}",
+                events,
+            )
         if day % self.params.sms_every_days == 3:
-            self._send_sms(np.flatnonzero(self.joined & self.consent[:, 1]), day,
-                           f"SMS-{day_date.isoformat()}", events)
+            self._send_sms(
+                np.flatnonzero(self.joined & self.consent[:, 1]),
+                day,
+                f"SMS-{day_date.isoformat()}",
+                events,
+            )
         self._browse(day, events)
         self._purchase(day, events)
         self._contacts(day, events)
@@ -657,22 +772,33 @@ class _World:
         self.consent[new] = self.consent_at_join[new]
         seconds = self.joined_seconds[new]
         card = new[self.has_card[new]]
-        events.add("loyalty_members", card, self.joined_seconds[card],
-                   region=self.region[card], birth_year=self.birth_year[card])
+        events.add(
+            "loyalty_members",
+            card,
+            self.joined_seconds[card],
+            region=self.region[card],
+            birth_year=self.birth_year[card],
+        )
         for index, channel in enumerate(CONSENT_CHANNELS):
             granted = self.consent_at_join[new, index]
             # Refusals are recorded only sometimes; grants always.
             recorded = granted | (self.rng.random(len(new)) < 0.3)
-            events.add("consents", new[recorded],
-                       seconds[recorded] + self.rng.integers(30, 900, recorded.sum()),
-                       channel=channel, granted=granted[recorded])
+            events.add(
+                "consents",
+                new[recorded],
+                seconds[recorded] + self.rng.integers(30, 900, recorded.sum()),
+                channel=channel,
+                granted=granted[recorded],
+            )
 
     def _campaign(self, day: int, day_date: date, events: _Events) -> None:
         p = self.params
         known = np.flatnonzero(self.joined)
         u = self.rng.random(len(known))
-        control = known[(u >= p.campaign_treated_share)
-                        & (u < p.campaign_treated_share + p.campaign_control_share)]
+        control = known[
+            (u >= p.campaign_treated_share)
+            & (u < p.campaign_treated_share + p.campaign_control_share)
+        ]
         candidates = known[u < p.campaign_treated_share]
         allowed = np.column_stack([self._deliverable(candidates, ch) for _, ch in self.pairs])
         reachable = allowed.any(axis=1)
@@ -682,17 +808,34 @@ class _World:
         campaign_id = f"CMP-{day_date:%Y-%m}"
         names = np.array([a.name for a, _ in self.pairs], dtype=object)
         channels = np.array([ch for _, ch in self.pairs], dtype=object)
-        events.add("campaign_history", candidates, self._times(day, len(candidates)),
-                   campaign_id=campaign_id, action=names[choice], channel=channels[choice],
-                   randomised=True, propensity=np.round(propensity, 4), is_control=False)
-        events.add("campaign_history", control, self._times(day, len(control)),
-                   campaign_id=campaign_id, action="no_action", channel="none", randomised=True,
-                   propensity=round(p.campaign_control_share, 4), is_control=True)
+        events.add(
+            "campaign_history",
+            candidates,
+            self._times(day, len(candidates)),
+            campaign_id=campaign_id,
+            action=names[choice],
+            channel=channels[choice],
+            randomised=True,
+            propensity=np.round(propensity, 4),
+            is_control=False,
+        )
+        events.add(
+            "campaign_history",
+            control,
+            self._times(day, len(control)),
+            campaign_id=campaign_id,
+            action="no_action",
+            channel="none",
+            randomised=True,
+            propensity=round(p.campaign_control_share, 4),
+            is_control=True,
+        )
         # The effect: the 90-day churn probability moves by the true effect from its level now.
         treated = candidates[self.alive[candidates]]
         effect = self.effects[treated, choice[self.alive[candidates]]]
-        p0 = np.clip(1.0 - np.exp(-p.treatment_horizon_days * self.hazard(day)[treated]),
-                     1e-4, 0.95)
+        p0 = np.clip(
+            1.0 - np.exp(-p.treatment_horizon_days * self.hazard(day)[treated]), 1e-4, 0.95
+        )
         p1 = np.clip(p0 + effect, 5e-4, 0.95)
         self.treatment_multiplier[treated] = np.log1p(-p1) / np.log1p(-p0)
         self.treatment_until[treated] = day + p.treatment_horizon_days
@@ -719,21 +862,37 @@ class _World:
         sent_at = self._times(day, len(who))
         events.add("email_events", who, sent_at, campaign_id=campaign_id, event_type="sent")
         bounced = rng.random(len(who)) < 0.003
-        events.add("email_events", who[bounced], sent_at[bounced] + 5, campaign_id=campaign_id,
-                   event_type="bounce")
-        opened = ~bounced & (rng.random(len(who)) < (0.04 + 0.5 * eng)
-                             * self._response_scale(who))
+        events.add(
+            "email_events",
+            who[bounced],
+            sent_at[bounced] + 5,
+            campaign_id=campaign_id,
+            event_type="bounce",
+        )
+        opened = ~bounced & (rng.random(len(who)) < (0.04 + 0.5 * eng) * self._response_scale(who))
         open_at = sent_at + rng.integers(60, 30_000, len(who))
-        events.add("email_events", who[opened], open_at[opened], campaign_id=campaign_id,
-                   event_type="open")
+        events.add(
+            "email_events", who[opened], open_at[opened], campaign_id=campaign_id, event_type="open"
+        )
         clicked = opened & (rng.random(len(who)) < 0.08 + 0.3 * eng)
-        events.add("email_events", who[clicked], open_at[clicked] + 20, campaign_id=campaign_id,
-                   event_type="click")
-        unsubscribed = ~bounced & self.alive[who] & (
-            rng.random(len(who)) < 0.0008 + 0.005 * (1 - eng))
+        events.add(
+            "email_events",
+            who[clicked],
+            open_at[clicked] + 20,
+            campaign_id=campaign_id,
+            event_type="click",
+        )
+        unsubscribed = (
+            ~bounced & self.alive[who] & (rng.random(len(who)) < 0.0008 + 0.005 * (1 - eng))
+        )
         leavers = who[unsubscribed]
-        events.add("email_events", leavers, open_at[unsubscribed] + 40, campaign_id=campaign_id,
-                   event_type="unsubscribe")
+        events.add(
+            "email_events",
+            leavers,
+            open_at[unsubscribed] + 40,
+            campaign_id=campaign_id,
+            event_type="unsubscribe",
+        )
         self._withdraw(leavers, 0, open_at[unsubscribed] + 41, events)
 
     def _send_sms(self, who: np.ndarray, day: int, campaign_id: str, events: _Events) -> None:
@@ -741,18 +900,28 @@ class _World:
         sent_at = self._times(day, len(who))
         events.add("sms_events", who, sent_at, campaign_id=campaign_id, event_type="sent")
         clicked = rng.random(len(who)) < (0.02 + 0.12 * eng) * self._response_scale(who)
-        events.add("sms_events", who[clicked], sent_at[clicked] + rng.integers(30, 7200,
-                   clicked.sum()), campaign_id=campaign_id, event_type="click")
+        events.add(
+            "sms_events",
+            who[clicked],
+            sent_at[clicked] + rng.integers(30, 7200, clicked.sum()),
+            campaign_id=campaign_id,
+            event_type="click",
+        )
         opted_out = self.alive[who] & (rng.random(len(who)) < 0.002 + 0.012 * (1 - eng))
-        events.add("sms_events", who[opted_out], sent_at[opted_out] + 600,
-                   campaign_id=campaign_id, event_type="opt_out")
+        events.add(
+            "sms_events",
+            who[opted_out],
+            sent_at[opted_out] + 600,
+            campaign_id=campaign_id,
+            event_type="opt_out",
+        )
         self._withdraw(who[opted_out], 1, sent_at[opted_out] + 601, events)
 
-    def _withdraw(self, who: np.ndarray, channel_index: int, seconds: np.ndarray,
-                  events: _Events) -> None:
+    def _withdraw(
+        self, who: np.ndarray, channel_index: int, seconds: np.ndarray, events: _Events
+    ) -> None:
         self.consent[who, channel_index] = False
-        events.add("consents", who, seconds, channel=CONSENT_CHANNELS[channel_index],
-                   granted=False)
+        events.add("consents", who, seconds, channel=CONSENT_CHANNELS[channel_index], granted=False)
 
     def _consent_changes(self, day: int, events: _Events) -> None:
         changing_mind = self.rng.random(self.n) < self.params.consent_change_rate
@@ -762,12 +931,25 @@ class _World:
             changing = who[channel == index]
             new_state = ~self.consent[changing, index]
             self.consent[changing, index] = new_state
-            events.add("consents", changing, self._times(day, len(changing)), channel=name,
-                       granted=new_state)
+            events.add(
+                "consents",
+                changing,
+                self._times(day, len(changing)),
+                channel=name,
+                granted=new_state,
+            )
 
-    def _session_rows(self, who: np.ndarray, day: int, views: np.ndarray, added: np.ndarray,
-                      closing: np.ndarray, logged_in: np.ndarray, events: _Events,
-                      last_product: np.ndarray | None = None) -> np.ndarray:
+    def _session_rows(
+        self,
+        who: np.ndarray,
+        day: int,
+        views: np.ndarray,
+        added: np.ndarray,
+        closing: np.ndarray,
+        logged_in: np.ndarray,
+        events: _Events,
+        last_product: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Emit sessions: a page view, ``views`` product views, then an optional add to cart and
         a closing event (``cart_abandoned``/``checkout``). Returns the last product viewed."""
         rng, count = self.rng, len(who)
@@ -781,26 +963,43 @@ class _World:
         rows = np.repeat(np.arange(count), lengths)
         step = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         after_views = step - views[rows]
-        event_type = np.where(step == 0, "page_view", np.where(
-            after_views <= 0, "product_view",
-            np.where(after_views == 1, "add_to_cart", closing[rows]))).astype(object)
-        product = np.where(after_views >= 0, last_product[rows],
-                           rng.integers(self.params.product_count, size=len(rows)))
+        event_type = np.where(
+            step == 0,
+            "page_view",
+            np.where(
+                after_views <= 0,
+                "product_view",
+                np.where(after_views == 1, "add_to_cart", closing[rows]),
+            ),
+        ).astype(object)
+        product = np.where(
+            after_views >= 0,
+            last_product[rows],
+            rng.integers(self.params.product_count, size=len(rows)),
+        )
         product = np.where(step == 0, -1, product)
         shows_price = (event_type == "product_view") | (event_type == "add_to_cart")
         price = np.where(shows_price, self.web_price[np.maximum(product, 0)], np.nan)
-        events.add("web_sessions", who[rows],
-                   start[rows] + step * rng.integers(20, 150, len(rows)),
-                   channel=np.where(app[rows], "app", "web").astype(object),
-                   session_id=session[rows], _device_slot=slot[rows], _logged_in=logged_in[rows],
-                   event_type=event_type, product_id=product, price_seen=price)
+        events.add(
+            "web_sessions",
+            who[rows],
+            start[rows] + step * rng.integers(20, 150, len(rows)),
+            channel=np.where(app[rows], "app", "web").astype(object),
+            session_id=session[rows],
+            _device_slot=slot[rows],
+            _logged_in=logged_in[rows],
+            event_type=event_type,
+            product_id=product,
+            price_seen=price,
+        )
         return last_product
 
     def _browse(self, day: int, events: _Events) -> None:
         p, rng = self.params, self.rng
         rate = p.session_rate_base + p.session_rate_engagement * self.engagement
-        who = np.flatnonzero(self.alive & self.online & (self.device_count > 0)
-                             & (rng.random(self.n) < rate))
+        who = np.flatnonzero(
+            self.alive & self.online & (self.device_count > 0) & (rng.random(self.n) < rate)
+        )
         if not len(who):
             return
         views = 1 + rng.poisson(1.0, len(who))
@@ -814,14 +1013,18 @@ class _World:
         # An abandoned cart: an engaged person often comes back for it within a few days.
         abandoned = who[added]
         self.cart_day[abandoned] = day
-        comes_back = rng.random(len(abandoned)) < (p.cart_recovery_base + p.cart_recovery_engagement
-                                                  * self.engagement[abandoned])
+        comes_back = rng.random(len(abandoned)) < (
+            p.cart_recovery_base + p.cart_recovery_engagement * self.engagement[abandoned]
+        )
         self.recovery_day[abandoned[comes_back]] = day + rng.integers(1, 5, comes_back.sum())
 
     def _purchase(self, day: int, events: _Events) -> None:
         p, rng = self.params, self.rng
-        rate = ((p.purchase_rate_base + p.purchase_rate_engagement * self.engagement)
-                * self.value_level**0.3 * np.array([1.3, 1.0, 0.9, 0.6])[self.segment])
+        rate = (
+            (p.purchase_rate_base + p.purchase_rate_engagement * self.engagement)
+            * self.value_level**0.3
+            * np.array([1.3, 1.0, 0.9, 0.6])[self.segment]
+        )
         spontaneous = self.alive & (rng.random(self.n) < rate)
         recovering = self.alive & (self.recovery_day == day)
         who = np.flatnonzero(spontaneous | recovering)
@@ -837,15 +1040,19 @@ class _World:
         channel = (rng.random(count)[:, None] > cumulative).sum(axis=1)
         channel = np.minimum(channel, 2)
         is_recovery = recovering[who]
-        online_pick = np.where(self.prefers[who, 2] & (~self.prefers[who, 1]
-                                                        | (rng.random(count) < 0.5)), 2, 1)
+        online_pick = np.where(
+            self.prefers[who, 2] & (~self.prefers[who, 1] | (rng.random(count) < 0.5)), 2, 1
+        )
         channel = np.where(is_recovery, online_pick, channel)
         recent_view = (day - self.viewed_day[who] <= p.viewed_product_memory_days) & (
-            self.viewed_product[who] >= 0)
-        reuse_view = is_recovery | (recent_view & (channel == 0)
-                                    & (rng.random(count) < p.store_buys_viewed_product))
-        product = np.where(reuse_view, self.viewed_product[who],
-                           rng.integers(p.product_count, size=count))
+            self.viewed_product[who] >= 0
+        )
+        reuse_view = is_recovery | (
+            recent_view & (channel == 0) & (rng.random(count) < p.store_buys_viewed_product)
+        )
+        product = np.where(
+            reuse_view, self.viewed_product[who], rng.integers(p.product_count, size=count)
+        )
         in_store = channel == 0
         unit_price = np.where(in_store, self.store_price[product], self.web_price[product])
         items = 1 + rng.poisson(0.6 * self.value_level[who])
@@ -856,32 +1063,61 @@ class _World:
         is_return = rng.random(count) < 0.03
         seconds = self._times(day, count)
         store_rows = np.flatnonzero(in_store)
-        events.add("pos_sales", who[store_rows], seconds[store_rows],
-                   store_id=np.array([f"S{s:03d}" for s in rng.integers(1, 60, len(store_rows))],
-                                     dtype=object),
-                   amount=amount[store_rows], items=items[store_rows],
-                   discount_amount=discount[store_rows], product_id=product[store_rows],
-                   unit_price=unit_price[store_rows], is_return=is_return[store_rows])
+        events.add(
+            "pos_sales",
+            who[store_rows],
+            seconds[store_rows],
+            store_id=np.array(
+                [f"S{s:03d}" for s in rng.integers(1, 60, len(store_rows))], dtype=object
+            ),
+            amount=amount[store_rows],
+            items=items[store_rows],
+            discount_amount=discount[store_rows],
+            product_id=product[store_rows],
+            unit_price=unit_price[store_rows],
+            is_return=is_return[store_rows],
+        )
         online_rows = np.flatnonzero(~in_store)
         ordered = who[online_rows]
-        promo = np.where(rng.random(len(online_rows)) < 0.1,
-                         np.array(_PROMO_CODES, dtype=object)[
-                             rng.integers(len(_PROMO_CODES), size=len(online_rows))], None)
-        slot = np.where((self.device_count[ordered] == 2) & (rng.random(len(ordered)) < 0.3), 2,
-                        np.where(self.device_count[ordered] >= 1, 1, 0))
-        events.add("web_orders", ordered, seconds[online_rows],
-                   channel=np.where(channel[online_rows] == 2, "app", "web").astype(object),
-                   _device_slot=slot, amount=amount[online_rows], items=items[online_rows],
-                   discount_amount=discount[online_rows], promo_code=promo,
-                   product_id=product[online_rows], unit_price=unit_price[online_rows],
-                   is_return=is_return[online_rows])
+        promo = np.where(
+            rng.random(len(online_rows)) < 0.1,
+            np.array(_PROMO_CODES, dtype=object)[
+                rng.integers(len(_PROMO_CODES), size=len(online_rows))
+            ],
+            None,
+        )
+        slot = np.where(
+            (self.device_count[ordered] == 2) & (rng.random(len(ordered)) < 0.3),
+            2,
+            np.where(self.device_count[ordered] >= 1, 1, 0),
+        )
+        events.add(
+            "web_orders",
+            ordered,
+            seconds[online_rows],
+            channel=np.where(channel[online_rows] == 2, "app", "web").astype(object),
+            _device_slot=slot,
+            amount=amount[online_rows],
+            items=items[online_rows],
+            discount_amount=discount[online_rows],
+            promo_code=promo,
+            product_id=product[online_rows],
+            unit_price=unit_price[online_rows],
+            is_return=is_return[online_rows],
+        )
         browsers = online_rows[self.device_count[ordered] > 0]
         if len(browsers):
             ones = np.ones(len(browsers), np.int64)
-            self._session_rows(who[browsers], day, ones, ones.astype(bool),
-                               np.full(len(browsers), "checkout", dtype=object),
-                               rng.random(len(browsers)) < 0.8, events,
-                               last_product=product[browsers])
+            self._session_rows(
+                who[browsers],
+                day,
+                ones,
+                ones.astype(bool),
+                np.full(len(browsers), "checkout", dtype=object),
+                rng.random(len(browsers)) < 0.8,
+                events,
+                last_product=product[browsers],
+            )
         self.cart_day[who] = -1
         self.recovery_day[who] = -1
         self.online_order_day[ordered] = day
@@ -892,13 +1128,19 @@ class _World:
         self.price_gap[who[saw_gap]] += 4.0 * gap[saw_gap]
         self.price_gap_day[who[saw_gap]] = day
         surveyed = rng.random(count) < p.nps_after_purchase
-        self._nps(who[surveyed], seconds[surveyed] + 3600 * rng.integers(2, 48, surveyed.sum()),
-                  events)
+        self._nps(
+            who[surveyed], seconds[surveyed] + 3600 * rng.integers(2, 48, surveyed.sum()), events
+        )
 
     def _nps(self, who: np.ndarray, seconds: np.ndarray, events: _Events) -> None:
         friction = self.unresolved[who] + self.price_gap[who] + 0.5 * self.ignored_carts[who]
-        latent = (8.0 + 1.5 * (self.engagement[who] - 0.5) - 0.8 * self.dissatisfaction[who]
-                  - 1.3 * friction + self.rng.normal(0.0, 1.3, len(who)))
+        latent = (
+            8.0
+            + 1.5 * (self.engagement[who] - 0.5)
+            - 0.8 * self.dissatisfaction[who]
+            - 1.3 * friction
+            + self.rng.normal(0.0, 1.3, len(who))
+        )
         score = np.clip(np.round(latent), 0, 10)
         self.low_scores[who] += np.where(score <= 6, (7 - score) / 3, 0.0)
         events.add("surveys", who, seconds, survey_type="nps", score=score)
@@ -906,20 +1148,27 @@ class _World:
     def _contacts(self, day: int, events: _Events) -> None:
         p, rng = self.params, self.rng
         repeat = np.flatnonzero(self.alive & (self.case_next_day == day))
-        rate = (p.contact_rate_base + 0.002 * self.service
-                + p.contact_rate_after_online_order * (day - self.online_order_day <= 7)
-                + p.contact_rate_after_price_gap * (day - self.price_gap_day <= 7))
+        rate = (
+            p.contact_rate_base
+            + 0.002 * self.service
+            + p.contact_rate_after_online_order * (day - self.online_order_day <= 7)
+            + p.contact_rate_after_price_gap * (day - self.price_gap_day <= 7)
+        )
         new = np.flatnonzero(self.alive & (self.case_next_day < 0) & (rng.random(self.n) < rate))
         self.case_id[new] = self._next_ids("case", len(new))
         self.case_contacts[new] = 0
         u = rng.random(len(new))
-        reason = np.where(day - self.price_gap_day[new] <= 7,
-                          np.where(u < 0.6, "price", "product"),
-                          np.where(day - self.online_order_day[new] <= 7,
-                                   np.where(u < 0.55, "delivery", np.where(u < 0.8, "return",
-                                                                           "billing")),
-                                   np.array(["product", "billing", "other", "return", "price"],
-                                            dtype=object)[rng.integers(5, size=len(new))]))
+        reason = np.where(
+            day - self.price_gap_day[new] <= 7,
+            np.where(u < 0.6, "price", "product"),
+            np.where(
+                day - self.online_order_day[new] <= 7,
+                np.where(u < 0.55, "delivery", np.where(u < 0.8, "return", "billing")),
+                np.array(["product", "billing", "other", "return", "price"], dtype=object)[
+                    rng.integers(5, size=len(new))
+                ],
+            ),
+        )
         self.case_reason[new] = reason
         who = np.concatenate([repeat, new])
         if not len(who):
@@ -930,43 +1179,74 @@ class _World:
         resolved = rng.random(len(who)) < resolved_p
         self.case_contacts[who] += 1
         # Friction: an unresolved contact, and more so a repeated one.
-        self.unresolved[who] += np.where(resolved, np.where(first, 0.0, 0.3),
-                                         np.where(first, 1.0, 1.4))
-        again = (~resolved & (self.case_contacts[who] < p.max_contacts_per_case)
-                 & (rng.random(len(who)) < p.repeat_contact_probability))
+        self.unresolved[who] += np.where(
+            resolved, np.where(first, 0.0, 0.3), np.where(first, 1.0, 1.4)
+        )
+        again = (
+            ~resolved
+            & (self.case_contacts[who] < p.max_contacts_per_case)
+            & (rng.random(len(who)) < p.repeat_contact_probability)
+        )
         self.case_next_day[who] = np.where(again, day + rng.integers(1, 7, len(who)), -1)
         seconds = self._times(day, len(who))
-        events.add("contact_center", who, seconds, case_id=self.case_id[who],
-                   contact_channel=np.array(["phone", "chat", "email"], dtype=object)[
-                       rng.choice(3, size=len(who), p=[0.6, 0.3, 0.1])],
-                   reason=self.case_reason[who].astype(object), resolved=resolved,
-                   handle_minutes=np.round(np.exp(rng.normal(np.log(7.0), 0.5, len(who)))
-                                           * np.where(resolved, 1.0, 1.6), 1))
+        events.add(
+            "contact_center",
+            who,
+            seconds,
+            case_id=self.case_id[who],
+            contact_channel=np.array(["phone", "chat", "email"], dtype=object)[
+                rng.choice(3, size=len(who), p=[0.6, 0.3, 0.1])
+            ],
+            reason=self.case_reason[who].astype(object),
+            resolved=resolved,
+            handle_minutes=np.round(
+                np.exp(rng.normal(np.log(7.0), 0.5, len(who))) * np.where(resolved, 1.0, 1.6), 1
+            ),
+        )
         surveyed = rng.random(len(who)) < p.ces_after_contact
-        ces = np.clip(np.round(5.6 - 2.0 * ~resolved[surveyed]
-                               - 0.4 * (self.case_contacts[who[surveyed]] - 1)
-                               - 0.3 * self.dissatisfaction[who[surveyed]]
-                               + rng.normal(0.0, 1.0, surveyed.sum())), 1, 7)
+        ces = np.clip(
+            np.round(
+                5.6
+                - 2.0 * ~resolved[surveyed]
+                - 0.4 * (self.case_contacts[who[surveyed]] - 1)
+                - 0.3 * self.dissatisfaction[who[surveyed]]
+                + rng.normal(0.0, 1.0, surveyed.sum())
+            ),
+            1,
+            7,
+        )
         self.low_scores[who[surveyed]] += np.where(ces <= 3, 0.6, 0.0)
-        events.add("surveys", who[surveyed], seconds[surveyed] + 7200, survey_type="ces",
-                   score=ces)
+        events.add("surveys", who[surveyed], seconds[surveyed] + 7200, survey_type="ces", score=ces)
 
     def _social(self, day: int, events: _Events) -> None:
         p, rng = self.params, self.rng
         friction = np.minimum(self.unresolved + self.price_gap + self.ignored_carts, 3.0)
-        who = np.flatnonzero(self.alive & self.has_social & (
-            rng.random(self.n) < p.social_rate_base + p.social_rate_friction * friction))
+        who = np.flatnonzero(
+            self.alive
+            & self.has_social
+            & (rng.random(self.n) < p.social_rate_base + p.social_rate_friction * friction)
+        )
         if not len(who):
             return
         complaint_p = 0.1 + 0.25 * np.minimum(friction[who], 2.0)
         u = rng.random(len(who))
-        kind = np.where(u < complaint_p, "complaint", np.where(
-            u < complaint_p + 0.2, "praise", np.where(u < complaint_p + 0.35, "dm", "mention")))
+        kind = np.where(
+            u < complaint_p,
+            "complaint",
+            np.where(
+                u < complaint_p + 0.2, "praise", np.where(u < complaint_p + 0.35, "dm", "mention")
+            ),
+        )
         low = {"complaint": -1.0, "praise": 0.3, "dm": -0.5, "mention": -0.3}
         high = {"complaint": -0.3, "praise": 1.0, "dm": 0.5, "mention": 0.6}
         sentiment = rng.uniform(np.vectorize(low.get)(kind), np.vectorize(high.get)(kind))
-        events.add("social", who, self._times(day, len(who)),
-                   interaction_type=kind.astype(object), sentiment=np.round(sentiment, 2))
+        events.add(
+            "social",
+            who,
+            self._times(day, len(who)),
+            interaction_type=kind.astype(object),
+            sentiment=np.round(sentiment, 2),
+        )
 
     def _churn(self, day: int) -> None:
         alive = np.flatnonzero(self.alive)
@@ -979,9 +1259,18 @@ class _World:
 
 # ---- writing: identifiers, text, dirt, duplicates (per feed per month) ----------------------
 
-_KEY_PREFIX = {"pos_sales": "POS", "web_orders": "WO", "web_sessions": "WS", "email_events": "EM",
-               "sms_events": "SM", "contact_center": "CC", "social": "SO", "surveys": "SV",
-               "consents": "CN", "campaign_history": "CH"}
+_KEY_PREFIX = {
+    "pos_sales": "POS",
+    "web_orders": "WO",
+    "web_sessions": "WS",
+    "email_events": "EM",
+    "sms_events": "SM",
+    "contact_center": "CC",
+    "social": "SO",
+    "surveys": "SV",
+    "consents": "CN",
+    "campaign_history": "CH",
+}
 # Share of rows in which a source system records the person's identifier (when the person has one).
 _ID_PRESENCE: dict[str, dict[str, float]] = {
     "pos_sales": {"loyalty_card": 0.85, "phone": 0.07, "email": 0.18},
@@ -1001,8 +1290,14 @@ _ID_PRESENCE: dict[str, dict[str, float]] = {
 class _Writer:
     """Turns a month of events into contract CSV files, with noise, dirt and duplicates."""
 
-    def __init__(self, persons: pd.DataFrame, settings: Settings, start: date,
-                 params: WorldParameters, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        persons: pd.DataFrame,
+        settings: Settings,
+        start: date,
+        params: WorldParameters,
+        rng: np.random.Generator,
+    ) -> None:
         self.start, self.params, self.rng = start, params, rng
         self.raw_dir = settings.raw_dir
         self.dirty_share = settings.simulation.dirty_row_share
@@ -1020,9 +1315,15 @@ class _Writer:
         self.handles = persons["social_handle"].to_numpy()
         self.devices = persons[["device_id_1", "device_id_2"]].to_numpy()
         settings.truth_dir.mkdir(parents=True, exist_ok=True)
-        schema = pa.schema([("feed", pa.string()), ("record_key", pa.string()),
-                            ("person_id", pa.string()), ("dirty_kind", pa.string()),
-                            ("file", pa.string())])
+        schema = pa.schema(
+            [
+                ("feed", pa.string()),
+                ("record_key", pa.string()),
+                ("person_id", pa.string()),
+                ("dirty_kind", pa.string()),
+                ("file", pa.string()),
+            ]
+        )
         self.records = pq.ParquetWriter(settings.truth_dir / "records.parquet", schema)
 
     def close(self) -> None:
@@ -1039,9 +1340,13 @@ class _Writer:
                 text, kinds = pd.DataFrame(columns=list(feed.columns)), np.array([], object)
             else:
                 text, kinds = self._contract_frame(feed, frame)
-            same, later = pick_duplicates(len(text), kinds == "", self.params.duplicate_row_share,
-                                          0.0 if last else self.params.duplicate_next_month_share,
-                                          self.rng)
+            same, later = pick_duplicates(
+                len(text),
+                kinds == "",
+                self.params.duplicate_row_share,
+                0.0 if last else self.params.duplicate_next_month_share,
+                self.rng,
+            )
             if len(later):
                 self.carry[name] = text.iloc[later]
             self.duplicates += len(same) + len(later)
@@ -1059,14 +1364,21 @@ class _Writer:
             self.rows_per_feed[name] += len(output)
             if not frame.empty:
                 relative = str(path.relative_to(self.raw_dir))
-                self.records.write_table(pa.table({
-                    "feed": pa.array([name] * len(text), pa.string()),
-                    "record_key": pa.array(text[feed.key].to_numpy(dtype=object), pa.string()),
-                    "person_id": pa.array(self.person_ids[frame["_person"].to_numpy()],
-                                          pa.string()),
-                    "dirty_kind": pa.array(np.where(kinds == "", None, kinds), pa.string()),
-                    "file": pa.array([relative] * len(text), pa.string()),
-                }))
+                self.records.write_table(
+                    pa.table(
+                        {
+                            "feed": pa.array([name] * len(text), pa.string()),
+                            "record_key": pa.array(
+                                text[feed.key].to_numpy(dtype=object), pa.string()
+                            ),
+                            "person_id": pa.array(
+                                self.person_ids[frame["_person"].to_numpy()], pa.string()
+                            ),
+                            "dirty_kind": pa.array(np.where(kinds == "", None, kinds), pa.string()),
+                            "file": pa.array([relative] * len(text), pa.string()),
+                        }
+                    )
+                )
 
     def _contract_frame(self, feed: Feed, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         """The month's rows of one feed as contract text columns, then spoiled a little."""
@@ -1079,8 +1391,9 @@ class _Writer:
             first = self.counters[feed.name]
             self.counters[feed.name] += count
             out[feed.key] = _coded(_KEY_PREFIX[feed.name], 9, np.arange(first, first + count))
-        out[feed.time_column] = format_timestamps(frame["_seconds"].to_numpy(), self.start,
-                                                  self.rng)
+        out[feed.time_column] = format_timestamps(
+            frame["_seconds"].to_numpy(), self.start, self.rng
+        )
         for column, id_type in feed.id_columns.items():
             if column != feed.key:
                 out[column] = self._identifier(feed.name, column, id_type, frame, person)
@@ -1096,13 +1409,15 @@ class _Writer:
                 out[column] = to_text(spec, values)
         text = pd.DataFrame({column: out[column] for column in feed.columns})
         text, kinds = inject_dirty_rows(text, feed, self.dirty_share, self.rng)
-        for kind, kind_count in zip(*np.unique(kinds[kinds != ""], return_counts=True),
-                                    strict=True):
+        for kind, kind_count in zip(
+            *np.unique(kinds[kinds != ""], return_counts=True), strict=True
+        ):
             self.dirty_by_kind[kind] += int(kind_count)
         return text, kinds
 
-    def _identifier(self, feed: str, column: str, id_type: str, frame: pd.DataFrame,
-                    person: np.ndarray) -> np.ndarray:
+    def _identifier(
+        self, feed: str, column: str, id_type: str, frame: pd.DataFrame, person: np.ndarray
+    ) -> np.ndarray:
         """The identifier a source system holds for each row, or ``None`` when it has none."""
         rng, count = self.rng, len(person)
         if id_type == "device_id":
@@ -1118,8 +1433,7 @@ class _Writer:
             keep = rng.random(count) < _ID_PRESENCE[feed].get(column, 0.0)
         return self._identifier_values(id_type, person, keep)
 
-    def _identifier_values(self, id_type: str, person: np.ndarray,
-                           keep: np.ndarray) -> np.ndarray:
+    def _identifier_values(self, id_type: str, person: np.ndarray, keep: np.ndarray) -> np.ndarray:
         out = np.full(len(person), None, dtype=object)
         rows = person[keep]
         if id_type == "email":
@@ -1132,8 +1446,9 @@ class _Writer:
             out[keep] = self.handles[rows]
         return out
 
-    def _at_least_one_identifier(self, feed: str, out: dict[str, np.ndarray],
-                                 person: np.ndarray) -> None:
+    def _at_least_one_identifier(
+        self, feed: str, out: dict[str, np.ndarray], person: np.ndarray
+    ) -> None:
         """Contacts, surveys and campaign sends always carry a way to reach the person."""
         fallback = {"contact_center": "phone", "surveys": "email", "campaign_history": "email"}
         if feed not in fallback:
@@ -1141,20 +1456,28 @@ class _Writer:
         id_columns = list(FEEDS[feed].id_columns)
         missing = np.all([pd.isna(out[c]) for c in id_columns], axis=0)
         column = fallback[feed]
-        out[column][missing] = self._identifier_values(column, person[missing],
-                                                       np.ones(missing.sum(), bool))
+        out[column][missing] = self._identifier_values(
+            column, person[missing], np.ones(missing.sum(), bool)
+        )
 
 
 _CODED_COLUMNS: dict[str, tuple[str, int]] = {
-    "product_id": ("SKU", 5), "case_id": ("CASE", 8), "session_id": ("SES", 9),
+    "product_id": ("SKU", 5),
+    "case_id": ("CASE", 8),
+    "session_id": ("SES", 9),
 }
 
 
 # ---- the public entry point -----------------------------------------------------------------
 
 
-def simulate(settings: Settings, customers: int | None = None, months: int | None = None,
-             seed: int | None = None, progress: bool = True) -> SimulationSummary:
+def simulate(
+    settings: Settings,
+    customers: int | None = None,
+    months: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> SimulationSummary:
     """Simulate the retailer and write its raw feeds and the ground truth (replacing old ones).
 
     Args:
@@ -1170,8 +1493,9 @@ def simulate(settings: Settings, customers: int | None = None, months: int | Non
     months = sim.months if months is None else months
     seed = sim.seed if seed is None else seed
     if customers < 1 or months < 1:
-        raise ValueError(f"simulate needs at least 1 customer and 1 month, got {customers=}, "
-                         f"{months=}")
+        raise ValueError(
+            f"simulate needs at least 1 customer and 1 month, got {customers=}, {months=}"
+        )
     actions = settings.actions
     if not action_channel_pairs(actions):
         raise ValueError("settings.actions has no deliverable action: check configs/actions.yaml")
@@ -1195,8 +1519,9 @@ def simulate(settings: Settings, customers: int | None = None, months: int | Non
     days = pd.date_range(start, end, inclusive="left")
     events = _Events()
     try:
-        for day, timestamp in enumerate(tqdm(days, desc="simulating", unit="day",
-                                             disable=not progress)):
+        for day, timestamp in enumerate(
+            tqdm(days, desc="simulating", unit="day", disable=not progress)
+        ):
             world.step(day, timestamp.date(), events)
             last_day = day == len(days) - 1
             if last_day or days[day + 1].month != timestamp.month:
@@ -1208,26 +1533,43 @@ def simulate(settings: Settings, customers: int | None = None, months: int | Non
     churned_at = pd.Series(pd.NaT, index=persons.index, dtype="datetime64[ns]")
     has_churned = world.churn_day >= 0
     churned_at[has_churned] = pd.Timestamp(start) + pd.to_timedelta(
-        world.churn_day[has_churned], unit="D")
+        world.churn_day[has_churned], unit="D"
+    )
     truth = persons.drop(columns=["join_day"]).assign(churned_at=churned_at)
-    truth = truth[["person_id", "joined_at", "churned_at"]
-                  + [c for c in truth.columns if c not in ("person_id", "joined_at", "churned_at")]]
+    truth = truth[
+        ["person_id", "joined_at", "churned_at"]
+        + [c for c in truth.columns if c not in ("person_id", "joined_at", "churned_at")]
+    ]
     truth.to_parquet(settings.truth_dir / "persons.parquet", index=False)
     effects.to_parquet(settings.truth_dir / "treatment_effects.parquet", index=False)
 
     summary = SimulationSummary(
-        seed=seed, persons=customers, start=start, end=end,
-        rows_per_feed=writer.rows_per_feed, files_written=writer.files,
-        dirty_rows=sum(writer.dirty_by_kind.values()), dirty_rows_by_kind=writer.dirty_by_kind,
-        duplicate_rows=writer.duplicates, duplicate_rows_next_month=writer.duplicates_next_month,
-        churned_persons=int(has_churned.sum()), raw_dir=settings.raw_dir,
+        seed=seed,
+        persons=customers,
+        start=start,
+        end=end,
+        rows_per_feed=writer.rows_per_feed,
+        files_written=writer.files,
+        dirty_rows=sum(writer.dirty_by_kind.values()),
+        dirty_rows_by_kind=writer.dirty_by_kind,
+        duplicate_rows=writer.duplicates,
+        duplicate_rows_next_month=writer.duplicates_next_month,
+        churned_persons=int(has_churned.sum()),
+        raw_dir=settings.raw_dir,
         truth_dir=settings.truth_dir,
     )
     (settings.truth_dir / "simulation.json").write_text(
-        json.dumps(summary.model_dump(mode="json", exclude={"raw_dir", "truth_dir"})
-                   | {"dirty_row_share": sim.dirty_row_share,
-                      "duplicate_row_share": params.duplicate_row_share},
-                   indent=2, sort_keys=True) + "\n")
+        json.dumps(
+            summary.model_dump(mode="json", exclude={"raw_dir", "truth_dir"})
+            | {
+                "dirty_row_share": sim.dirty_row_share,
+                "duplicate_row_share": params.duplicate_row_share,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
     return summary
 
 
@@ -1236,6 +1578,7 @@ def load_truth(settings: Settings) -> dict[str, pd.DataFrame]:
     folder = settings.truth_dir
     if not (folder / "persons.parquet").exists():
         raise FileNotFoundError(f"no simulation in {folder}: run `omniretain simulate` first")
-    return {name: pd.read_parquet(folder / f"{name}.parquet")
-            for name in ("persons", "records", "treatment_effects")}
-
+    return {
+        name: pd.read_parquet(folder / f"{name}.parquet")
+        for name in ("persons", "records", "treatment_effects")
+    }

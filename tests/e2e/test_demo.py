@@ -20,13 +20,29 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def demo_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
     state_dir = tmp_path_factory.mktemp("demo_state")
     env = {**os.environ, "OMNIRETAIN_STATE_DIR": str(state_dir), "COLUMNS": "120"}
     result = subprocess.run(
-        [sys.executable, "-m", "omniretain.cli", "demo", "--customers", "600", "--months", "12",
-         "--seed", "11"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "omniretain.cli",
+            "demo",
+            "--customers",
+            "600",
+            "--months",
+            "12",
+            "--seed",
+            "11",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     return state_dir, result
 

@@ -21,10 +21,20 @@ from features.contract import UNIFIED_TABLES
 from omniretain.settings import Settings, load_settings
 
 _COLUMN_TYPES = {
-    "occurred_at": "TIMESTAMP", "first_seen_at": "TIMESTAMP", "n_source_ids": "INTEGER",
-    "amount": "DOUBLE", "items": "INTEGER", "discount_amount": "DOUBLE", "is_return": "BOOLEAN",
-    "unit_price": "DOUBLE", "price_seen": "DOUBLE", "resolved": "BOOLEAN",
-    "handle_minutes": "DOUBLE", "sentiment": "DOUBLE", "score": "DOUBLE", "granted": "BOOLEAN",
+    "occurred_at": "TIMESTAMP",
+    "first_seen_at": "TIMESTAMP",
+    "n_source_ids": "INTEGER",
+    "amount": "DOUBLE",
+    "items": "INTEGER",
+    "discount_amount": "DOUBLE",
+    "is_return": "BOOLEAN",
+    "unit_price": "DOUBLE",
+    "price_seen": "DOUBLE",
+    "resolved": "BOOLEAN",
+    "handle_minutes": "DOUBLE",
+    "sentiment": "DOUBLE",
+    "score": "DOUBLE",
+    "granted": "BOOLEAN",
 }
 START = datetime(2025, 1, 1)
 LAST_EVENT = datetime(2025, 6, 15, 12)
@@ -46,29 +56,51 @@ def write_small_warehouse(settings: Settings) -> None:
             {"customer_id": customer, "first_seen_at": first_seen, "n_source_ids": 1 + index % 3}
         )
         for _ in range(rng.randint(1, 12)):
-            rows["purchases"].append({
-                "customer_id": customer,
-                "occurred_at": some_time_after(first_seen),
-                "channel": rng.choice(["store", "web", "app"]), "amount": rng.uniform(5, 200),
-                "items": 1, "is_return": rng.random() < 0.1,
-            })
+            rows["purchases"].append(
+                {
+                    "customer_id": customer,
+                    "occurred_at": some_time_after(first_seen),
+                    "channel": rng.choice(["store", "web", "app"]),
+                    "amount": rng.uniform(5, 200),
+                    "items": 1,
+                    "is_return": rng.random() < 0.1,
+                }
+            )
         for session in range(rng.randint(0, 6)):
-            rows["web_events"].append({
+            rows["web_events"].append(
+                {
+                    "customer_id": customer,
+                    "occurred_at": some_time_after(first_seen),
+                    "channel": "web",
+                    "session_id": f"{customer}-{session}",
+                    "event_type": rng.choice(["page_view", "cart_abandoned"]),
+                }
+            )
+        rows["surveys"].append(
+            {
                 "customer_id": customer,
-                "occurred_at": some_time_after(first_seen),
-                "channel": "web", "session_id": f"{customer}-{session}",
-                "event_type": rng.choice(["page_view", "cart_abandoned"]),
-            })
-        rows["surveys"].append({
-            "customer_id": customer, "occurred_at": first_seen + timedelta(days=3),
-            "survey_type": "nps", "score": float(rng.randint(0, 10)),
-        })
-        rows["consents"].append({
-            "customer_id": customer, "occurred_at": first_seen, "channel": "email",
-            "granted": rng.random() < 0.7,
-        })
-    rows["purchases"].append({"customer_id": CUSTOMERS[0], "occurred_at": LAST_EVENT,
-                              "channel": "store", "amount": 10.0, "items": 1})
+                "occurred_at": first_seen + timedelta(days=3),
+                "survey_type": "nps",
+                "score": float(rng.randint(0, 10)),
+            }
+        )
+        rows["consents"].append(
+            {
+                "customer_id": customer,
+                "occurred_at": first_seen,
+                "channel": "email",
+                "granted": rng.random() < 0.7,
+            }
+        )
+    rows["purchases"].append(
+        {
+            "customer_id": CUSTOMERS[0],
+            "occurred_at": LAST_EVENT,
+            "channel": "store",
+            "amount": 10.0,
+            "items": 1,
+        }
+    )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(settings.warehouse_path)) as con:
         for table in FEATURE_SOURCE_TABLES:
@@ -102,7 +134,10 @@ def test_build_writes_the_snapshot_table_and_the_feast_config(built, snapshots) 
     assert report.rows == len(snapshots) and report.feature_count == len(FEATURE_COLUMNS)
     assert report.customers == len(CUSTOMERS)
     assert list(snapshots.columns) == [
-        "customer_id", "event_timestamp", "created_timestamp", *FEATURE_COLUMNS
+        "customer_id",
+        "event_timestamp",
+        "created_timestamp",
+        *FEATURE_COLUMNS,
     ]
     assert str(snapshots["event_timestamp"].dt.tz) == "UTC"
     assert report.materialized["customers"] == len(CUSTOMERS)
@@ -118,9 +153,7 @@ def test_online_reader_serves_the_latest_snapshot(built, snapshots) -> None:
     settings, report = built
     reader = OnlineFeatureReader(settings)
     assert reader.feature_names == FEATURE_COLUMNS
-    latest = snapshots[snapshots["event_timestamp"] == report.cutoffs[-1]].set_index(
-        "customer_id"
-    )
+    latest = snapshots[snapshots["event_timestamp"] == report.cutoffs[-1]].set_index("customer_id")
     ids = [CUSTOMERS[3], "nobody", CUSTOMERS[-1]]
     rows = reader.get(ids)
     assert rows[1] is None
@@ -140,20 +173,32 @@ def test_historical_features_pick_the_snapshot_per_timestamp_and_keep_order(
 
     settings, report = built
     first, middle, serving = report.cutoffs
-    entity_df = pd.DataFrame({
-        "customer_id": [CUSTOMERS[5], CUSTOMERS[0], CUSTOMERS[5], CUSTOMERS[39], "nobody",
-                        CUSTOMERS[0]],
-        "event_timestamp": [serving, middle + timedelta(days=3), first, first, middle, middle],
-        "label": [1, 0, 1, 0, 1, 1],
-    })
+    entity_df = pd.DataFrame(
+        {
+            "customer_id": [
+                CUSTOMERS[5],
+                CUSTOMERS[0],
+                CUSTOMERS[5],
+                CUSTOMERS[39],
+                "nobody",
+                CUSTOMERS[0],
+            ],
+            "event_timestamp": [serving, middle + timedelta(days=3), first, first, middle, middle],
+            "label": [1, 0, 1, 0, 1, 1],
+        }
+    )
     result = historical_features(settings, entity_df)
     assert len(result) == len(entity_df)
     pd.testing.assert_frame_equal(result[entity_df.columns], entity_df)
     assert list(result.columns) == [*entity_df.columns, *FEATURE_COLUMNS]
 
     indexed = snapshots.set_index(["customer_id", "event_timestamp"])
-    expected_snapshot = {0: (CUSTOMERS[5], serving), 1: (CUSTOMERS[0], middle),
-                         2: (CUSTOMERS[5], first), 5: (CUSTOMERS[0], middle)}
+    expected_snapshot = {
+        0: (CUSTOMERS[5], serving),
+        1: (CUSTOMERS[0], middle),
+        2: (CUSTOMERS[5], first),
+        5: (CUSTOMERS[0], middle),
+    }
     for position, key in expected_snapshot.items():
         np.testing.assert_allclose(
             result.loc[position, FEATURE_COLUMNS].astype(float).to_numpy(),

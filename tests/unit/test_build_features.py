@@ -34,10 +34,20 @@ from omniretain.settings import LabelSettings
 CUTOFF = datetime(2025, 6, 1, tzinfo=UTC)
 
 _COLUMN_TYPES = {
-    "occurred_at": "TIMESTAMP", "first_seen_at": "TIMESTAMP", "n_source_ids": "INTEGER",
-    "amount": "DOUBLE", "items": "INTEGER", "discount_amount": "DOUBLE", "is_return": "BOOLEAN",
-    "unit_price": "DOUBLE", "price_seen": "DOUBLE", "resolved": "BOOLEAN",
-    "handle_minutes": "DOUBLE", "sentiment": "DOUBLE", "score": "DOUBLE", "granted": "BOOLEAN",
+    "occurred_at": "TIMESTAMP",
+    "first_seen_at": "TIMESTAMP",
+    "n_source_ids": "INTEGER",
+    "amount": "DOUBLE",
+    "items": "INTEGER",
+    "discount_amount": "DOUBLE",
+    "is_return": "BOOLEAN",
+    "unit_price": "DOUBLE",
+    "price_seen": "DOUBLE",
+    "resolved": "BOOLEAN",
+    "handle_minutes": "DOUBLE",
+    "sentiment": "DOUBLE",
+    "score": "DOUBLE",
+    "granted": "BOOLEAN",
 }
 
 
@@ -68,96 +78,277 @@ def hand_made_rows() -> dict[str, list[dict]]:
             {"customer_id": "c", "first_seen_at": ts("2025-06-01"), "n_source_ids": 1},
         ],
         "purchases": [
-            {"customer_id": "a", "occurred_at": ts("2025-05-25"), "channel": "store",
-             "amount": 100.0, "items": 2, "discount_amount": 10.0, "is_return": False,
-             "product_id": "P1", "unit_price": 12.0, "source_id": "t1"},
-            {"customer_id": "a", "occurred_at": ts("2025-05-10"), "channel": "web",
-             "amount": 50.0, "items": 1, "is_return": False, "source_id": "o1"},
-            {"customer_id": "a", "occurred_at": ts("2025-03-01"), "channel": "app",
-             "amount": 30.0, "items": 1, "is_return": False, "promo_code": "", "source_id": "o2"},
-            {"customer_id": "a", "occurred_at": ts("2025-05-28"), "channel": "store",
-             "amount": 20.0, "items": 1, "is_return": True, "source_id": "t2"},
-            {"customer_id": "a", "occurred_at": ts("2025-06-01"), "channel": "store",
-             "amount": 999.0, "items": 1, "is_return": False, "source_id": "t3"},
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-25"),
+                "channel": "store",
+                "amount": 100.0,
+                "items": 2,
+                "discount_amount": 10.0,
+                "is_return": False,
+                "product_id": "P1",
+                "unit_price": 12.0,
+                "source_id": "t1",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-10"),
+                "channel": "web",
+                "amount": 50.0,
+                "items": 1,
+                "is_return": False,
+                "source_id": "o1",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-03-01"),
+                "channel": "app",
+                "amount": 30.0,
+                "items": 1,
+                "is_return": False,
+                "promo_code": "",
+                "source_id": "o2",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-28"),
+                "channel": "store",
+                "amount": 20.0,
+                "items": 1,
+                "is_return": True,
+                "source_id": "t2",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-06-01"),
+                "channel": "store",
+                "amount": 999.0,
+                "items": 1,
+                "is_return": False,
+                "source_id": "t3",
+            },
         ],
         "web_events": [
-            {"customer_id": "a", "occurred_at": ts("2025-05-20T10:00"), "channel": "web",
-             "session_id": "s1", "event_type": "page_view"},
-            {"customer_id": "a", "occurred_at": ts("2025-05-20T10:05"), "channel": "web",
-             "session_id": "s1", "event_type": "product_view", "product_id": "P1",
-             "price_seen": 12.0},
-            {"customer_id": "a", "occurred_at": ts("2025-05-20T10:10"), "channel": "web",
-             "session_id": "s1", "event_type": "add_to_cart", "product_id": "P1"},
-            {"customer_id": "a", "occurred_at": ts("2025-05-20T10:20"), "channel": "web",
-             "session_id": "s1", "event_type": "cart_abandoned"},
-            {"customer_id": "a", "occurred_at": ts("2025-05-26T09:00"), "channel": "app",
-             "session_id": "s2", "event_type": "product_view", "product_id": "P1",
-             "price_seen": 10.0},
-            {"customer_id": "a", "occurred_at": ts("2025-05-30T12:00"), "channel": "web",
-             "session_id": "s3", "event_type": "cart_abandoned"},
-            {"customer_id": None, "occurred_at": ts("2025-05-30T12:00"), "channel": "web",
-             "session_id": "anon", "event_type": "page_view"},
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-20T10:00"),
+                "channel": "web",
+                "session_id": "s1",
+                "event_type": "page_view",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-20T10:05"),
+                "channel": "web",
+                "session_id": "s1",
+                "event_type": "product_view",
+                "product_id": "P1",
+                "price_seen": 12.0,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-20T10:10"),
+                "channel": "web",
+                "session_id": "s1",
+                "event_type": "add_to_cart",
+                "product_id": "P1",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-20T10:20"),
+                "channel": "web",
+                "session_id": "s1",
+                "event_type": "cart_abandoned",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-26T09:00"),
+                "channel": "app",
+                "session_id": "s2",
+                "event_type": "product_view",
+                "product_id": "P1",
+                "price_seen": 10.0,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-30T12:00"),
+                "channel": "web",
+                "session_id": "s3",
+                "event_type": "cart_abandoned",
+            },
+            {
+                "customer_id": None,
+                "occurred_at": ts("2025-05-30T12:00"),
+                "channel": "web",
+                "session_id": "anon",
+                "event_type": "page_view",
+            },
         ],
         "messages": [
-            *[{"customer_id": "a", "occurred_at": ts(f"2025-05-0{d}"), "channel": "email",
-               "event_type": "sent"} for d in (1, 2, 3, 4)],
-            {"customer_id": "a", "occurred_at": ts("2025-05-05"), "channel": "email",
-             "event_type": "open"},
-            {"customer_id": "a", "occurred_at": ts("2025-05-06"), "channel": "email",
-             "event_type": "open"},
-            {"customer_id": "a", "occurred_at": ts("2025-05-06"), "channel": "email",
-             "event_type": "click"},
-            {"customer_id": "a", "occurred_at": ts("2025-05-07"), "channel": "sms",
-             "event_type": "sent"},
-            {"customer_id": "a", "occurred_at": ts("2025-05-08"), "channel": "sms",
-             "event_type": "sent"},
-            {"customer_id": "a", "occurred_at": ts("2025-05-09"), "channel": "sms",
-             "event_type": "click"},
-            {"customer_id": "a", "occurred_at": ts("2025-05-31"), "channel": "email",
-             "event_type": "unsubscribe"},
+            *[
+                {
+                    "customer_id": "a",
+                    "occurred_at": ts(f"2025-05-0{d}"),
+                    "channel": "email",
+                    "event_type": "sent",
+                }
+                for d in (1, 2, 3, 4)
+            ],
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-05"),
+                "channel": "email",
+                "event_type": "open",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-06"),
+                "channel": "email",
+                "event_type": "open",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-06"),
+                "channel": "email",
+                "event_type": "click",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-07"),
+                "channel": "sms",
+                "event_type": "sent",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-08"),
+                "channel": "sms",
+                "event_type": "sent",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-09"),
+                "channel": "sms",
+                "event_type": "click",
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-31"),
+                "channel": "email",
+                "event_type": "unsubscribe",
+            },
         ],
         "contacts": [
-            {"customer_id": "a", "occurred_at": ts("2025-05-01"), "case_id": "K1",
-             "contact_channel": "phone", "reason": "delivery", "resolved": False,
-             "handle_minutes": 10.0},
-            {"customer_id": "a", "occurred_at": ts("2025-05-05"), "case_id": "K1",
-             "contact_channel": "chat", "reason": "delivery", "resolved": False,
-             "handle_minutes": 20.0},
-            {"customer_id": "a", "occurred_at": ts("2025-05-20"), "case_id": "K2",
-             "contact_channel": "phone", "reason": "billing", "resolved": True,
-             "handle_minutes": 30.0},
-            {"customer_id": "a", "occurred_at": ts("2025-05-25"), "case_id": "K3",
-             "contact_channel": "email", "reason": "billing", "resolved": False,
-             "handle_minutes": 40.0},
-            {"customer_id": "a", "occurred_at": ts("2025-02-01"), "case_id": "K4",
-             "contact_channel": "phone", "reason": "delivery", "resolved": False,
-             "handle_minutes": 99.0},
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-01"),
+                "case_id": "K1",
+                "contact_channel": "phone",
+                "reason": "delivery",
+                "resolved": False,
+                "handle_minutes": 10.0,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-05"),
+                "case_id": "K1",
+                "contact_channel": "chat",
+                "reason": "delivery",
+                "resolved": False,
+                "handle_minutes": 20.0,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-20"),
+                "case_id": "K2",
+                "contact_channel": "phone",
+                "reason": "billing",
+                "resolved": True,
+                "handle_minutes": 30.0,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-25"),
+                "case_id": "K3",
+                "contact_channel": "email",
+                "reason": "billing",
+                "resolved": False,
+                "handle_minutes": 40.0,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-02-01"),
+                "case_id": "K4",
+                "contact_channel": "phone",
+                "reason": "delivery",
+                "resolved": False,
+                "handle_minutes": 99.0,
+            },
         ],
         "social": [
-            {"customer_id": "a", "occurred_at": ts("2025-05-15"), "interaction_type": "complaint",
-             "sentiment": -0.8},
-            {"customer_id": "a", "occurred_at": ts("2025-05-20"), "interaction_type": "praise",
-             "sentiment": 0.4},
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-15"),
+                "interaction_type": "complaint",
+                "sentiment": -0.8,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-20"),
+                "interaction_type": "praise",
+                "sentiment": 0.4,
+            },
         ],
         "surveys": [
-            {"customer_id": "a", "occurred_at": ts("2025-03-01"), "survey_type": "nps",
-             "score": 8.0},
-            {"customer_id": "a", "occurred_at": ts("2025-05-01"), "survey_type": "nps",
-             "score": 5.0},
-            {"customer_id": "a", "occurred_at": ts("2025-05-10"), "survey_type": "ces",
-             "score": 6.0},
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-03-01"),
+                "survey_type": "nps",
+                "score": 8.0,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-01"),
+                "survey_type": "nps",
+                "score": 5.0,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-10"),
+                "survey_type": "ces",
+                "score": 6.0,
+            },
         ],
         "consents": [
-            {"customer_id": "a", "occurred_at": ts("2025-01-15"), "channel": "email",
-             "granted": True},
-            {"customer_id": "a", "occurred_at": ts("2025-05-31"), "channel": "email",
-             "granted": False},
-            {"customer_id": "a", "occurred_at": ts("2025-02-01"), "channel": "sms",
-             "granted": True},
-            {"customer_id": "a", "occurred_at": ts("2025-02-01"), "channel": "call_center",
-             "granted": True},
-            {"customer_id": "a", "occurred_at": ts("2025-06-01"), "channel": "call_center",
-             "granted": False},
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-01-15"),
+                "channel": "email",
+                "granted": True,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-05-31"),
+                "channel": "email",
+                "granted": False,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-02-01"),
+                "channel": "sms",
+                "granted": True,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-02-01"),
+                "channel": "call_center",
+                "granted": True,
+            },
+            {
+                "customer_id": "a",
+                "occurred_at": ts("2025-06-01"),
+                "channel": "call_center",
+                "granted": False,
+            },
         ],
     }
 
@@ -225,8 +416,10 @@ def test_short_history_still_yields_the_serving_cutoff() -> None:
 def test_event_time_range_ignores_anonymous_events_and_starts_at_behaviour(
     con: duckdb.DuckDBPyConnection,
 ) -> None:
-    con.execute("INSERT INTO web_events (customer_id, occurred_at, channel, session_id, event_type)"
-                " VALUES (NULL, TIMESTAMP '2025-09-01', 'web', 'anon2', 'page_view')")
+    con.execute(
+        "INSERT INTO web_events (customer_id, occurred_at, channel, session_id, event_type)"
+        " VALUES (NULL, TIMESTAMP '2025-09-01', 'web', 'anon2', 'page_view')"
+    )
     first, last = event_time_range(con)
     # the consent of 2025-01-15 is a profile record: the grid starts at the first behaviour
     assert first == datetime(2025, 2, 1, tzinfo=UTC)
@@ -368,26 +561,43 @@ def _future_event(table: str, customer: str, moment: datetime, pick: int, value:
     """A plausible row of ``table`` for ``customer`` at ``moment`` (reusing ids on purpose)."""
     base = {"customer_id": customer, "occurred_at": moment}
     if table == "purchases":
-        return base | {"channel": ["store", "web", "app"][pick % 3], "amount": value,
-                       "items": 1, "is_return": pick % 4 == 0, "product_id": "P1",
-                       "unit_price": value, "promo_code": "X" if pick % 2 else None}
+        return base | {
+            "channel": ["store", "web", "app"][pick % 3],
+            "amount": value,
+            "items": 1,
+            "is_return": pick % 4 == 0,
+            "product_id": "P1",
+            "unit_price": value,
+            "promo_code": "X" if pick % 2 else None,
+        }
     if table == "web_events":
         events = ["page_view", "product_view", "add_to_cart", "cart_abandoned", "checkout"]
-        return base | {"channel": ["web", "app"][pick % 2], "session_id": f"s{pick % 4}",
-                       "event_type": events[pick % 5], "product_id": "P1", "price_seen": value}
+        return base | {
+            "channel": ["web", "app"][pick % 2],
+            "session_id": f"s{pick % 4}",
+            "event_type": events[pick % 5],
+            "product_id": "P1",
+            "price_seen": value,
+        }
     if table == "messages":
         kinds = ["sent", "open", "click", "unsubscribe", "bounce", "opt_out"]
         return base | {"channel": ["email", "sms"][pick % 2], "event_type": kinds[pick % 6]}
     if table == "contacts":
-        return base | {"case_id": f"K{pick % 4}", "contact_channel": "phone",
-                       "reason": ["delivery", "billing"][pick % 2], "resolved": pick % 3 == 0,
-                       "handle_minutes": value}
+        return base | {
+            "case_id": f"K{pick % 4}",
+            "contact_channel": "phone",
+            "reason": ["delivery", "billing"][pick % 2],
+            "resolved": pick % 3 == 0,
+            "handle_minutes": value,
+        }
     if table == "social":
         return base | {"interaction_type": "complaint", "sentiment": min(1.0, value / 500)}
     if table == "surveys":
         return base | {"survey_type": ["nps", "ces"][pick % 2], "score": value % 10}
-    return base | {"channel": ["email", "sms", "app", "call_center"][pick % 4],
-                   "granted": pick % 2 == 0}
+    return base | {
+        "channel": ["email", "sms", "app", "call_center"][pick % 4],
+        "granted": pick % 2 == 0,
+    }
 
 
 @functools.cache
@@ -410,8 +620,9 @@ future_events = st.lists(
 )
 
 
-@hypothesis_settings(max_examples=15, deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(events=future_events)
 @example(events=[("purchases", "a", 0, 1, 5.0), ("consents", "a", 0, 1, 0.0)])
 def test_events_at_or_after_the_cutoff_never_change_features(events) -> None:

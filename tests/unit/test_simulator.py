@@ -35,13 +35,18 @@ def _settings(tmp_path: Path, **simulation: float) -> Settings:
 
 def _read_feed(settings: Settings, feed: str) -> pd.DataFrame:
     files = sorted((settings.raw_dir / feed).glob("*.csv"))
-    return pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False).assign(_file=f.name)
-                      for f in files], ignore_index=True)
+    return pd.concat(
+        [pd.read_csv(f, dtype=str, keep_default_na=False).assign(_file=f.name) for f in files],
+        ignore_index=True,
+    )
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +85,9 @@ def test_a_new_simulation_replaces_the_previous_one(tmp_path: Path) -> None:
 
 
 def test_settings_give_the_defaults(tmp_path: Path) -> None:
-    settings = load_settings(state_dir=tmp_path, simulation={"customers": 40, "months": 6,
-                                                            "seed": 2})
+    settings = load_settings(
+        state_dir=tmp_path, simulation={"customers": 40, "months": 6, "seed": 2}
+    )
     summary = simulate(settings, months=1, progress=False)
     assert (summary.persons, summary.seed) == (40, 2)
     assert summary.end == pd.Timestamp(summary.start + pd.DateOffset(months=1)).date()
@@ -110,8 +116,7 @@ def test_timestamps_are_iso_with_a_few_zulu_and_identifiers_are_noisy(small) -> 
     assert (~times.str.contains(r"Z|\+", regex=True)).mean() > 0.6
     emails = orders["email"][orders["email"] != ""]
     assert (emails != emails.str.strip().str.lower()).any()
-    phones = pd.concat([_read_feed(settings, f)["phone"] for f in ("sms_events",
-                                                                   "contact_center")])
+    phones = pd.concat([_read_feed(settings, f)["phone"] for f in ("sms_events", "contact_center")])
     assert phones.str.startswith("+44 ").any() and phones.str.startswith("07").any()
     assert phones.str.startswith("0044-").any() and phones.str.startswith("(07").any()
 
@@ -123,7 +128,8 @@ def test_dirty_and_duplicate_rows_are_present_at_about_the_configured_share(smal
     assert 0.02 < dirty_share < 0.04
     assert summary.dirty_rows == records["dirty_kind"].notna().sum()
     assert set(records["dirty_kind"].dropna()) == set(summary.dirty_rows_by_kind) - {
-        k for k, v in summary.dirty_rows_by_kind.items() if v == 0}
+        k for k, v in summary.dirty_rows_by_kind.items() if v == 0
+    }
     assert all(summary.dirty_rows_by_kind[k] > 0 for k in summary.dirty_rows_by_kind)
     sessions = _read_feed(settings, "web_sessions")
     assert sessions["occurred_at"].str.startswith("2099").any()
@@ -150,8 +156,16 @@ def test_truth_covers_every_record_and_person(small) -> None:
         keys = set(_read_feed(settings, name)[feed.key])
         assert keys == set(records.loc[records["feed"] == name, "record_key"]), name
     assert len(persons) == summary.persons == persons["person_id"].nunique()
-    for column in ("person_id", "joined_at", "churned_at", "segment", "engagement",
-                   "price_sensitivity", "value_level", "channel_breadth"):
+    for column in (
+        "person_id",
+        "joined_at",
+        "churned_at",
+        "segment",
+        "engagement",
+        "price_sensitivity",
+        "value_level",
+        "channel_breadth",
+    ):
         assert column in persons
     assert persons["churned_at"].isna().any()
     assert (settings.truth_dir / "simulation.json").exists()
@@ -170,8 +184,10 @@ def test_treatment_effects_are_heterogeneous_with_both_signs(small) -> None:
     sensitive = discount["price_sensitivity"] > 0.6
     assert discount.loc[sensitive, "effect"].mean() < discount.loc[~sensitive, "effect"].mean()
     sms = merged[merged["channel"] == "sms"]
-    assert sms.loc[sms["engagement"] < 0.25, "effect"].mean() > sms.loc[
-        sms["engagement"] > 0.6, "effect"].mean()
+    assert (
+        sms.loc[sms["engagement"] < 0.25, "effect"].mean()
+        > sms.loc[sms["engagement"] > 0.6, "effect"].mean()
+    )
 
 
 # ---- pure pieces ----------------------------------------------------------------------------
@@ -183,8 +199,10 @@ def test_every_phone_spelling_is_the_same_number(digits: int) -> None:
     national = f"7{digits:09d}"
     spellings = phone_variants(pd.Series([national]))[0]
     assert len(spellings) == len(PHONE_FORMAT_SHARES)
-    parsed = {phonenumbers.format_number(phonenumbers.parse(s, "GB"),
-                                         phonenumbers.PhoneNumberFormat.E164) for s in spellings}
+    parsed = {
+        phonenumbers.format_number(phonenumbers.parse(s, "GB"), phonenumbers.PhoneNumberFormat.E164)
+        for s in spellings
+    }
     assert parsed == {f"+44{national}"}
 
 
@@ -221,8 +239,10 @@ def _alive_at_cutoffs(persons: pd.DataFrame, start: pd.Timestamp) -> pd.DataFram
     frames = []
     for day in range(120, 300, 30):
         cutoff = start + pd.Timedelta(days=day)
-        alive = persons[(persons["joined_at"] < cutoff) & (persons["churned_at"].isna()
-                                                          | (persons["churned_at"] >= cutoff))]
+        alive = persons[
+            (persons["joined_at"] < cutoff)
+            & (persons["churned_at"].isna() | (persons["churned_at"] >= cutoff))
+        ]
         churns = alive["churned_at"] < cutoff + pd.Timedelta(days=90)
         frames.append(alive.assign(cutoff=cutoff, churns_90d=churns.to_numpy()))
     return pd.concat(frames, ignore_index=True)
@@ -231,10 +251,14 @@ def _alive_at_cutoffs(persons: pd.DataFrame, start: pd.Timestamp) -> pd.DataFram
 def _with_person(settings: Settings, feed: str) -> pd.DataFrame:
     records = pd.read_parquet(settings.truth_dir / "records.parquet")
     rows = _read_feed(settings, feed).drop_duplicates(FEEDS[feed].key)
-    rows = rows.merge(records.loc[records["feed"] == feed, ["record_key", "person_id"]],
-                      left_on=FEEDS[feed].key, right_on="record_key")
-    rows["at"] = pd.to_datetime(rows[FEEDS[feed].time_column].str[:19], errors="coerce",
-                                format="%Y-%m-%dT%H:%M:%S")
+    rows = rows.merge(
+        records.loc[records["feed"] == feed, ["record_key", "person_id"]],
+        left_on=FEEDS[feed].key,
+        right_on="record_key",
+    )
+    rows["at"] = pd.to_datetime(
+        rows[FEEDS[feed].time_column].str[:19], errors="coerce", format="%Y-%m-%dT%H:%M:%S"
+    )
     return rows
 
 
@@ -254,11 +278,14 @@ def test_unresolved_contacts_and_narrow_channel_use_raise_churn(medium) -> None:
     contacts = _with_person(settings, "contact_center")
     unresolved = contacts[contacts["resolved"] == "false"]
     recent = panel.merge(unresolved[["person_id", "at"]], on="person_id", how="left")
-    recent = recent[(recent["at"] < recent["cutoff"])
-                    & (recent["at"] >= recent["cutoff"] - pd.Timedelta(days=60))]
+    recent = recent[
+        (recent["at"] < recent["cutoff"])
+        & (recent["at"] >= recent["cutoff"] - pd.Timedelta(days=60))
+    ]
     flagged = set(zip(recent["person_id"], recent["cutoff"], strict=True))
-    panel["unresolved"] = [k in flagged for k in zip(panel["person_id"], panel["cutoff"],
-                                                     strict=True)]
+    panel["unresolved"] = [
+        k in flagged for k in zip(panel["person_id"], panel["cutoff"], strict=True)
+    ]
     rate = panel.groupby("unresolved")["churns_90d"].mean()
     assert rate[True] > 1.2 * rate[False]
     by_breadth = panel.groupby("channel_breadth")["churns_90d"].mean()
@@ -278,12 +305,15 @@ def test_churned_persons_stop_buying_and_activity_follows_the_model(medium) -> N
     assert contacts.groupby("case_id").size().max() > 1  # repeat contacts on one case
 
     sessions = _with_person(settings, "web_sessions")
-    views = sessions[sessions["event_type"] == "product_view"][["person_id", "product_id",
-                                                                "price_seen", "at"]]
+    views = sessions[sessions["event_type"] == "product_view"][
+        ["person_id", "product_id", "price_seen", "at"]
+    ]
     sales = _with_person(settings, "pos_sales")[["person_id", "product_id", "unit_price", "at"]]
     pairs = views.merge(sales, on=["person_id", "product_id"], suffixes=("_view", "_sale"))
-    pairs = pairs[(pairs["at_sale"] > pairs["at_view"])
-                  & (pairs["at_sale"] - pairs["at_view"] < pd.Timedelta(days=7))]
+    pairs = pairs[
+        (pairs["at_sale"] > pairs["at_view"])
+        & (pairs["at_sale"] - pairs["at_view"] < pd.Timedelta(days=7))
+    ]
     gap = pd.to_numeric(pairs["unit_price"]) != pd.to_numeric(pairs["price_seen"])
     assert gap.sum() > 20  # the same product at another price in store, within days
 
