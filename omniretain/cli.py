@@ -8,23 +8,19 @@ libraries (Feast, MLflow, BentoML, Evidently) are imported inside the commands s
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.panel import Panel
 
-from omniretain.settings import PROJECT_ROOT, Settings, load_settings
+from omniretain.console import cli_settings, console, guarded, quiet_third_party, show, stage, state
+from omniretain.settings import Settings
 
 app = typer.Typer(
     name="omniretain",
@@ -39,10 +35,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-T = TypeVar("T")
-
-_state: dict[str, Any] = {"debug": False}
+# Each stage package registers its own commands, in pipeline order.
+STAGE_CLIS: tuple[str, ...] = ("features.cli", "training.cli", "serving.cli", "monitoring.cli")
 
 
 @app.callback()
@@ -56,8 +50,8 @@ def main(
     if state_dir is not None:
         # Through the environment so that child processes (the BentoML server) agree.
         os.environ["OMNIRETAIN_STATE_DIR"] = str(state_dir.resolve())
-    _state["debug"] = debug
-    _quiet_third_party()
+    state["debug"] = debug
+    quiet_third_party()
     for name, value in {
         "FEAST_USAGE": "False",
         "BENTOML_DO_NOT_TRACK": "True",
@@ -66,78 +60,6 @@ def main(
         "MLFLOW_LOGGING_LEVEL": "WARNING",
     }.items():
         os.environ.setdefault(name, value)
-
-
-def _quiet_third_party() -> None:
-    """Keep the terminal for our own reports: the libraries' import-time deprecation notices
-    and INFO chatter say nothing a user can act on (``--debug`` keeps them)."""
-    if _state["debug"]:
-        return
-    import logging
-    import warnings
-
-    for module in (
-        "evidently",
-        "litestar",
-        "numpy",
-        "mlflow",
-        "sqlalchemy",
-        "feast",
-        "dask",
-        "pydantic",
-        "_bentoml_sdk",
-        "_bentoml_impl",
-        "bentoml",
-    ):
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=rf"{module}(\..*)?")
-    warnings.filterwarnings("ignore", message="invalid escape sequence")
-    warnings.filterwarnings("ignore", message=".*configure_mappers.*")
-    warnings.filterwarnings("ignore", module=r"sqlalchemy(\..*)?")
-    for logger in ("mlflow", "alembic", "feast"):
-        logging.getLogger(logger).setLevel(logging.WARNING)
-
-
-def _settings() -> Settings:
-    settings = load_settings()
-    settings.ensure_dirs()
-    return settings
-
-
-def _guarded(step: str, func: Callable[[], T]) -> T:
-    """Run one stage; a failure becomes a clear message and exit code 1, not a traceback."""
-    _quiet_third_party()  # again: Feast's import puts its own warning filters in front
-    try:
-        return func()
-    except typer.Exit:
-        raise
-    except Exception as error:  # the edge of the program: every error ends up here
-        if _state["debug"]:
-            raise
-        console.print(f"[bold red]{step} failed:[/] {type(error).__name__}: {error}")
-        console.print(
-            "[dim]Nothing was replaced: the previous good state is still in place. "
-            "Re-run with --debug for the traceback.[/]"
-        )
-        raise typer.Exit(code=1) from None
-
-
-@contextmanager
-def _stage(title: str) -> Iterator[None]:
-    console.rule(f"[bold]{title}")
-    started = time.perf_counter()
-    yield
-    console.print(f"[green]done[/] in {time.perf_counter() - started:.1f} s")
-
-
-def _show(report: Any) -> None:
-    """Print a stage report: its own rich rendering if it has one, else its fields."""
-    render = getattr(report, "render", None) or getattr(report, "to_table", None)
-    if callable(render):
-        console.print(render())
-    elif hasattr(report, "model_dump"):
-        console.print_json(json.dumps(report.model_dump(mode="json"), default=str))
-    else:
-        console.print(report)
 
 
 @app.command()
@@ -149,137 +71,9 @@ def simulate(
     """Write the raw per-channel feeds of a simulated omnichannel retailer, plus its truth."""
     from omniretain.simulator import simulate as run
 
-    settings = _settings()
-    with _stage("simulate: raw feeds of a simulated retailer"):
-        _show(_guarded("simulate", lambda: run(settings, customers, months, seed)))
-
-
-@app.command()
-def ingest(
-    source: Annotated[
-        Path | None, typer.Option(help="Folder of feed folders (default: <state>/raw).")
-    ] = None,
-) -> None:
-    """Validate and load the raw feeds, quarantine bad rows, resolve identities."""
-    from features.ingest import ingest as run
-
-    settings = _settings()
-    with _stage("ingest: validate, quarantine, resolve identities"):
-        _show(_guarded("ingest", lambda: run(settings, source)))
-
-
-@app.command("build-features")
-def build_features() -> None:
-    """Compute point-in-time customer features, write the Feast source and materialize it."""
-    from features.build import build_features as run
-
-    settings = _settings()
-    with _stage("build-features: point-in-time features into Feast"):
-        _show(_guarded("build-features", lambda: run(settings)))
-
-
-@app.command()
-def train() -> None:
-    """Train churn and repurchase models, compare with baselines, register in MLflow."""
-    from training.train import train as run
-
-    settings = _settings()
-    with _stage("train: LightGBM vs baselines on a time-based holdout"):
-        _show(_guarded("train", lambda: run(settings)))
-
-
-@app.command()
-def monitor() -> None:
-    """Write an Evidently drift report of the latest features against the training reference."""
-    from monitoring.drift import run_drift
-
-    settings = _settings()
-    with _stage("monitor: drift of the latest features vs training"):
-        _show(_guarded("monitor", lambda: run_drift(settings)))
-
-
-def _server_command(settings: Settings, host: str, port: int) -> list[str]:
-    bentoml = Path(sys.executable).with_name("bentoml")
-    executable = [str(bentoml)] if bentoml.exists() else [sys.executable, "-m", "bentoml"]
-    return [*executable, "serve", "serving.service:OmniRetain", "--host", host, "--port", str(port)]
-
-
-def _server_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env["OMNIRETAIN_STATE_DIR"] = str(settings.state_dir)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
-) -> None:
-    """Start the BentoML HTTP service (POST /recommend) in the foreground."""
-    settings = _settings()
-    command = _server_command(
-        settings, host or settings.serving.host, port or settings.serving.port
-    )
-    console.print(
-        f"[bold]serving[/] on http://{host or settings.serving.host}:"
-        f"{port or settings.serving.port}  (Ctrl-C stops)"
-    )
-    raise typer.Exit(subprocess.call(command, cwd=PROJECT_ROOT, env=_server_env(settings)))
-
-
-def _wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with code {process.returncode}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the server was not ready within {timeout_s:.0f} s")
-
-
-@contextmanager
-def running_server(settings: Settings, port: int, timeout_s: float = 120) -> Iterator[str]:
-    """Start ``bentoml serve`` on loopback, yield its base URL, and always stop it."""
-    log_path = settings.state_dir / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            _server_command(settings, "127.0.0.1", port),
-            cwd=PROJECT_ROOT,
-            env=_server_env(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(base_url, process, timeout_s)
-            yield base_url
-        except Exception as error:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{error}; server log ({log_path}):\n{tail}") from error
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    settings = cli_settings()
+    with stage("simulate: raw feeds of a simulated retailer"):
+        show(guarded("simulate", lambda: run(settings, customers, months, seed)))
 
 
 def pick_demo_customers(settings: Settings, limit: int = 25) -> list[str]:
@@ -319,6 +113,11 @@ def demo(
     """Run every stage on a simulated retailer, then ask the live service for a decision."""
     import httpx
 
+    from features.cli import build_features, ingest
+    from monitoring.cli import monitor
+    from serving.server import running_server
+    from training.cli import train
+
     started = time.perf_counter()
     for step in (
         lambda: simulate(customers, months, seed),
@@ -328,12 +127,12 @@ def demo(
         monitor,
     ):
         step()
-    settings = _settings()
-    customer_ids = _guarded("demo", lambda: pick_demo_customers(settings))
-    with _stage("serve: POST /recommend on the live BentoML service"):
+    settings = cli_settings()
+    customer_ids = guarded("demo", lambda: pick_demo_customers(settings))
+    with stage("serve: POST /recommend on the live BentoML service"):
 
         def ask() -> list[dict[str, Any]]:
-            with running_server(settings, port or free_port()) as base_url:
+            with running_server(settings, port) as base_url:
                 console.print(
                     f"server ready at {base_url}; asking about {len(customer_ids)} "
                     "valuable customers who went quiet, one request each"
@@ -352,7 +151,7 @@ def demo(
                     answers.append(dict(response.json()))
                 return answers
 
-        answers = _guarded("serve", ask)
+        answers = guarded("serve", ask)
         chosen = Counter(a["next_best_action"]["action"] for a in answers)
         console.print(
             "decisions: " + ", ".join(f"{n} x {name}" for name, n in chosen.most_common())
@@ -374,6 +173,10 @@ def demo(
             border_style="green",
         )
     )
+
+
+for _module in STAGE_CLIS:
+    importlib.import_module(_module).register(app)
 
 
 if __name__ == "__main__":
