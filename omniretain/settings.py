@@ -59,6 +59,9 @@ class TrainingSettings(BaseModel):
     calibration: Literal["isotonic", "sigmoid"] = "isotonic"
     promotion_metric: str = "roc_auc"
     promotion_margin: float = 0.0
+    max_calibration_error: float = Field(0.08, gt=0.0, le=1.0)  # gate: holdout ECE bound
+    max_metric_drop: float = Field(0.05, ge=0.0)  # gate: no metric may fall more vs champion
+    sanity_baseline: str = "rfm"  # gate: the model's ROC AUC must beat this baseline's
 
 
 class ServingSettings(BaseModel):
@@ -70,6 +73,13 @@ class ServingSettings(BaseModel):
 class MonitoringSettings(BaseModel):
     drift_share_threshold: float = Field(0.3, gt=0.0, le=1.0)
     sample_rows: int = Field(20000, ge=100)
+
+
+class PipelineSettings(BaseModel):
+    """Scheduled retraining (``omniretain pipeline schedule``)."""
+
+    schedule_cron: str = "0 3 * * 1"  # crontab fields: minute hour day month weekday
+    timezone: str = "UTC"
 
 
 class Action(BaseModel):
@@ -117,6 +127,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     actions: list[Action] = Field(default_factory=list)
     channels: list[str] = ["email", "sms", "app", "web", "store", "call_center", "social"]
 
