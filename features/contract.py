@@ -14,8 +14,11 @@ Column types:
     ``bool``     ``true/false``, ``1/0``, ``yes/no`` (any case).
 
 Identifier columns carry the source system's own id of the person; ``id_type`` says which kind
-(``email``, ``phone``, ``loyalty_card``, ``device_id``, ``social_handle``). Identity resolution
-links records that share any normalised identifier into one ``customer_id``.
+(``email``, ``phone``, ``loyalty_card``, ``device_id``, ``social_handle``, ``customer_ref``).
+Identity resolution links records that share any normalised identifier into one ``customer_id``.
+
+``docs/feeds.md`` is generated from :data:`FEEDS` by :func:`contract_markdown`
+(``python -m features.contract > docs/feeds.md``); a unit test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -24,8 +27,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 ColumnType = Literal["str", "timestamp", "float", "int", "bool"]
-IdType = Literal["email", "phone", "loyalty_card", "device_id", "social_handle"]
-ID_TYPES: tuple[str, ...] = ("email", "phone", "loyalty_card", "device_id", "social_handle")
+IdType = Literal["email", "phone", "loyalty_card", "device_id", "social_handle", "customer_ref"]
+ID_TYPES: tuple[str, ...] = (
+    "email",
+    "phone",
+    "loyalty_card",
+    "device_id",
+    "social_handle",
+    "customer_ref",  # the retailer's own customer number (CRM id, account id, CDNOW's id)
+)
+
+# Channel names used in unified tables (``purchases.channel`` is one of store/web/app,
+# ``messages.channel`` one of email/sms).
+PURCHASE_CHANNELS: tuple[str, ...] = ("store", "web", "app")
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,19 @@ class Column:
 
 @dataclass(frozen=True)
 class Feed:
-    """One raw feed: its columns, primary key, event time and the unified table it lands in."""
+    """One raw feed: its columns, primary key, event time and the unified table it lands in.
+
+    Attributes:
+        unique_by: the columns that identify one accepted row (the ``key`` alone by default);
+            a profile feed re-exported with new values repeats its key with a new time.
+        near_duplicate_columns: two rows with different keys but equal values here (nulls
+            equal) and times within ``near_duplicate_seconds`` are one event exported twice;
+            at least one identifier column among them must be set. Empty: no near-duplicate
+            check.
+        keeps_extra_columns: columns outside the contract are kept as JSON (``_attributes``)
+            instead of being ignored; the CRM attributes feed declares its columns in config.
+        example: one valid row, for the documentation.
+    """
 
     name: str
     description: str
@@ -61,6 +87,16 @@ class Feed:
     time_column: str
     target_table: str
     columns: dict[str, Column] = field(default_factory=dict)
+    unique_by: tuple[str, ...] = ()
+    near_duplicate_columns: tuple[str, ...] = ()
+    near_duplicate_seconds: int = 60
+    keeps_extra_columns: bool = False
+    example: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def unique_columns(self) -> tuple[str, ...]:
+        """Columns whose values identify one row (null-safe equality)."""
+        return self.unique_by or (self.key,)
 
     @property
     def id_columns(self) -> dict[str, str]:
@@ -99,6 +135,14 @@ FEEDS: dict[str, Feed] = {
                 "unit_price": Column("float", minimum=0.0),
                 "is_return": Column("bool"),
             },
+            near_duplicate_columns=(
+                "loyalty_card",
+                "phone",
+                "email",
+                "amount",
+                "items",
+                "is_return",
+            ),
         ),
         Feed(
             name="web_orders",
@@ -122,6 +166,15 @@ FEEDS: dict[str, Feed] = {
                 "unit_price": Column("float", minimum=0.0),
                 "is_return": Column("bool"),
             },
+            near_duplicate_columns=(
+                "email",
+                "phone",
+                "device_id",
+                "loyalty_card",
+                "amount",
+                "items",
+                "is_return",
+            ),
         ),
         Feed(
             name="web_sessions",
@@ -289,6 +342,81 @@ FEEDS: dict[str, Feed] = {
                 "is_control": Column("bool", required=True),
             },
         ),
+        Feed(
+            name="transactions",
+            description=(
+                "A generic order history (customer number, date, amount, optional channel), "
+                "written by `omniretain import-transactions` from any CSV, whitespace or Parquet "
+                "log; one row per purchase occasion."
+            ),
+            key="transaction_id",
+            time_column="purchased_at",
+            target_table="purchases",
+            columns={
+                "transaction_id": Column("str", required=True),
+                "purchased_at": _ts("time (or date, at midnight UTC) of the purchase"),
+                "customer_ref": Column(
+                    "str",
+                    required=True,
+                    id_type="customer_ref",
+                    description="the retailer's own customer number",
+                ),
+                "channel": Column("str", required=True, allowed=PURCHASE_CHANNELS),
+                "amount": Column("float", required=True, minimum=0.0, maximum=1_000_000.0),
+                "items": Column("int", minimum=0, maximum=100_000),
+                "is_return": Column("bool"),
+            },
+            near_duplicate_columns=("customer_ref", "amount", "is_return"),
+        ),
+        Feed(
+            name="price_observations",
+            description=(
+                "Prices shown per channel (shelf labels, web/app product pages, price feeds), "
+                "with the customer when the observation is tied to one (a logged-in view, a "
+                "scanned receipt). Unlike web_sessions.price_seen it covers the store shelf "
+                "and customers who never browse, so a store price can be compared with the "
+                "web price of the same day."
+            ),
+            key="observation_id",
+            time_column="observed_at",
+            target_table="price_observations",
+            columns={
+                "observation_id": Column("str", required=True),
+                "observed_at": _ts("time the price was shown"),
+                "channel": Column("str", required=True, allowed=PURCHASE_CHANNELS),
+                "product_id": Column("str", required=True),
+                "price": Column("float", required=True, minimum=0.0, maximum=100_000.0),
+                "store_id": Column("str", description="the store, for channel store"),
+                "email": Column("str", id_type="email"),
+                "loyalty_card": Column("str", id_type="loyalty_card"),
+                "device_id": Column("str", id_type="device_id"),
+            },
+        ),
+        Feed(
+            name="crm_attributes",
+            description=(
+                "Customer-level attributes the retailer keeps (plan, contract, age band, "
+                "region...). Any extra column is kept; those declared under `crm.attributes` "
+                "in configs/omniretain.yaml become features `crm_<name>`. Rows without "
+                "updated_at are static (known at every snapshot); a dated row applies from "
+                "its date, the latest one wins."
+            ),
+            key="crm_id",
+            time_column="updated_at",
+            target_table="crm_attributes",
+            columns={
+                "crm_id": Column("str", required=True, description="the CRM's record id"),
+                "updated_at": Column(
+                    "timestamp", not_future=True, description="when the values took effect"
+                ),
+                "customer_ref": Column("str", id_type="customer_ref"),
+                "email": Column("str", id_type="email"),
+                "phone": Column("str", id_type="phone"),
+                "loyalty_card": Column("str", id_type="loyalty_card"),
+            },
+            unique_by=("crm_id", "updated_at"),
+            keeps_extra_columns=True,
+        ),
     ]
 }
 
@@ -368,6 +496,18 @@ UNIFIED_TABLES: dict[str, tuple[str, ...]] = {
         "source_feed",
         "source_id",
     ),
+    "price_observations": (
+        "customer_id",
+        "occurred_at",
+        "channel",
+        "product_id",
+        "price",
+        "store_id",
+        "source_feed",
+        "source_id",
+    ),
+    # ``attributes``: JSON object of the feed's extra columns (values as text)
+    "crm_attributes": ("customer_id", "occurred_at", "attributes", "source_feed", "source_id"),
     "quarantine": ("feed", "file", "line", "reason", "raw", "quarantined_at"),
     "ingested_files": (
         "feed",
@@ -378,12 +518,10 @@ UNIFIED_TABLES: dict[str, tuple[str, ...]] = {
         "rows_quarantined",
         "rows_duplicate",
         "ingested_at",
+        "rows_near_duplicate",
     ),
 }
 
-# Channel names used in unified tables (``purchases.channel`` is one of store/web/app,
-# ``messages.channel`` one of email/sms).
-PURCHASE_CHANNELS: tuple[str, ...] = ("store", "web", "app")
 
 
 # ---- the feature table (Feast offline source) ---------------------------------------------

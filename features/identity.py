@@ -168,7 +168,7 @@ def normaliser_for(id_type: str, default_region: str) -> Callable[[str | None], 
         return normalise_email
     if id_type == "phone":
         return lambda raw: normalise_phone(raw, default_region)
-    if id_type in ("loyalty_card", "device_id", "social_handle"):
+    if id_type in ("loyalty_card", "device_id", "social_handle", "customer_ref"):
         return lambda raw: normalise_id(raw, id_type)
     raise KeyError(f"unknown identifier type {id_type!r}; known: {ID_TYPES}")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,7 +65,8 @@ class FileCounts(BaseModel):
     read: int = 0
     accepted: int = 0
     quarantined: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # same key as an accepted row
+    near_duplicates: int = 0  # another key, but the same event (see Feed.near_duplicate_columns)
 
 
 class FeedCounts(BaseModel):
@@ -76,6 +78,7 @@ class FeedCounts(BaseModel):
     accepted: int = 0
     quarantined: int = 0
     duplicates: int = 0
+    near_duplicates: int = 0
 
     def add(self, counts: FileCounts) -> None:
         self.files_ingested += 1
@@ -83,6 +86,7 @@ class FeedCounts(BaseModel):
         self.accepted += counts.accepted
         self.quarantined += counts.quarantined
         self.duplicates += counts.duplicates
+        self.near_duplicates += counts.near_duplicates
 
 
 _COLUMN_HEADERS: dict[str, str] = {
@@ -92,6 +96,7 @@ _COLUMN_HEADERS: dict[str, str] = {
     "accepted": "accepted",
     "quarantined": "quarant.",
     "duplicates": "dupl.",
+    "near_duplicates": "near dupl.",
 }
 
 
@@ -319,10 +324,12 @@ def validation_sql(feed: Feed, now: datetime, source_table: str = "_src") -> str
         parsed.append(f"{text}, {parse} AS {sql_identifier(f'_v_{name}')}")
         typed.append(f"{final} AS {sql_identifier(name)}")
         reasons.append(reason)
+    extra = ", _attributes" if feed.keeps_extra_columns else ""
     return (
-        f"SELECT _line, {', '.join(typed)}, concat_ws('; ', {', '.join(reasons)}) AS _reason "
-        f"FROM (SELECT _line, {', '.join(parsed)} "
-        f"FROM (SELECT _line, {', '.join(trimmed)} FROM {source_table}))"
+        f"SELECT _line, {', '.join(typed)}{extra}, "
+        f"concat_ws('; ', {', '.join(reasons)}) AS _reason "
+        f"FROM (SELECT _line, {', '.join(parsed)}{extra} "
+        f"FROM (SELECT _line, {', '.join(trimmed)}{extra} FROM {source_table}))"
     )
 
 
@@ -331,6 +338,8 @@ def staging_ddl(feed: Feed) -> str:
     columns = ", ".join(
         f"{sql_identifier(name)} {SQL_TYPES[c.type]}" for name, c in feed.columns.items()
     )
+    if feed.keeps_extra_columns:
+        columns += ", _attributes VARCHAR"
     return (
         f"CREATE TABLE IF NOT EXISTS raw_{feed.name} ({columns}, _file VARCHAR, "
         "_line BIGINT, _ingested_at TIMESTAMP)"
@@ -343,7 +352,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
     quarantined_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS ingested_files (
     feed VARCHAR, file VARCHAR, sha256 VARCHAR, rows_read BIGINT, rows_accepted BIGINT,
-    rows_quarantined BIGINT, rows_duplicate BIGINT, ingested_at TIMESTAMP);
+    rows_quarantined BIGINT, rows_duplicate BIGINT, ingested_at TIMESTAMP,
+    rows_near_duplicate BIGINT DEFAULT 0);
+ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS rows_near_duplicate BIGINT DEFAULT 0;
 CREATE TABLE IF NOT EXISTS ingest_state (key VARCHAR PRIMARY KEY, value VARCHAR);
 """
 
@@ -505,9 +516,13 @@ def load_file(con: duckdb.DuckDBPyConnection, path: Path, feed: Feed) -> str:
                 FROM _read WHERE doc IS NULL""")
             con.execute("DELETE FROM _read WHERE doc IS NULL")
             raw = "r.line"
+        extra = ""
+        if feed.keeps_extra_columns:
+            mapped = {source for source in mapping.values() if source is not None}
+            extra = ", " + _extra_columns_json_sql([c for c in columns if c not in mapped], suffix)
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW _src AS SELECT _line, "
-            f"{_text_columns_sql(mapping, suffix)} FROM _read"
+            f"{_text_columns_sql(mapping, suffix)}{extra} FROM _read"
         )
     except duckdb.Error as error:
         raise NotAFeedError(f"{path}: unreadable as {suffix[1:]}: {error}") from error
@@ -530,6 +545,18 @@ def _text_columns_sql(mapping: dict[str, str | None], suffix: str) -> str:
     return ", ".join(parts)
 
 
+def _extra_columns_json_sql(extra: list[str], suffix: str) -> str:
+    """``_attributes``: the columns outside the contract as one JSON object of text values."""
+    if suffix == ".jsonl":
+        return "doc AS _attributes"  # the whole object; contract keys are simply never read
+    if not extra:
+        return "'{}' AS _attributes"
+    fields = ", ".join(
+        f"{sql_string(name.strip())}: CAST({sql_identifier(name)} AS VARCHAR)" for name in extra
+    )
+    return f"to_json({{{fields}}})::VARCHAR AS _attributes"
+
+
 def _json_key(key: str) -> str:
     """A JSONPath member name: quoted so keys with spaces or dots work."""
     return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -547,6 +574,42 @@ EXTRA_UNIFIED_COLUMNS: dict[str, tuple[str, ...]] = {"purchases": ("store_id",)}
 # A purchase row without a return flag is a sale: downstream filters use ``NOT is_return``,
 # which would silently drop rows whose flag is NULL.
 UNIFIED_DEFAULTS: dict[tuple[str, str], str] = {("purchases", "is_return"): "false"}
+
+
+def _null_safe_equal(columns: Sequence[str], left: str, right: str) -> str:
+    return " AND ".join(
+        f"{left}.{sql_identifier(c)} IS NOT DISTINCT FROM {right}.{sql_identifier(c)}"
+        for c in columns
+    )
+
+
+def near_duplicate_lines_sql(feed: Feed) -> str:
+    """SELECT ``_line`` of the ``_fresh`` rows that repeat an event under another key.
+
+    Such a row has the same values in ``feed.near_duplicate_columns`` (nulls equal, at least
+    one identifier set) and a time within ``feed.near_duplicate_seconds`` of an accepted row,
+    or of an earlier line of the same file. Accepted rows are read only inside the file's own
+    time span (plus the tolerance), which keeps the check cheap on a large staging table.
+    """
+    key, time_column = sql_identifier(feed.key), sql_identifier(feed.time_column)
+    columns = [sql_identifier(c) for c in feed.near_duplicate_columns]
+    identifiers = [sql_identifier(c) for c in feed.near_duplicate_columns if c in feed.id_columns]
+    tolerance = f"INTERVAL {int(feed.near_duplicate_seconds)} SECOND"
+    selected = ", ".join(columns)
+    return f"""
+        WITH span AS (SELECT min({time_column}) - {tolerance} AS lo,
+                             max({time_column}) + {tolerance} AS hi FROM _fresh),
+        others AS (
+            SELECT {selected}, {time_column}, {key}, NULL::BIGINT AS _line
+            FROM raw_{feed.name}, span WHERE {time_column} BETWEEN span.lo AND span.hi
+            UNION ALL SELECT {selected}, {time_column}, {key}, _line FROM _fresh)
+        SELECT DISTINCT f._line FROM _fresh f JOIN others o
+            ON {_null_safe_equal(feed.near_duplicate_columns, "f", "o")}
+           AND o.{key} <> f.{key}
+           AND o.{time_column} BETWEEN f.{time_column} - {tolerance}
+                                   AND f.{time_column} + {tolerance}
+           AND (o._line IS NULL OR o._line < f._line)
+        WHERE coalesce({", ".join(f"f.{c}" for c in identifiers) or "NULL"}) IS NOT NULL"""
 
 
 def _column_sql_type(table: str, column: str) -> str:
@@ -569,6 +632,8 @@ def unified_select(feed: Feed) -> str:
             value = sql_string(feed.name)
         elif column == "source_id":
             value = f"s.{sql_identifier(feed.key)}"
+        elif column == "attributes" and feed.keeps_extra_columns:
+            value = "s._attributes"
         elif column == "channel" and feed.name in IMPLIED_CHANNEL:
             value = sql_string(IMPLIED_CHANNEL[feed.name])
         elif column in feed.columns:
@@ -635,15 +700,30 @@ def ingest_file(
             "SELECT count(*), count(*) FILTER (WHERE _reason <> '') FROM _checked"
         ).fetchall()[0]
         n_rejected = _count(con, "SELECT count(*) FROM _rejected")
-        columns = ", ".join(f"c.{sql_identifier(name)}" for name in feed.columns)
-        accepted = con.execute(
-            f"""
-            INSERT INTO raw_{feed.name}
-            SELECT {columns}, ?, c._line, ?
-            FROM _checked c ANTI JOIN raw_{feed.name} s ON c.{key} = s.{key}
+        names = [*feed.columns, *(["_attributes"] if feed.keeps_extra_columns else [])]
+        columns = ", ".join(f"c.{sql_identifier(name)}" for name in names)
+        unique = feed.unique_columns
+        partition = ", ".join(f"c.{sql_identifier(name)}" for name in unique)
+        # Probe the staging table only for keys of this file (a semi join builds its hash
+        # table on the small side), instead of hashing the whole, growing staging table.
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _fresh AS
+            SELECT {columns}, c._line FROM _checked c
             WHERE c._reason = ''
-            QUALIFY row_number() OVER (PARTITION BY c.{key} ORDER BY c._line) = 1
-""",
+            QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY c._line) = 1""")
+        con.execute(f"""
+            DELETE FROM _fresh WHERE _line IN (
+                SELECT c._line FROM _fresh c SEMI JOIN raw_{feed.name} s
+                ON {_null_safe_equal(unique, "c", "s")})""")
+        near = 0
+        if feed.near_duplicate_columns:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _near AS {near_duplicate_lines_sql(feed)}")
+            near = _count(con, "SELECT count(*) FROM _near")
+            con.execute("DELETE FROM _fresh WHERE _line IN (SELECT _line FROM _near)")
+            con.execute("DROP TABLE _near")
+        plain = ", ".join(sql_identifier(name) for name in names)
+        accepted = con.execute(
+            f"INSERT INTO raw_{feed.name} SELECT {plain}, ?, _line, ? FROM _fresh",
             [file_name, stamp],
         ).fetchall()[0][0]
         counts = FileCounts(
@@ -652,8 +732,9 @@ def ingest_file(
             read=int(checked) + n_rejected,
             accepted=int(accepted),
             quarantined=int(invalid) + n_rejected,
+            near_duplicates=int(near),
         )
-        counts.duplicates = counts.read - counts.accepted - counts.quarantined
+        counts.duplicates = counts.read - counts.accepted - counts.quarantined - near
         con.execute(
             f"""
             INSERT INTO quarantine
@@ -663,7 +744,7 @@ def ingest_file(
             [feed.name, file_name, stamp] * 2,
         )
         con.execute(
-            "INSERT INTO ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 feed.name,
                 file_name,
@@ -673,10 +754,11 @@ def ingest_file(
                 counts.quarantined,
                 counts.duplicates,
                 stamp,
+                counts.near_duplicates,
             ],
         )
         con.execute("DROP VIEW IF EXISTS _src")
-        for table in ("_read", "_rejected", "_checked"):
+        for table in ("_read", "_rejected", "_checked", "_fresh"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         con.execute("COMMIT")
     except BaseException:
