@@ -70,9 +70,31 @@ class ServingSettings(BaseModel):
     expected_value_horizon_days: int = Field(365, ge=1)
 
 
+class DriftSettings(BaseModel):
+    """Per-feature drift method and threshold (Evidently names: ks, wasserstein, psi, jensenshannon...)."""
+
+    default_method: str | None = None  # None: Evidently picks per column type and size
+    default_threshold: float | None = None
+    per_feature_method: dict[str, str] = Field(default_factory=dict)
+    per_feature_threshold: dict[str, float] = Field(default_factory=dict)
+    id_column: str = "customer_id"
+    timestamp_column: str = "event_timestamp"
+    window_days: int = Field(7, ge=1)  # served-traffic window checked by `monitor drift --served`
+    retrain_on_prediction_drift: bool = True
+
+
+class DecisionLogSettings(BaseModel):
+    queue_size: int = Field(10000, ge=1)  # records held before new ones are dropped (counted)
+    flush_rows: int = Field(500, ge=1)
+    flush_seconds: float = Field(2.0, gt=0.0)
+
+
 class MonitoringSettings(BaseModel):
     drift_share_threshold: float = Field(0.3, gt=0.0, le=1.0)
     sample_rows: int = Field(20000, ge=100)
+    drift: DriftSettings = DriftSettings()
+    decision_log: DecisionLogSettings = DecisionLogSettings()
+    outcome_window_days: int = Field(90, ge=1)  # campaign outcome window (treated vs control)
 
 
 class PipelineSettings(BaseModel):

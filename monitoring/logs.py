@@ -1,0 +1,416 @@
+"""Decision and feedback logs: every decision served, written off the request path.
+
+A request must never wait for a disk or fail because of one, so :meth:`PartitionedLog.log` only
+puts the record on a bounded in-memory queue (``put_nowait``); a daemon thread drains it and
+writes Parquet files, one per flush and day, partitioned Hive-style::
+
+    <monitoring_dir>/decisions/date=YYYY-MM-DD/part-<UTC time>-<random>.parquet
+    <monitoring_dir>/feedback/date=YYYY-MM-DD/part-<UTC time>-<random>.parquet
+
+When the queue is full (the disk is slower than the traffic for longer than the queue lasts) the
+record is dropped and counted in :attr:`LogStats.dropped`; a write error is counted in
+``write_errors`` and the writer goes on. Files appear atomically (written under a dot-name, then
+renamed), so a reader never sees half a file. Read them with DuckDB::
+
+    SELECT * FROM read_parquet('<monitoring_dir>/decisions/*/*.parquet', hive_partitioning = 1)
+
+or with :func:`read_decisions` / :func:`read_feedback`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from omniretain.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DecisionSource = Literal["single", "batch", "campaign"]
+DECISIONS_DIR = "decisions"
+FEEDBACK_DIR = "feedback"
+PARTITION_COLUMN = "date"
+
+DECISION_SCHEMA = pa.schema(
+    [
+        ("decision_id", pa.string()),
+        ("decided_at", pa.timestamp("us", tz="UTC")),
+        ("customer_id", pa.string()),
+        ("source", pa.string()),
+        ("churn_probability", pa.float64()),
+        ("repurchase_probability", pa.float64()),
+        ("action", pa.string()),
+        ("channel", pa.string()),
+        ("expected_value", pa.float64()),
+        ("propensity", pa.float64()),
+        ("is_control", pa.bool_()),
+        ("churn_model_version", pa.string()),
+        ("repurchase_model_version", pa.string()),
+        ("feature_service", pa.string()),
+        ("features", pa.string()),  # JSON object: feature name -> value used for the decision
+    ]
+)
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("decision_id", pa.string()),
+        ("received_at", pa.timestamp("us", tz="UTC")),
+        ("customer_id", pa.string()),
+        ("outcome", pa.string()),  # e.g. accepted, converted, ignored, unsubscribed
+        ("revenue", pa.float64()),
+    ]
+)
+
+
+@dataclass
+class DecisionRecord:
+    """One decision as served: what was known, what was chosen, by which models.
+
+    ``features`` are the values the models saw (NaN and None become JSON null); ``propensity``
+    is the probability with which the policy picked this action (1.0 for a greedy choice, below
+    1 under exploration); ``is_control`` marks a hold-out customer who was deliberately not
+    contacted, so that treated vs control can be compared later.
+    """
+
+    customer_id: str
+    churn_probability: float
+    repurchase_probability: float
+    action: str
+    channel: str
+    churn_model_version: str
+    repurchase_model_version: str
+    features: Mapping[str, float | None] = field(default_factory=dict)
+    expected_value: float = 0.0
+    propensity: float = 1.0
+    is_control: bool = False
+    source: DecisionSource = "single"
+    feature_service: str = ""
+    decision_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    decided_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass
+class FeedbackRecord:
+    """What became of a decision, as reported back (``POST /feedback``) or from a later feed."""
+
+    decision_id: str
+    outcome: str
+    customer_id: str = ""
+    revenue: float | None = None
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass
+class LogStats:
+    """Counters of one logger; ``dropped`` and ``write_errors`` should stay at 0."""
+
+    logged: int = 0
+    written: int = 0
+    dropped: int = 0
+    write_errors: int = 0
+    files: int = 0
+
+
+# ---- pure conversions ------------------------------------------------------------------------
+def _json_value(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return int(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return None if math.isnan(number) or math.isinf(number) else number
+
+
+def features_json(features: Mapping[str, Any]) -> str:
+    """Feature values as a compact JSON object, NaN/inf as null (JSON has no NaN)."""
+    return json.dumps({str(k): _json_value(v) for k, v in features.items()}, separators=(",", ":"))
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def decision_row(record: DecisionRecord | Mapping[str, Any]) -> dict[str, Any]:
+    """A record as one row of :data:`DECISION_SCHEMA` (a mapping may omit optional fields)."""
+    values = asdict(record) if isinstance(record, DecisionRecord) else dict(record)
+    row = {name: values.get(name) for name in DECISION_SCHEMA.names}
+    row["features"] = features_json(values.get("features") or {})
+    row["decision_id"] = str(row["decision_id"] or uuid.uuid4().hex)
+    row["decided_at"] = _utc(row["decided_at"] or datetime.now(UTC))
+    row["propensity"] = 1.0 if row["propensity"] is None else float(row["propensity"])
+    row["is_control"] = bool(row["is_control"])
+    row["source"] = row["source"] or "single"
+    return row
+
+
+def feedback_row(record: FeedbackRecord | Mapping[str, Any]) -> dict[str, Any]:
+    """A feedback record as one row of :data:`FEEDBACK_SCHEMA`."""
+    values = asdict(record) if isinstance(record, FeedbackRecord) else dict(record)
+    row = {name: values.get(name) for name in FEEDBACK_SCHEMA.names}
+    row["received_at"] = _utc(row["received_at"] or datetime.now(UTC))
+    return row
+
+
+def partition_rows(rows: list[dict[str, Any]], time_column: str) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by the UTC day of ``time_column`` (``YYYY-MM-DD``), in arrival order."""
+    by_day: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_day.setdefault(row[time_column].strftime("%Y-%m-%d"), []).append(row)
+    return by_day
+
+
+# ---- the background writer -------------------------------------------------------------------
+class _FlushMarker:
+    """Put on the queue by :meth:`PartitionedLog.flush`; set once everything before it is written."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_STOP = object()
+
+
+class PartitionedLog:
+    """A bounded queue drained by one daemon thread into day-partitioned Parquet files."""
+
+    def __init__(
+        self,
+        directory: Path,
+        schema: pa.Schema,
+        time_column: str,
+        to_row: Any,
+        queue_size: int = 10000,
+        flush_rows: int = 500,
+        flush_seconds: float = 2.0,
+    ) -> None:
+        self.directory = directory
+        self.schema = schema
+        self.time_column = time_column
+        self.to_row = to_row
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.stats = LogStats()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._closed = False
+        self._count_lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._run, name=f"omniretain-{directory.name}-log", daemon=True
+        )
+        self._thread.start()
+
+    def log(self, record: Any) -> bool:
+        """Queue one record; never blocks, never raises. False when it was dropped."""
+        try:
+            if self._closed:
+                raise queue.Full
+            self._queue.put_nowait(record)
+        except Exception:  # noqa: BLE001 - queue.Full or anything: the request never sees it
+            with self._count_lock:
+                self.stats.dropped += 1
+            return False
+        with self._count_lock:
+            self.stats.logged += 1
+        return True
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every record queued before this call is on disk (not for requests)."""
+        if self._closed or not self._thread.is_alive():
+            return False
+        marker = _FlushMarker()
+        try:
+            self._queue.put(marker, timeout=timeout)
+        except queue.Full:
+            return False
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued and stop the writer thread."""
+        if self._closed:
+            return
+        self.flush(timeout)
+        self._closed = True
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+
+    def __enter__(self) -> PartitionedLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writer thread --
+    def _run(self) -> None:
+        pending: list[Any] = []
+        deadline = time.monotonic() + self.flush_seconds
+        while True:
+            try:
+                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._write(pending)
+                return
+            if isinstance(item, _FlushMarker):
+                self._write(pending)
+                pending = []
+                item.done.set()
+                deadline = time.monotonic() + self.flush_seconds
+                continue
+            if item is not None:
+                pending.append(item)
+            if len(pending) >= self.flush_rows or time.monotonic() >= deadline:
+                self._write(pending)
+                pending = []
+                deadline = time.monotonic() + self.flush_seconds
+
+    def _write(self, records: list[Any]) -> None:
+        if not records:
+            return
+        rows: list[dict[str, Any]] = []
+        for record in records:
+            try:
+                rows.append(self.to_row(record))
+            except Exception:  # noqa: BLE001 - one malformed record must not lose the batch
+                logger.exception("decision log: malformed record dropped")
+                self.stats.write_errors += 1
+        for day, day_rows in partition_rows(rows, self.time_column).items():
+            try:
+                self._write_file(day, day_rows)
+                self.stats.written += len(day_rows)
+            except Exception:  # noqa: BLE001 - a full disk must not kill the writer
+                logger.exception("decision log: could not write %d rows", len(day_rows))
+                self.stats.write_errors += len(day_rows)
+
+    def _write_file(self, day: str, rows: list[dict[str, Any]]) -> Path:
+        folder = self.directory / f"{PARTITION_COLUMN}={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        name = f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        temporary = folder / f".{name}.tmp"
+        pq.write_table(table, temporary)
+        os.replace(temporary, folder / name)
+        self.stats.files += 1
+        return folder / name
+
+
+class DecisionLogger(PartitionedLog):
+    """The decision log of :class:`DecisionRecord` (or mappings with the same keys)."""
+
+    def __init__(self, settings: Settings) -> None:
+        config = settings.monitoring.decision_log
+        super().__init__(
+            decisions_dir(settings),
+            DECISION_SCHEMA,
+            "decided_at",
+            decision_row,
+            config.queue_size,
+            config.flush_rows,
+            config.flush_seconds,
+        )
+
+
+class FeedbackLogger(PartitionedLog):
+    """The feedback log of :class:`FeedbackRecord` (``POST /feedback`` writes here)."""
+
+    def __init__(self, settings: Settings) -> None:
+        config = settings.monitoring.decision_log
+        super().__init__(
+            feedback_dir(settings),
+            FEEDBACK_SCHEMA,
+            "received_at",
+            feedback_row,
+            config.queue_size,
+            config.flush_rows,
+            config.flush_seconds,
+        )
+
+
+# ---- reading (DuckDB) ------------------------------------------------------------------------
+def decisions_dir(settings: Settings) -> Path:
+    return settings.monitoring_dir / DECISIONS_DIR
+
+
+def feedback_dir(settings: Settings) -> Path:
+    return settings.monitoring_dir / FEEDBACK_DIR
+
+
+def parquet_glob(directory: Path) -> str:
+    """The glob DuckDB reads: every visible part file of every day partition."""
+    return str(directory / f"{PARTITION_COLUMN}=*" / "*.parquet")
+
+
+def _read_log(
+    directory: Path, schema: pa.Schema, where: str = "", params: list[Any] | None = None
+) -> pd.DataFrame:
+    import duckdb
+
+    if not any(directory.glob(f"{PARTITION_COLUMN}=*/*.parquet")):
+        return schema.empty_table().to_pandas()
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        query = (
+            f"SELECT * EXCLUDE ({PARTITION_COLUMN}) FROM read_parquet(?, hive_partitioning = 1) "
+            f"{where}"
+        )
+        return con.execute(query, [parquet_glob(directory), *(params or [])]).df()
+
+
+def read_decisions(
+    settings: Settings, since: datetime | None = None, until: datetime | None = None
+) -> pd.DataFrame:
+    """Decisions logged in ``[since, until)`` (all when None), one row per decision."""
+    clauses, params = [], []
+    if since is not None:
+        clauses.append("decided_at >= ?")
+        params.append(_utc(since))
+    if until is not None:
+        clauses.append("decided_at < ?")
+        params.append(_utc(until))
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    return _read_log(decisions_dir(settings), DECISION_SCHEMA, where, params)
+
+
+def read_feedback(settings: Settings) -> pd.DataFrame:
+    """Every feedback row, oldest first."""
+    return _read_log(feedback_dir(settings), FEEDBACK_SCHEMA, "ORDER BY received_at")
+
+
+def decision_features(decisions: pd.DataFrame) -> pd.DataFrame:
+    """The logged feature values as columns (one per feature), beside id, time and score.
+
+    This is the served-traffic frame drift monitoring compares with the training reference.
+    """
+    parsed = pd.DataFrame.from_records(
+        [json.loads(text) if text else {} for text in decisions["features"]],
+        index=decisions.index,
+    ).astype("float64")
+    out = pd.DataFrame(
+        {
+            "customer_id": decisions["customer_id"].astype(str),
+            "event_timestamp": pd.to_datetime(decisions["decided_at"], utc=True),
+            "churn_probability": decisions["churn_probability"].astype("float64"),
+        },
+        index=decisions.index,
+    )
+    return pd.concat([out, parsed.drop(columns=out.columns, errors="ignore")], axis=1)

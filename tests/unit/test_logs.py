@@ -1,0 +1,165 @@
+"""Decision log: non-blocking, counted drops, day partitions readable by DuckDB, JSON features."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from monitoring.logs import (
+    DecisionLogger,
+    DecisionRecord,
+    FeedbackLogger,
+    FeedbackRecord,
+    decision_features,
+    decision_row,
+    features_json,
+    parquet_glob,
+    partition_rows,
+    read_decisions,
+    read_feedback,
+)
+from omniretain.settings import Settings, load_settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(state_dir=tmp_path / "state")
+
+
+def record(customer: str, when: datetime, **extra: object) -> DecisionRecord:
+    return DecisionRecord(
+        customer_id=customer,
+        churn_probability=0.42,
+        repurchase_probability=0.3,
+        action="winback_offer",
+        channel="email",
+        churn_model_version="3",
+        repurchase_model_version="2",
+        features={"spend_365d": 120.5, "open_cases": 1, "consent_sms": float("nan")},
+        decided_at=when,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_records_land_in_day_partitions_readable_by_duckdb(settings: Settings) -> None:
+    day1 = datetime(2025, 3, 1, 23, 59, tzinfo=UTC)
+    day2 = day1 + timedelta(minutes=2)
+    with DecisionLogger(settings) as log:
+        assert log.log(record("C1", day1))
+        assert log.log(record("C2", day2, is_control=True, propensity=0.25, source="campaign"))
+    folder = settings.monitoring_dir / "decisions"
+    assert sorted(p.name for p in folder.iterdir()) == ["date=2025-03-01", "date=2025-03-02"]
+    rows = duckdb.sql(
+        f"SELECT customer_id, date, is_control, propensity, source FROM "
+        f"read_parquet('{parquet_glob(folder)}', hive_partitioning = 1) ORDER BY customer_id"
+    ).fetchall()
+    assert [(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows] == [
+        ("C1", "2025-03-01", False, 1.0, "single"),
+        ("C2", "2025-03-02", True, 0.25, "campaign"),
+    ]
+    assert log.stats.written == 2 and log.stats.dropped == 0 and log.stats.write_errors == 0
+
+
+def test_a_full_queue_drops_and_counts_without_raising_or_blocking(settings: Settings) -> None:
+    settings.monitoring.decision_log.queue_size = 1
+    log = DecisionLogger(settings)
+    gate = threading.Event()
+    original = log._write_file
+    log._write_file = lambda day, rows: (gate.wait(5), original(day, rows))[1]  # slow disk
+    now = datetime.now(UTC)
+    results = [log.log(record(f"C{i}", now)) for i in range(200)]
+    assert results.count(False) == log.stats.dropped > 0
+    assert log.stats.logged + log.stats.dropped == 200
+    gate.set()
+    log.close()
+    assert len(read_decisions(settings)) == log.stats.written == log.stats.logged
+
+
+def test_log_after_close_is_counted_as_dropped(settings: Settings) -> None:
+    log = DecisionLogger(settings)
+    log.close()
+    assert log.log(record("C1", datetime.now(UTC))) is False
+    assert log.stats.dropped == 1
+
+
+def test_malformed_record_is_counted_and_the_rest_of_the_batch_written(settings: Settings) -> None:
+    with DecisionLogger(settings) as log:
+        log.log(record("C1", datetime.now(UTC)))
+        log.log({"customer_id": "C2", "decided_at": "not a time"})
+    assert log.stats.write_errors == 1
+    assert read_decisions(settings)["customer_id"].tolist() == ["C1"]
+
+
+def test_read_decisions_filters_the_window(settings: Settings) -> None:
+    start = datetime(2025, 5, 1, tzinfo=UTC)
+    with DecisionLogger(settings) as log:
+        for day in range(5):
+            log.log(record(f"C{day}", start + timedelta(days=day)))
+    window = read_decisions(
+        settings, since=start + timedelta(days=1), until=start + timedelta(days=3)
+    )
+    assert window["customer_id"].tolist() in (["C1", "C2"], ["C2", "C1"])
+
+
+def test_empty_log_reads_as_empty_frame_with_the_columns(settings: Settings) -> None:
+    frame = read_decisions(settings)
+    assert frame.empty and "decision_id" in frame.columns
+    assert read_feedback(settings).empty
+
+
+def test_feedback_log_round_trip(settings: Settings) -> None:
+    with FeedbackLogger(settings) as log:
+        log.log(FeedbackRecord(decision_id="d1", outcome="converted", revenue=30.0))
+    frame = read_feedback(settings)
+    assert frame[["decision_id", "outcome", "revenue"]].values.tolist() == [
+        ["d1", "converted", 30.0]
+    ]
+
+
+def test_decision_features_expands_json_and_keeps_score(settings: Settings) -> None:
+    with DecisionLogger(settings) as log:
+        log.log(record("C1", datetime.now(UTC)))
+    frame = decision_features(read_decisions(settings))
+    assert frame.loc[0, "spend_365d"] == 120.5
+    assert frame.loc[0, "open_cases"] == 1.0
+    assert math.isnan(frame.loc[0, "consent_sms"])
+    assert frame.loc[0, "churn_probability"] == 0.42
+
+
+def test_decision_row_fills_defaults_for_a_minimal_mapping() -> None:
+    row = decision_row({"customer_id": "C1", "decided_at": datetime(2025, 1, 1)})
+    assert row["decided_at"].tzinfo is UTC and row["propensity"] == 1.0
+    assert row["is_control"] is False and len(row["decision_id"]) == 32
+    assert row["features"] == "{}"
+
+
+def test_partition_rows_groups_by_utc_day() -> None:
+    rows = [{"t": datetime(2025, 1, d % 3 + 1, tzinfo=UTC), "i": d} for d in range(7)]
+    grouped = partition_rows(rows, "t")
+    assert sorted(grouped) == ["2025-01-01", "2025-01-02", "2025-01-03"]
+    assert sum(len(v) for v in grouped.values()) == 7
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8),
+        st.one_of(st.none(), st.floats(), st.integers(-(10**6), 10**6), st.booleans()),
+        max_size=8,
+    )
+)
+def test_features_json_is_valid_json_with_same_keys(features: dict[str, object]) -> None:
+    parsed = json.loads(features_json(features))
+    assert set(parsed) == set(features)
+    for key, value in features.items():
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            assert parsed[key] is None
+        else:
+            assert parsed[key] == pytest.approx(float(value))  # type: ignore[arg-type]
