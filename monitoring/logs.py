@@ -178,7 +178,7 @@ def partition_rows(rows: list[dict[str, Any]], time_column: str) -> dict[str, li
 
 # ---- the background writer -------------------------------------------------------------------
 class _FlushMarker:
-    """Put on the queue by :meth:`PartitionedLog.flush`; set once everything before it is written."""
+    """Queued by :meth:`PartitionedLog.flush`; set once everything queued before is written."""
 
     def __init__(self) -> None:
         self.done = threading.Event()
