@@ -224,6 +224,19 @@ class SimulationSummary(BaseModel):
     def total_rows(self) -> int:
         return sum(self.rows_per_feed.values())
 
+    def render(self) -> str:
+        """A few lines for the terminal: who was simulated, what was written, what was spoiled."""
+        feeds = ", ".join(f"{name} {rows:,}" for name, rows in self.rows_per_feed.items())
+        dirt = ", ".join(f"{kind} {n:,}" for kind, n in self.dirty_rows_by_kind.items())
+        return (
+            f"{self.persons:,} persons, {self.start} .. {self.end} (seed {self.seed}); "
+            f"{self.churned_persons:,} churned in the window\n"
+            f"{self.total_rows:,} rows in {self.files_written} files: {feeds}\n"
+            f"dirty rows {self.dirty_rows:,} ({dirt}); exported twice {self.duplicate_rows:,}\n"
+            f"feeds: {self.raw_dir}\ntruth (kept apart, for tests and benchmarks): "
+            f"{self.truth_dir}"
+        )
+
 
 # ---- persons and identifiers (pure: rng in, frames out) ------------------------------------
 

@@ -32,13 +32,19 @@ from features.contract import ENTITY_KEY
 from omniretain.settings import Settings
 from training.labels import LABEL_COLUMNS, label_frame, to_utc_aware
 from training.model import (
-    HIGHER_IS_BETTER,
     CalibratedClassifier,
     IsotonicCalibrator,
     classification_metrics,
     fit_calibrated_classifier,
 )
-from training.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAMES
+from training.registry import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    MODEL_NAMES,
+    move_champion,
+    promotion_decision,  # noqa: F401  (re-exported: the gate moved to the registry module)
+    promotion_gate,
+)
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -260,36 +266,6 @@ def model_holdout_metrics(
         raise TrainingDataError(f"the model needs feature(s) absent from the data: {missing}")
     probabilities = model.predict_proba(matrix(holdout, model.feature_names))[:, 1]
     return classification_metrics(labels_of(holdout, label), probabilities)
-
-
-def promotion_decision(
-    challenger: dict[str, float],
-    champion: dict[str, float] | None,
-    metric: str,
-    margin: float,
-) -> tuple[bool, str]:
-    """Whether the challenger replaces the champion, and why (both scored on the same holdout).
-
-    The challenger must beat the champion by more than ``margin`` in the metric's direction;
-    a tie keeps the champion (no churn of versions without evidence).
-    """
-    if metric not in HIGHER_IS_BETTER:
-        raise ValueError(
-            f"unknown promotion metric {metric!r}; use one of {list(HIGHER_IS_BETTER)}"
-        )
-    new = challenger.get(metric, float("nan"))
-    if champion is None:
-        return True, f"no champion yet; challenger {metric}={new:.4f}"
-    if math.isnan(new):
-        return False, f"challenger {metric} is undefined on the holdout; champion kept"
-    old = champion.get(metric, float("nan"))
-    if math.isnan(old):
-        return True, f"champion {metric} is undefined on this holdout; challenger {new:.4f}"
-    improvement = (new - old) if HIGHER_IS_BETTER[metric] else (old - new)
-    comparison = f"challenger {metric}={new:.4f} vs champion {old:.4f}, margin {margin:.4f}"
-    if improvement > margin:
-        return True, f"promoted: {comparison}"
-    return False, f"champion kept: {comparison}"
 
 
 @dataclass
@@ -516,11 +492,8 @@ def log_and_register(
         promote = True
         reason = f"champion v{champion.version} cannot be scored here ({champion.problem})"
     else:
-        promote, reason = promotion_decision(
-            trained.metrics["model"],
-            champion.metrics if champion else None,
-            training.promotion_metric,
-            training.promotion_margin,
+        promote, reason, _ = promotion_gate(
+            trained.metrics, champion.metrics if champion else None, training
         )
     example = trained.split.holdout[trained.model.feature_names].head(INPUT_EXAMPLE_ROWS)
     example = example.astype("float64")
@@ -594,7 +567,7 @@ def log_and_register(
         )
         client.set_registered_model_alias(name, CHALLENGER_ALIAS, version.version)
         if promote:
-            client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
+            move_champion(client, name, version.version, reason)
     return ModelReport(
         kind=trained.kind,
         registered_model=name,
