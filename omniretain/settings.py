@@ -61,7 +61,8 @@ class TrainingSettings(BaseModel):
     promotion_margin: float = 0.0
     max_calibration_error: float = Field(0.08, gt=0.0, le=1.0)  # gate: holdout ECE bound
     max_metric_drop: float = Field(0.05, ge=0.0)  # gate: no metric may fall more vs champion
-    sanity_baseline: str = "rfm"  # gate: the model's ROC AUC must beat this baseline's
+    # gate: the ROC AUC must beat this baseline's: "chance" (0.5), "rfm" or "logistic"
+    sanity_baseline: str = "chance"
 
 
 class ServingSettings(BaseModel):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from omniretain.console import cli_settings, console
+from omniretain.console import cli_settings, console, guarded, show, stage
 from omniretain.settings import PROJECT_ROOT
 
 
@@ -27,5 +28,24 @@ def serve(
     )
 
 
+def score(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Parquet file to write (default: <state_dir>/scores/scores.parquet)."),
+    ] = None,
+    reasons_for: Annotated[
+        int,
+        typer.Option(help="Explain the churn drivers of this many top-value decisions."),
+    ] = 1000,
+) -> None:
+    """Score and decide for every customer of the latest snapshot (offline features, parquet)."""
+    from serving.batch import score_latest
+
+    settings = cli_settings()
+    with stage("score: batch scores and decisions from the offline features"):
+        show(guarded("score", lambda: score_latest(settings, out, reasons_for)))
+
+
 def register(app: typer.Typer) -> None:
     app.command()(serve)
+    app.command()(score)

@@ -3,7 +3,7 @@
 Every trained version is registered and aliased ``challenger``. The gate
 (:func:`promotion_gate`) moves ``champion`` to it only when it beats the champion on the *same*
 holdout by the configured margin and passes sanity checks (calibration error under a bound, no
-metric collapsing against the champion, ROC AUC above the RFM rule). Each move of ``champion``
+metric collapsing against the champion, ROC AUC above a baseline: chance or a reported one). Each move of ``champion``
 goes through :func:`move_champion`, which keeps the order of champions in the registered
 model's ``champion_history`` tag and the one before in the ``previous_champion`` alias, so that
 :func:`rollback` can restore it. The service loads ``models:/<name>@champion`` at start-up and
@@ -26,7 +26,12 @@ from training.model import HIGHER_IS_BETTER
 if TYPE_CHECKING:
     from training.model import CalibratedClassifier
 
-MODEL_NAMES: dict[str, str] = {"churn": "omniretain-churn", "repurchase": "omniretain-repurchase"}
+MODEL_NAMES: dict[str, str] = {
+    "churn": "omniretain-churn",
+    "repurchase": "omniretain-repurchase",
+    "value": "omniretain-value",  # training.value.CustomerValueModel: predict(X) -> currency
+    "uplift": "omniretain-uplift",  # training.uplift.UpliftModel: predict(row) -> effects
+}
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 PREVIOUS_CHAMPION_ALIAS = "previous_champion"
@@ -35,6 +40,8 @@ HISTORY_LENGTH = 50  # MLflow tag values are limited to a few thousand character
 # Metrics that must not collapse against the champion's on the same holdout (their direction is
 # in HIGHER_IS_BETTER); log loss is left out: it follows Brier and explodes on one bad row.
 GUARDED_METRICS = ("roc_auc", "pr_auc", "brier", "lift_top_decile")
+CHANCE_BASELINE = "chance"  # ``training.sanity_baseline`` value: a random ranking
+CHANCE_ROC_AUC = 0.5
 
 
 class ModelNotFoundError(LookupError):
@@ -188,7 +195,11 @@ def sanity_failures(
         failures.append(
             f"calibration error {ece:.4f} above the bound {training.max_calibration_error:.4f}"
         )
-    baseline = metrics.get(training.sanity_baseline, {}).get("roc_auc", float("nan"))
+    baseline = (
+        CHANCE_ROC_AUC
+        if training.sanity_baseline == CHANCE_BASELINE
+        else metrics.get(training.sanity_baseline, {}).get("roc_auc", float("nan"))
+    )
     if math.isnan(baseline):
         failures.append(f"no {training.sanity_baseline} baseline ROC AUC to compare with")
     elif not auc > baseline:
