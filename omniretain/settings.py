@@ -65,10 +65,24 @@ class TrainingSettings(BaseModel):
     sanity_baseline: str = "chance"
 
 
+class ApiKey(BaseModel):
+    """One API key, stored as the SHA-256 hex of the key (``omniretain api-key`` makes one)."""
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[Literal["recommend", "feedback", "admin"]]
+
+
 class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
     expected_value_horizon_days: int = Field(365, ge=1)
+    exploration_share: float = Field(0.05, ge=0.0, le=1.0)  # decisions that pick a random action
+    control_share: float = Field(0.05, ge=0.0, le=1.0)  # stable hash-based hold-out: no action
+    control_salt: str = "omniretain-control-v1"  # change it to draw a new control group
+    max_batch_ids: int = Field(10_000, ge=1)  # POST /recommend/batch limit (413 above)
+    reload_poll_seconds: float = Field(30.0, gt=0.0)  # champion alias poll, off the request path
+    api_keys: list[ApiKey] = Field(default_factory=list)  # none configured: the API is open
 
 
 class DriftSettings(BaseModel):
@@ -105,6 +119,30 @@ class PipelineSettings(BaseModel):
     timezone: str = "UTC"
 
 
+class EligibilityRule(BaseModel):
+    """``feature op value``: an action is eligible only when all its rules hold (NaN fails)."""
+
+    feature: str
+    op: Literal["<", "<=", ">", ">=", "==", "!="]
+    value: float
+
+
+class ContactPolicySettings(BaseModel):
+    """Contact pressure limits (``contact_policy`` in ``configs/actions.yaml``)."""
+
+    window_days: float = Field(7.0, gt=0.0)  # the caps count contacts in this window
+    max_per_channel: dict[str, int] = Field(default_factory=dict)  # channel -> contacts
+    max_total: int = Field(3, ge=0)  # outbound contacts of any channel
+    cooldown_hours: float = Field(24.0, ge=0.0)  # no outbound contact this soon after one
+    quiet_hours_start: int = Field(21, ge=0, le=23)  # local hour, inclusive
+    quiet_hours_end: int = Field(8, ge=0, le=23)  # local hour, exclusive
+    timezone: str = "Europe/London"
+    quiet_channels: list[str] = Field(default_factory=lambda: ["sms", "app", "call_center"])
+    outbound_channels: list[str] = Field(
+        default_factory=lambda: ["email", "sms", "app", "call_center"]
+    )  # store and web offers wait for the customer's visit: not contacts
+
+
 class Action(BaseModel):
     """One entry of the action catalogue (``configs/actions.yaml``)."""
 
@@ -114,6 +152,9 @@ class Action(BaseModel):
     channels: list[str]
     base_uplift: float = Field(0.0, ge=-1.0, le=1.0)
     goal: Literal["retention", "growth"] = "retention"
+    eligibility: list[EligibilityRule] = Field(default_factory=list)
+    cooldown_days: float = Field(0.0, ge=0.0)  # not again for this customer within N days
+    priority: int = 0  # tie-break between equal expected values: higher first
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -152,6 +193,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
     pipeline: PipelineSettings = PipelineSettings()
     actions: list[Action] = Field(default_factory=list)
+    contact_policy: ContactPolicySettings = ContactPolicySettings()
     channels: list[str] = ["email", "sms", "app", "web", "store", "call_center", "social"]
 
     @classmethod

@@ -4,9 +4,11 @@ Plain functions, no server and no heavy imports: this runs on every request, aft
 scores are known. The rules, in order:
 
 1. **Eligibility** (business rules, not model output):
-   - ``service_callback`` needs an open service case (``open_cases > 0``);
-   - ``cart_reminder`` needs an abandoned cart in the last 72 hours
-     (``hours_since_last_abandoned_cart <= 72``);
+   - the action's own ``eligibility`` rules of the catalogue (``configs/actions.yaml``), all of
+     which must hold; a missing (NaN) feature fails its rule. Shipped: ``service_callback`` needs
+     an open service case (``open_cases > 0``), ``cart_reminder`` an abandoned cart in the last
+     72 hours (``hours_since_last_abandoned_cart <= 72``);
+   - the contact policy (:mod:`serving.policy`) may hold an action back (its cooldown);
    - a *retention* action needs a customer at risk: ``churn_probability`` at least
      ``DecisionContext.at_risk_threshold`` (the lower edge of the "medium" risk band). Spending
      a retention budget on a customer who is not at risk is the classic waste of churn
@@ -16,10 +18,12 @@ scores are known. The rules, in order:
      for ``cart_reminder``); a growth action without a rule is always eligible and must earn its
      place through its expected value. A customer who is neither at risk nor has a growth reason
      therefore gets ``no_action``.
-2. **Consent**: a channel with a consent feature (``email``, ``sms``, ``app``, ``call_center``) is
-   used only when that feature is exactly 1; ``store`` and ``web`` need none (the offer is shown
-   at the next visit). Any other channel is refused (fail closed): we never contact a customer
-   on a channel whose consent we cannot check.
+2. **Consent** and **contact policy**: a channel with a consent feature (``email``, ``sms``,
+   ``app``, ``call_center``) is used only when that feature is exactly 1; ``store`` and ``web``
+   need none (the offer is shown at the next visit). Any other channel is refused (fail
+   closed): we never contact a customer on a channel whose consent we cannot check. The
+   contact policy may then hold a consented channel back too (caps, cooldown after a contact,
+   quiet hours); it never opens one.
 3. **Expected value** of each eligible (action, channel), in currency over the horizon:
    - retention: ``churn_probability x uplift x customer_value - cost`` (the value we keep by
      lowering the churn probability by ``uplift``);
@@ -29,21 +33,34 @@ scores are known. The rules, in order:
    ``uplift`` comes from ``DecisionContext.uplift`` (the catalogue's ``base_uplift`` until uplift
    models land) and ``customer_value`` is ``spend_365d`` (floored at 0: net refunds put nothing at
    stake).
-4. The highest positive expected value wins; ties go to the cheaper action, then to catalogue and
-   channel order (the catalogue lists channels by preference). If none is positive: ``no_action``
-   with expected value 0.
+   The channel the customer is using right now (request context) gets its uplift multiplied by
+   ``DecisionContext.in_session_uplift_factor``; a cart in the request counts as a cart
+   abandoned now (:func:`apply_request_context`).
+4. The highest positive expected value wins; ties go to the cheaper action, then to the higher
+   ``priority``, then to catalogue and channel order (the catalogue lists channels by
+   preference). If none is positive: ``no_action`` with expected value 0.
+5. **Control and exploration**: a customer of the stable hash-based control group
+   (:func:`in_control_group`) gets ``no_action`` whatever the values; otherwise, with probability
+   ``Exploration.share`` the choice is a uniformly random option among the eligible actions (each
+   on its best channel) and ``no_action``, and the decision carries its ``propensity`` (the
+   probability that this policy chose it) for inverse-propensity estimates later.
+
+Everything here is pure and deterministic given its inputs (randomness comes in as numbers), so
+campaigns and batch scoring call :func:`decide` directly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable, Mapping
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from omniretain.settings import Action
+from omniretain.settings import Action, EligibilityRule
 from serving.reasons import FEATURE_WORDING, Wording, top_churn_drivers
 
 RiskBand = Literal["low", "medium", "high"]
@@ -55,7 +72,8 @@ NO_CHANNEL = "none"
 
 MEDIUM_RISK_FROM = 0.3  # churn probability where a customer starts to be "at risk"
 HIGH_RISK_FROM = 0.6
-CART_REMINDER_WINDOW_HOURS = 72.0
+CART_REMINDER_WINDOW_HOURS = 72.0  # read by serving.batch; the catalogue's rule decides here
+IN_SESSION_UPLIFT_FACTOR = 1.5  # an offer where the customer is right now works better
 
 CONSENT_FEATURE_BY_CHANNEL: dict[str, str] = {
     "email": "consent_email",
@@ -79,7 +97,8 @@ class DecisionContext:
         uplift: where the uplift of an (action, channel) comes from; plug an uplift model here.
         at_risk_threshold: churn probability from which retention actions are allowed.
         high_risk_threshold: churn probability of the "high" risk band (for reporting).
-        cart_window_hours: how recent an abandoned cart must be for a cart reminder.
+        cart_window_hours: kept for ``serving.batch``; ``decide`` reads the catalogue's rule.
+        in_session_uplift_factor: uplift multiplier of the channel the customer is using now.
         max_alternatives: how many runner-up actions to return.
         max_drivers: how many churn drivers to put in the reasons.
         wording: feature name -> wording of its value, for the reasons.
@@ -89,6 +108,7 @@ class DecisionContext:
     at_risk_threshold: float = MEDIUM_RISK_FROM
     high_risk_threshold: float = HIGH_RISK_FROM
     cart_window_hours: float = CART_REMINDER_WINDOW_HOURS
+    in_session_uplift_factor: float = IN_SESSION_UPLIFT_FACTOR
     max_alternatives: int = 3
     max_drivers: int = 3
     wording: Mapping[str, Wording] = field(default_factory=lambda: FEATURE_WORDING)
@@ -113,6 +133,22 @@ class Decision(BaseModel):
     expected_value: float = Field(description="Currency over the horizon, 2 decimals.")
     reasons: list[str]
     alternatives: list[Alternative]
+    propensity: float = Field(1.0, description="Probability that this policy made this choice.")
+    explored: bool = Field(False, description="Chosen at random (exploration), not by value.")
+    control_group: bool = Field(False, description="Held out on purpose: no contact.")
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """A share of decisions picks a random option; ``draw`` and ``pick`` are uniform in [0, 1).
+
+    The caller supplies the random numbers (the service draws them per request), so that
+    :func:`decide` stays a pure function and a test can force either branch.
+    """
+
+    share: float
+    draw: float
+    pick: float
 
 
 @dataclass(frozen=True)
@@ -123,6 +159,51 @@ class _Candidate:
     uplift: float
     catalogue_index: int
     channel_index: int
+
+
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+def rule_holds(value: float, rule: EligibilityRule) -> bool:
+    """``value op rule.value``; a missing (NaN) value never passes, even ``!=``."""
+    if math.isnan(value):
+        return False
+    return bool(_OPERATORS[rule.op](value, rule.value))
+
+
+def in_control_group(customer_id: str, share: float, salt: str) -> bool:
+    """Stable hold-out: the same customer is in (or out of) the control group on every call.
+
+    SHA-256 of ``salt:customer_id`` read as a number in [0, 1); changing the salt draws a new
+    group. Independent of Python's per-process hash seed, so every worker agrees.
+    """
+    if share <= 0:
+        return False
+    digest = hashlib.sha256(f"{salt}:{customer_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def apply_request_context(
+    features: Mapping[str, float], cart_value: float | None = None
+) -> dict[str, float]:
+    """The features as the request context changes them: a cart in hand is a cart at stake now.
+
+    A cart sent with the request (the customer is on the site with items in the basket) counts
+    as abandoned now (``hours_since_last_abandoned_cart = 0``, one more cart in 30 days).
+    """
+    updated = dict(features)
+    if cart_value is not None and cart_value > 0:
+        updated["hours_since_last_abandoned_cart"] = 0.0
+        updated["abandoned_carts_30d"] = _value(features, "abandoned_carts_30d", 0.0) + 1.0
+        updated["cart_value"] = float(cart_value)
+    return updated
 
 
 def risk_band(
@@ -166,11 +247,8 @@ def action_eligible(
     """Business rules that decide whether an action may be considered at all."""
     if action.name == NO_ACTION:
         return False  # the fallback, never a candidate
-    if action.name == "service_callback" and _value(features, "open_cases", 0.0) <= 0:
-        return False
-    if action.name == "cart_reminder":
-        hours = _value(features, "hours_since_last_abandoned_cart", math.inf)
-        if hours > context.cart_window_hours:
+    for rule in action.eligibility:
+        if not rule_holds(_value(features, rule.feature, math.nan), rule):
             return False
     if action.goal == "retention" and churn_probability < context.at_risk_threshold:
         return False
@@ -195,19 +273,26 @@ def _candidates(
     features: Mapping[str, float],
     churn_probability: float,
     repurchase_probability: float,
-    actions: list[Action],
+    actions: Sequence[Action],
     context: DecisionContext,
+    customer_value: float,
+    blocked_channels: Mapping[str, str],
+    blocked_actions: Mapping[str, str],
+    current_channel: str | None,
 ) -> list[_Candidate]:
-    """Every eligible, consented (action, channel), best first."""
-    customer_value = max(_value(features, "spend_365d", 0.0), 0.0)
+    """Every eligible, consented (action, channel) the contact policy allows, best first."""
     candidates: list[_Candidate] = []
     for catalogue_index, action in enumerate(actions):
+        if action.name in blocked_actions:
+            continue
         if not action_eligible(action, features, churn_probability, context):
             continue
         for channel_index, channel in enumerate(action.channels):
-            if not channel_allowed(channel, features):
+            if channel in blocked_channels or not channel_allowed(channel, features):
                 continue
             uplift = context.uplift(action, channel, features)
+            if channel == current_channel:
+                uplift *= context.in_session_uplift_factor
             value = expected_value(
                 action, uplift, churn_probability, repurchase_probability, customer_value
             )
@@ -215,7 +300,13 @@ def _candidates(
                 _Candidate(action, channel, value, uplift, catalogue_index, channel_index)
             )
     candidates.sort(
-        key=lambda c: (-c.expected_value, c.action.cost, c.catalogue_index, c.channel_index)
+        key=lambda c: (
+            -c.expected_value,
+            c.action.cost,
+            -c.action.priority,
+            c.catalogue_index,
+            c.channel_index,
+        )
     )
     return candidates
 
@@ -279,48 +370,144 @@ def _why_chosen(
     )
 
 
+def _policy_reason(
+    blocked_channels: Mapping[str, str], blocked_actions: Mapping[str, str], limit: int = 3
+) -> str | None:
+    """One sentence on what the contact policy held back, or None when it held nothing."""
+    held = [f"{name} ({why})" for name, why in blocked_actions.items()]
+    held += [f"{channel} ({why})" for channel, why in blocked_channels.items()]
+    if not held:
+        return None
+    more = f" and {len(held) - limit} more" if len(held) > limit else ""
+    return "Contact policy held back: " + "; ".join(held[:limit]) + more + "."
+
+
+def _explore(
+    ranked: list[_Candidate], greedy: _Candidate | None, exploration: Exploration
+) -> tuple[_Candidate | None, float, bool]:
+    """(choice, propensity, explored): epsilon-greedy over one option per action plus none.
+
+    The options are each eligible action on its best allowed channel, plus ``no_action``; the
+    propensity is the probability of the returned option under this policy:
+    ``(1 - share) x [it is the greedy one] + share / number of options``.
+    """
+    options: list[_Candidate | None] = [None]
+    seen: set[str] = set()
+    for candidate in ranked:
+        if candidate.action.name not in seen:
+            seen.add(candidate.action.name)
+            options.append(candidate)
+    share = min(max(exploration.share, 0.0), 1.0)
+    uniform = share / len(options)
+    if exploration.draw < share:
+        index = min(int(exploration.pick * len(options)), len(options) - 1)
+        picked = options[index]
+        is_greedy = (picked is None and greedy is None) or (
+            picked is not None and greedy is not None and picked == greedy
+        )
+        return picked, (1.0 - share) * is_greedy + uniform, True
+    return greedy, (1.0 - share) + uniform, False
+
+
 def decide(
     customer_id: str,
-    features: dict[str, float],
+    features: Mapping[str, float],
     churn_probability: float,
     repurchase_probability: float,
-    churn_contributions: dict[str, float],
-    actions: list[Action],
+    churn_contributions: Mapping[str, float],
+    actions: Sequence[Action],
     context: DecisionContext | None = None,
+    *,
+    customer_value: float | None = None,
+    blocked_channels: Mapping[str, str] | None = None,
+    blocked_actions: Mapping[str, str] | None = None,
+    current_channel: str | None = None,
+    control_group: bool = False,
+    exploration: Exploration | None = None,
 ) -> Decision:
     """Choose the next best action for one customer and say why.
 
+    Pure and fast (no I/O, about 0.1 ms): the service, batch scoring and campaigns call it.
+
     Args:
         customer_id: the customer (kept for the signature of callers and logs).
-        features: the customer's feature values (NaN or absent = unknown).
+        features: the customer's feature values (NaN or absent = unknown); apply
+            :func:`apply_request_context` first for a request's cart.
         churn_probability: P(churn) from the churn model.
         repurchase_probability: P(purchase in the repurchase window) from that model.
         churn_contributions: feature name -> contribution to the churn score (log-odds), bias
             excluded.
         actions: the action catalogue (``settings.actions``).
         context: policy knobs; ``DecisionContext()`` when omitted.
+        customer_value: the value at stake (a value model's prediction); ``spend_365d`` when
+            omitted; floored at 0.
+        blocked_channels: channel -> reason, from the contact policy (caps, cooldown, quiet
+            hours); these channels are not used.
+        blocked_actions: action -> reason (action cooldown); these actions are not chosen.
+        current_channel: where the customer is now (its uplift is raised, see the module doc).
+        control_group: the customer is held out: ``no_action`` whatever the values.
+        exploration: when given, a share of decisions picks a random option (see
+            :class:`Exploration`); the decision carries the propensity of its choice.
     """
     context = context or DEFAULT_CONTEXT
-    ranked = _candidates(features, churn_probability, repurchase_probability, actions, context)
+    blocked_channels = blocked_channels or {}
+    blocked_actions = blocked_actions or {}
+    if customer_value is None or math.isnan(customer_value):
+        customer_value = _value(features, "spend_365d", 0.0)
+    customer_value = max(customer_value, 0.0)
+    ranked = _candidates(
+        features,
+        churn_probability,
+        repurchase_probability,
+        actions,
+        context,
+        customer_value,
+        blocked_channels,
+        blocked_actions,
+        current_channel,
+    )
     best = ranked[0] if ranked else None
-    chosen = best if best is not None and best.expected_value > 0 else None
+    greedy = best if best is not None and best.expected_value > 0 else None
 
-    customer_value = max(_value(features, "spend_365d", 0.0), 0.0)
+    chosen, propensity, explored = greedy, 1.0, False
+    if control_group:
+        chosen = None
+    elif exploration is not None:
+        chosen, propensity, explored = _explore(ranked, greedy, exploration)
+
     drivers = top_churn_drivers(
-        churn_contributions, features, limit=context.max_drivers, wording=context.wording
+        dict(churn_contributions), features, limit=context.max_drivers, wording=context.wording
     )
     reasons = [f"Churn risk is raised by: {driver}." for driver in drivers]
     if not drivers:
         reasons.append("No feature raises this customer's churn risk above the average.")
-    reasons.append(
-        _why_chosen(
-            chosen, best, churn_probability, repurchase_probability, customer_value, context
+    policy_reason = _policy_reason(blocked_channels, blocked_actions)
+    if policy_reason:
+        reasons.append(policy_reason)
+    if control_group:
+        reasons.append(
+            "No action: the customer is in the control group, held out so that the value of "
+            "our actions can be measured."
         )
-    )
+    elif explored:
+        described = f"{chosen.action.name} by {chosen.channel}" if chosen else "no action"
+        reasons.append(
+            f"Exploration: {described} was picked at random (probability {propensity:.1%}) to "
+            "keep learning what works."
+        )
+    else:
+        reasons.append(
+            _why_chosen(
+                chosen, best, churn_probability, repurchase_probability, customer_value, context
+            )
+        )
     return Decision(
         action=chosen.action.name if chosen else NO_ACTION,
         channel=chosen.channel if chosen else NO_CHANNEL,
         expected_value=round(chosen.expected_value, 2) if chosen else 0.0,
         reasons=reasons,
         alternatives=_alternatives(ranked, chosen, context.max_alternatives),
+        propensity=round(propensity, 6),
+        explored=explored,
+        control_group=control_group,
     )

@@ -209,7 +209,21 @@ def test_alternatives_hold_one_entry_per_action_at_most_three_sorted() -> None:
 def test_decision_serialises_to_the_documented_json() -> None:
     decision = decide("c1", customer(), 0.7, 0.2, {"days_since_last_purchase": 0.8}, CATALOGUE)
     payload = decision.model_dump()
-    assert set(payload) == {"action", "channel", "expected_value", "reasons", "alternatives"}
+    assert set(payload) == {
+        "action",
+        "channel",
+        "expected_value",
+        "reasons",
+        "alternatives",
+        "propensity",
+        "explored",
+        "control_group",
+    }
+    assert (payload["propensity"], payload["explored"], payload["control_group"]) == (
+        1.0,
+        False,
+        False,
+    )
     assert set(payload["alternatives"][0]) == {"action", "channel", "expected_value"}
     assert Decision.model_validate_json(decision.model_dump_json()) == decision
 
