@@ -64,6 +64,9 @@ class TrainingSettings(BaseModel):
     # gate: the ROC AUC must beat this baseline's: "chance" (0.5), "rfm" or "logistic"
     sanity_baseline: str = "chance"
 
+    serving_feature_service: str = "nba_v1"  # online reads: churn_v1's features + real-time
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection_string: str = "localhost:6379"  # Feast's form: host:port[,db=0,...]
 
 class ApiKey(BaseModel):
     """One API key, stored as the SHA-256 hex of the key (``omniretain api-key`` makes one)."""
