@@ -3,12 +3,12 @@
 Every trained version is registered and aliased ``challenger``. The gate
 (:func:`promotion_gate`) moves ``champion`` to it only when it beats the champion on the *same*
 holdout by the configured margin and passes sanity checks (calibration error under a bound, no
-metric collapsing against the champion, ROC AUC above a baseline: chance or a reported one). Each move of ``champion``
-goes through :func:`move_champion`, which keeps the order of champions in the registered
-model's ``champion_history`` tag and the one before in the ``previous_champion`` alias, so that
-:func:`rollback` can restore it. The service loads ``models:/<name>@champion`` at start-up and
-again when :func:`champion_versions` reports a change. MLflow is imported inside the functions:
-it costs seconds to import.
+metric collapsing against the champion, ROC AUC above a baseline: chance or a reported one).
+Each move of ``champion`` goes through :func:`move_champion`, which keeps the order of champions
+in the registered model's ``champion_history`` tag and the one before in the
+``previous_champion`` alias, so that :func:`rollback` can restore it. The service loads
+``models:/<name>@champion`` at start-up and again when :func:`champion_versions` reports a
+change. MLflow is imported inside the functions: it costs seconds to import.
 """
 
 from __future__ import annotations
