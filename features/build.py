@@ -21,15 +21,18 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import duckdb
 import pandas as pd
 
 from features.contract import DECISION_FEATURES, ENTITY_KEY, PURCHASE_CHANNELS
-from omniretain.settings import LabelSettings, Settings
+from omniretain.settings import LabelSettings, Settings, load_settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from omniretain.settings import CrmAttribute
 
 FEATURES_FILE_NAME = "customer_features.parquet"
 NO_ABANDONED_CART_HOURS = 99999.0
@@ -48,6 +51,12 @@ FEATURE_SOURCE_TABLES: tuple[str, ...] = (
 EVENT_TABLES: tuple[str, ...] = FEATURE_SOURCE_TABLES[1:]
 # Tables of profile records rather than behaviour: they do not start the snapshot grid.
 PROFILE_TABLES: frozenset[str] = frozenset({"consents", "loyalty"})
+# Optional: the CRM attributes (unified table) and the stored codes of their categories, both
+# written by ingestion. Without them every CRM feature takes its missing value.
+CRM_TABLE = "crm_attributes"
+CRM_CODES_TABLE = "crm_category_codes"
+CRM_PREFIX = "crm_"
+MISSING_CATEGORY_CODE = -1
 
 
 class FeatureBuildError(RuntimeError):
@@ -68,14 +77,48 @@ class FeatureSpec:
     description: str
 
 
-def feature_specs(lookback_days: Sequence[int] = DEFAULT_LOOKBACK_DAYS) -> list[FeatureSpec]:
-    """The ordered feature list for the given RFM look-back windows.
+def configured_crm_attributes() -> list[CrmAttribute]:
+    """The CRM attributes declared in ``configs/omniretain.yaml`` (``crm.attributes``)."""
+    return list(load_settings().crm.attributes)
+
+
+def crm_feature_specs(attributes: Sequence[CrmAttribute]) -> list[FeatureSpec]:
+    """``crm_<name>`` per declared attribute: a stable integer code or a number."""
+    specs = []
+    for attribute in attributes:
+        about = attribute.description or attribute.name
+        if attribute.type == "categorical":
+            specs.append(
+                FeatureSpec(
+                    f"{CRM_PREFIX}{attribute.name}",
+                    "int64",
+                    f"CRM {about}: stable category code ({MISSING_CATEGORY_CODE} when unknown; "
+                    f"codes in the warehouse table {CRM_CODES_TABLE})",
+                )
+            )
+        else:
+            specs.append(
+                FeatureSpec(
+                    f"{CRM_PREFIX}{attribute.name}", "float64", f"CRM {about} (NaN when unknown)"
+                )
+            )
+    return specs
+
+
+def feature_specs(
+    lookback_days: Sequence[int] = DEFAULT_LOOKBACK_DAYS,
+    crm_attributes: Sequence[CrmAttribute] | None = None,
+) -> list[FeatureSpec]:
+    """The ordered feature list for the given RFM look-back windows and CRM attributes.
 
     Args:
         lookback_days: windows (days) of the per-channel frequency/monetary features; must
             contain 90 and 365 because the decision engine relies on ``purchases_90d`` and
             ``spend_365d``.
+        crm_attributes: the declared CRM attributes; None reads them from the configuration,
+            so that the Feast schema follows ``configs/`` without code changes.
     """
+    crm = configured_crm_attributes() if crm_attributes is None else crm_attributes
     windows = _validated_windows(lookback_days)
     specs: list[FeatureSpec] = []
 
@@ -240,6 +283,7 @@ def feature_specs(lookback_days: Sequence[int] = DEFAULT_LOOKBACK_DAYS) -> list[
             "float64",
             f"1.0 when the latest {channel} consent is granted, 0.0 if withdrawn or never given",
         )
+    specs.extend(crm_feature_specs(crm))
     return specs
 
 
@@ -256,14 +300,20 @@ def _validated_windows(lookback_days: Sequence[int]) -> list[int]:
     return windows
 
 
-def feature_columns(lookback_days: Sequence[int] = DEFAULT_LOOKBACK_DAYS) -> list[str]:
+def feature_columns(
+    lookback_days: Sequence[int] = DEFAULT_LOOKBACK_DAYS,
+    crm_attributes: Sequence[CrmAttribute] | None = None,
+) -> list[str]:
     """Ordered feature names (no key or timestamp columns)."""
-    return [spec.name for spec in feature_specs(lookback_days)]
+    return [spec.name for spec in feature_specs(lookback_days, crm_attributes)]
 
 
 FEATURE_COLUMNS: list[str] = feature_columns()
 FEATURE_DESCRIPTIONS: dict[str, str] = {s.name: s.description for s in feature_specs()}
-NULLABLE_FEATURES: frozenset[str] = frozenset({"last_nps", "nps_change", "last_ces", "ces_change"})
+NULLABLE_FEATURES: frozenset[str] = frozenset(
+    {"last_nps", "nps_change", "last_ces", "ces_change"}
+    | {s.name for s in feature_specs() if s.name.startswith(CRM_PREFIX) and s.dtype == "float64"}
+)
 assert set(DECISION_FEATURES) <= set(FEATURE_COLUMNS), "contract features missing"
 
 
@@ -380,7 +430,7 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
     def days_before_cutoff(column: str) -> str:
         return f"epoch(g.cutoff - {column}) / 86400.0"
 
-    count_columns = [s.name for s in feature_specs(windows) if s.dtype == "int64"]
+    count_columns = [s.name for s in feature_specs(windows, []) if s.dtype == "int64"]
     # Columns that come straight from an aggregate and default to 0 when the customer has no
     # event of that family before the cutoff.
     zero_default = (
@@ -480,7 +530,7 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
         "channel_breadth_90d": "br",
     }
     select_items: list[str] = []
-    for name in feature_columns(windows):
+    for name in feature_columns(windows, []):
         if name in derived:
             expression = derived[name]
         elif name in zero_default:
@@ -751,28 +801,103 @@ def compute_features(
     con: duckdb.DuckDBPyConnection,
     cutoffs: Sequence[datetime],
     lookback_days: Sequence[int] = DEFAULT_LOOKBACK_DAYS,
+    crm_attributes: Sequence[CrmAttribute] | None = None,
 ) -> pd.DataFrame:
     """Point-in-time features for every (customer, cutoff) with the customer first seen before it.
 
     Reads only the unified tables through ``con`` (a read-only connection is fine) and writes
     nothing. Returns ``customer_id`` (str), ``event_timestamp`` (tz-aware UTC cutoff) and the
-    features of :func:`feature_columns`, ordered by cutoff then customer.
+    features of :func:`feature_columns`, ordered by cutoff then customer. ``crm_attributes``
+    None means the configured ones.
     """
     if not cutoffs:
         raise ValueError("compute_features needs at least one cutoff")
     windows = _validated_windows(lookback_days)
+    crm = configured_crm_attributes() if crm_attributes is None else list(crm_attributes)
     _require_tables(con)
     view_name = f"_feature_cutoffs_{os.getpid()}_{id(cutoffs)}"
     con.register(view_name, pd.DataFrame({"cutoff": [_naive_utc(c) for c in cutoffs]}))
     try:
         frame = con.execute(_feature_sql(view_name, windows)).df()
+        if crm:
+            frame = _with_crm_features(con, frame, view_name, crm)
     finally:
         con.unregister(view_name)
     frame[ENTITY_KEY] = frame[ENTITY_KEY].astype(str)
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"]).dt.tz_localize(UTC)
-    for spec in feature_specs(windows):
+    for spec in feature_specs(windows, crm):
         frame[spec.name] = frame[spec.name].astype(spec.dtype)
     return frame
+
+
+def _table_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {
+        row[0]
+        for row in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+        ).fetchall()
+    }
+
+
+def crm_attribute_sql(cutoffs_view: str, attributes: Sequence[CrmAttribute]) -> str:
+    """Per (customer, cutoff) the latest known value of each attribute (text, trimmed).
+
+    A row dated ``updated_at`` applies from that time on (strictly before the cutoff); an
+    undated row is a static attribute known at every cutoff. The latest non-empty value wins,
+    ties broken by the record id so the result does not depend on row order.
+    """
+    values = []
+    for attribute in attributes:
+        path = "$." + '"' + attribute.name + '"'
+        value = f"nullif(trim(json_extract_string(r.attributes, '{path}')), '')"
+        if attribute.type == "categorical":
+            value = f"lower({value})"
+        values.append(
+            f"arg_max({value}, struct_pack(t := coalesce(r.occurred_at, TIMESTAMP '-infinity'), "
+            f"s := r.source_id)) FILTER (WHERE {value} IS NOT NULL) AS {attribute.name}"
+        )
+    return f"""
+        WITH cutoffs AS (SELECT DISTINCT CAST(cutoff AS TIMESTAMP) AS cutoff FROM {cutoffs_view})
+        SELECT r.customer_id, k.cutoff AS event_timestamp, {", ".join(values)}
+        FROM {CRM_TABLE} r JOIN cutoffs k ON r.occurred_at IS NULL OR r.occurred_at < k.cutoff
+        WHERE r.customer_id IS NOT NULL
+        GROUP BY r.customer_id, k.cutoff"""
+
+
+def _with_crm_features(
+    con: duckdb.DuckDBPyConnection,
+    frame: pd.DataFrame,
+    cutoffs_view: str,
+    attributes: Sequence[CrmAttribute],
+) -> pd.DataFrame:
+    """Add ``crm_<name>`` columns: codes for categoricals, numbers for numerics."""
+    tables = _table_names(con)
+    names = [f"{CRM_PREFIX}{a.name}" for a in attributes]
+    if CRM_TABLE not in tables:
+        values = pd.DataFrame(columns=[ENTITY_KEY, "event_timestamp", *names])
+    else:
+        values = con.execute(crm_attribute_sql(cutoffs_view, attributes)).df()
+        values.columns = [ENTITY_KEY, "event_timestamp", *names]
+    codes = (
+        con.execute(f"SELECT attribute, value, code FROM {CRM_CODES_TABLE}").df()
+        if CRM_CODES_TABLE in tables
+        else pd.DataFrame(columns=["attribute", "value", "code"])
+    )
+    for attribute, name in zip(attributes, names, strict=True):
+        if attribute.type == "categorical":
+            mapping = codes[codes["attribute"] == attribute.name].set_index("value")["code"]
+            values[name] = values[name].map(mapping)
+        else:
+            values[name] = pd.to_numeric(values[name], errors="coerce")
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"])
+    values["event_timestamp"] = pd.to_datetime(values["event_timestamp"])
+    values[ENTITY_KEY] = values[ENTITY_KEY].astype(str)
+    frame[ENTITY_KEY] = frame[ENTITY_KEY].astype(str)
+    merged = frame.merge(values, on=[ENTITY_KEY, "event_timestamp"], how="left")
+    for attribute, name in zip(attributes, names, strict=True):
+        if attribute.type == "categorical":
+            merged[name] = merged[name].fillna(MISSING_CATEGORY_CODE)
+    return merged
 
 
 def _require_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -855,11 +980,19 @@ def write_features_atomically(frame: pd.DataFrame, path: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def build_features(settings: Settings, progress: bool = True) -> FeatureReport:
+def build_features(
+    settings: Settings, progress: bool = True, as_of: date | None = None
+) -> FeatureReport:
     """Warehouse -> point-in-time parquet -> Feast registry and online store.
 
+    Args:
+        as_of: build as if this day (midnight UTC) were today: it becomes the serving cutoff,
+            no event on or after it is used (a backtest, or a calibration period such as
+            CDNOW's before 1997-10-01). The latest data by default.
+
     Raises:
-        FeatureBuildError: the warehouse is missing or holds no usable events.
+        FeatureBuildError: the warehouse is missing, holds no usable events, or ``as_of`` is
+            not after the first event.
     """
     from features import store  # Feast is imported lazily inside the store module's functions
 
@@ -877,8 +1010,18 @@ def build_features(settings: Settings, progress: bool = True) -> FeatureReport:
     started = time.perf_counter()
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         data_start, data_end = event_time_range(con)
+        if as_of is not None:
+            as_of_midnight = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
+            if as_of_midnight <= data_start:
+                raise FeatureBuildError(
+                    f"--as-of {as_of} is not after the first event ({data_start:%Y-%m-%d})"
+                )
+            # the serving cutoff is the midnight after data_end: end just before as_of
+            data_end = min(data_end, as_of_midnight - timedelta(microseconds=1))
         cutoffs = snapshot_cutoffs(data_start, data_end, settings.labels)
-        frame = compute_features(con, cutoffs, settings.features.lookback_days)
+        frame = compute_features(
+            con, cutoffs, settings.features.lookback_days, settings.crm.attributes
+        )
     step("compute", started)
     if frame.empty:
         raise FeatureBuildError("no customer was first seen before any snapshot cutoff")

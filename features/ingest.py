@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import duckdb
     from rich.console import Group
 
-    from omniretain.settings import Settings
+    from omniretain.settings import CrmAttribute, Settings
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".csv", ".parquet", ".jsonl")
 SQL_TYPES: dict[str, str] = {
@@ -664,6 +664,43 @@ def build_unified_tables(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
+def update_category_codes(
+    con: duckdb.DuckDBPyConnection, attributes: Sequence[CrmAttribute]
+) -> int:
+    """Give every new value of a categorical CRM attribute the next integer code; return how many.
+
+    Codes are only ever appended (``crm_category_codes``), so a value keeps its code across
+    runs and a model trained last month reads today's features the same way. Values are
+    trimmed and lower-cased; new values of one run are numbered in text order.
+    """
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS crm_category_codes (attribute VARCHAR, value VARCHAR, "
+        "code BIGINT)"
+    )
+    tables = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if "crm_attributes" not in tables:
+        return 0
+    added = 0
+    for attribute in attributes:
+        if attribute.type != "categorical":
+            continue
+        path = sql_string("$." + _json_key(attribute.name))
+        added += int(
+            con.execute(
+                f"""
+            INSERT INTO crm_category_codes
+            SELECT ?, value, (SELECT coalesce(max(code), -1) FROM crm_category_codes
+                              WHERE attribute = ?) + row_number() OVER (ORDER BY value)
+            FROM (SELECT DISTINCT lower(nullif(trim(json_extract_string(attributes, {path})), ''))
+                      AS value FROM crm_attributes) v
+            WHERE value IS NOT NULL AND value NOT IN (
+                SELECT value FROM crm_category_codes WHERE attribute = ?)""",
+                [attribute.name] * 3,
+            ).fetchall()[0][0]
+        )
+    return added
+
+
 # ---- the ingest command ---------------------------------------------------------------------
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -691,7 +728,6 @@ def ingest_file(
     an earlier line of this file; those are counted as duplicates.
     """
     stamp = now.astimezone(UTC).replace(tzinfo=None)
-    key = sql_identifier(feed.key)
     con.execute("BEGIN TRANSACTION")
     try:
         raw_json = load_file(con, path, feed)
@@ -866,6 +902,7 @@ def ingest(
                 con.execute("ROLLBACK")
                 raise
             report.identity_rebuilt = True
+        update_category_codes(con, settings.crm.attributes)
         stored = _state(con, "identity_summary")
         if stored:
             report.identity = IdentitySummary.model_validate_json(stored)
