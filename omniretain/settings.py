@@ -38,6 +38,20 @@ class IdentitySettings(BaseModel):
     default_phone_region: str = "GB"  # region for phone numbers written without a country code
 
 
+class CrmAttribute(BaseModel):
+    """One column of the CRM attributes feed that becomes the feature ``crm_<name>``."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")  # the feed's column (matched lower-cased)
+    type: Literal["numeric", "categorical"]
+    description: str = ""
+
+
+class CrmSettings(BaseModel):
+    """Customer attributes declared here flow into the features, Feast and the models."""
+
+    attributes: list[CrmAttribute] = Field(default_factory=list)
+
+
 class LabelSettings(BaseModel):
     churn_window_days: int = Field(90, ge=7)
     repurchase_window_days: int = Field(30, ge=7)
@@ -189,6 +203,7 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".omniretain")
     simulation: SimulationSettings = SimulationSettings()
     identity: IdentitySettings = IdentitySettings()
+    crm: CrmSettings = CrmSettings()
     labels: LabelSettings = LabelSettings()
     features: FeatureSettings = FeatureSettings()
     training: TrainingSettings = TrainingSettings()
