@@ -1393,6 +1393,49 @@ class _Writer:
                     )
                 )
 
+    def write_crm_attributes(self, persons: pd.DataFrame, joined: np.ndarray) -> None:
+        """A CRM export of the persons who joined: plan, region and age band (static rows).
+
+        The plan leans on the person's value level (premium members spend more), so the CRM
+        columns carry some signal for the models, as a real CRM's would.
+        """
+        people = np.flatnonzero(joined)
+        if not len(people):
+            return
+        rank = pd.Series(persons["value_level"].to_numpy()[people]).rank(pct=True).to_numpy()
+        noisy = np.clip(rank + self.rng.normal(0.0, 0.15, len(people)), 0.0, 1.0)
+        plan = np.select([noisy > 0.8, noisy > 0.5], ["premium", "plus"], "basic")
+        age = self.start.year - persons["birth_year"].to_numpy()[people]
+        bands = np.array(["18-24", "25-34", "35-44", "45-54", "55-64", "65+"], dtype=object)
+        band = bands[np.searchsorted([25, 35, 45, 55, 65], age, side="right")]
+        cards = self.cards[people]
+        text = pd.DataFrame(
+            {
+                "crm_id": _coded("CRM", 9, np.arange(len(people))),
+                "email": self._identifier_values("email", people, np.ones(len(people), bool)),
+                "loyalty_card": cards,
+                "plan": plan,
+                "region": persons["region"].to_numpy()[people],
+                "age_band": band,
+            }
+        )
+        path = self.raw_dir / "crm_attributes" / "crm_attributes.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(csv_text(text), encoding="utf-8")
+        self.files += 1
+        self.rows_per_feed["crm_attributes"] = len(text)
+        self.records.write_table(
+            pa.table(
+                {
+                    "feed": pa.array(["crm_attributes"] * len(text), pa.string()),
+                    "record_key": pa.array(text["crm_id"].to_numpy(dtype=object), pa.string()),
+                    "person_id": pa.array(self.person_ids[people], pa.string()),
+                    "dirty_kind": pa.array([None] * len(text), pa.string()),
+                    "file": pa.array([str(path.relative_to(self.raw_dir))] * len(text)),
+                }
+            )
+        )
+
     def _contract_frame(self, feed: Feed, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         """The month's rows of one feed as contract text columns, then spoiled a little."""
         person = frame["_person"].to_numpy()
@@ -1540,6 +1583,7 @@ def simulate(
             if last_day or days[day + 1].month != timestamp.month:
                 writer.write_month(f"{timestamp:%Y-%m}", events, last=last_day)
                 events = _Events()
+        writer.write_crm_attributes(persons, persons["join_day"].to_numpy() < len(days))
     finally:
         writer.close()
 
