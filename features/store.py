@@ -207,7 +207,10 @@ def latest_rows_in_window(
     if candidates.size == 0:
         return mask
     take = pa.array(candidates)
-    codes = pc.dictionary_encode(pc.take(customer_ids, take)).combine_chunks().indices
+    chosen_ids = pc.take(customer_ids, take)
+    if isinstance(chosen_ids, pa.ChunkedArray):  # one dictionary for all rows, not per chunk
+        chosen_ids = chosen_ids.combine_chunks()
+    codes = pc.dictionary_encode(chosen_ids).indices
     customer_codes = np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
     event_us = np.asarray(
         pc.cast(pc.take(stamps, take), pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64
@@ -421,7 +424,7 @@ def merge_realtime_fields(
     newest["event_timestamp"] = events.groupby(ENTITY_KEY, sort=False)["event_timestamp"].max()
     ids = newest.index.tolist()
     stored = current.read(ids) if current is not None else [[None]] * len(ids)
-    result = pd.DataFrame({ENTITY_KEY: ids, "event_timestamp": newest["event_timestamp"].values})
+    result = pd.DataFrame({ENTITY_KEY: ids, "event_timestamp": newest["event_timestamp"].array})
     for position, (name, kind) in enumerate(zip(layout.features, layout.kinds, strict=True)):
         before = [row[0][position] if row[0] is not None else None for row in stored]
         values = newest[name].astype(object).where(newest[name].notna(), None).tolist()

@@ -152,7 +152,9 @@ def test_online_reader_serves_the_latest_snapshot(built, snapshots) -> None:
 
     settings, report = built
     reader = OnlineFeatureReader(settings)
-    assert reader.feature_names == FEATURE_COLUMNS
+    assert reader.service_name == "nba_v1"
+    realtime = ["last_cart_abandoned_at", "last_case_opened_at", "cart_value"]
+    assert reader.feature_names == [*FEATURE_COLUMNS, *realtime]
     latest = snapshots[snapshots["event_timestamp"] == report.cutoffs[-1]].set_index("customer_id")
     ids = [CUSTOMERS[3], "nobody", CUSTOMERS[-1]]
     rows = reader.get(ids)
@@ -216,11 +218,14 @@ def test_apply_is_idempotent_and_survives_a_lost_online_store(built) -> None:
     apply_repo(settings)
     apply_repo(settings)
     store = get_feature_store(settings)
-    assert [view.name for view in store.list_feature_views()] == ["customer_features"]
-    assert [service.name for service in store.list_feature_services()] == ["churn_v1"]
+    views = sorted(view.name for view in store.list_feature_views())
+    assert views == ["customer_features", "customer_realtime"]
+    services = sorted(service.name for service in store.list_feature_services())
+    assert services == ["churn_v1", "nba_v1"]
     assert OnlineFeatureReader(settings).get([CUSTOMERS[1]])[0] is not None
 
     (settings.feast_dir / "online.db").unlink()
     apply_repo(settings)
-    materialize(settings)
+    assert OnlineFeatureReader(settings).get([CUSTOMERS[1]])[0] is None  # empty new store
+    assert materialize(settings)["customers"] == len(CUSTOMERS)  # registry reset: full load
     assert OnlineFeatureReader(settings).get([CUSTOMERS[1]])[0] is not None
