@@ -1272,6 +1272,23 @@ class _World:
 
 # ---- writing: identifiers, text, dirt, duplicates (per feed per month) ----------------------
 
+# Feeds written month by month from simulated events. The CRM export is one extra file
+# (``crm_attributes/crm_attributes.csv``); ``transactions`` (imported order logs) and
+# ``price_observations`` are not simulated.
+MONTHLY_FEEDS: tuple[str, ...] = (
+    "pos_sales",
+    "web_orders",
+    "web_sessions",
+    "email_events",
+    "sms_events",
+    "contact_center",
+    "social",
+    "surveys",
+    "consents",
+    "loyalty_members",
+    "campaign_history",
+)
+
 _KEY_PREFIX = {
     "pos_sales": "POS",
     "web_orders": "WO",
@@ -1344,7 +1361,8 @@ class _Writer:
 
     def write_month(self, month: str, events: _Events, last: bool) -> None:
         """Write every feed with rows this month (plus last month's late duplicates)."""
-        for name, feed in FEEDS.items():
+        for name in MONTHLY_FEEDS:
+            feed = FEEDS[name]
             frame = events.frame(name)
             carried = self.carry.pop(name, None)
             if frame.empty and carried is None:
