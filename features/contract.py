@@ -324,7 +324,12 @@ FEEDS: dict[str, Feed] = {
         ),
         Feed(
             name="campaign_history",
-            description="Past sends of retention/growth actions, randomised or with a propensity.",
+            description=(
+                "Past sends of retention/growth actions, randomised or with a propensity, so a "
+                "retailer's own past campaigns train the uplift models. The outcome is not a "
+                "column: it is read from the customer's purchases after `sent_at`. Give "
+                "`propensity` = the share treated for randomised sends."
+            ),
             key="send_id",
             time_column="sent_at",
             target_table="campaigns",
@@ -416,6 +421,17 @@ FEEDS: dict[str, Feed] = {
             },
             unique_by=("crm_id", "updated_at"),
             keeps_extra_columns=True,
+            example={
+                "crm_id": "CRM-000042",
+                "updated_at": "",
+                "customer_ref": "CUST-00042",
+                "email": "Ann.Lee@example.com",
+                "phone": "",
+                "loyalty_card": "LC-0012-3456",
+                "plan": "premium",
+                "region": "north west",
+                "age_band": "35-44",
+            },
         ),
     ]
 }
@@ -523,7 +539,6 @@ UNIFIED_TABLES: dict[str, tuple[str, ...]] = {
 }
 
 
-
 # ---- the feature table (Feast offline source) ---------------------------------------------
 # ``<features_dir>/customer_features.parquet``: one row per customer per snapshot cutoff, with
 # ``customer_id`` (str), ``event_timestamp`` (the cutoff, tz-aware UTC; no event at or after it is
@@ -547,3 +562,154 @@ DECISION_FEATURES: tuple[str, ...] = (
     "consent_app",
     "consent_call_center",
 )
+
+
+# ---- the documentation (docs/feeds.md is generated from here) -----------------------------
+_EXAMPLE_IDS: dict[str, str] = {
+    "email": "Ann.Lee@example.com",
+    "phone": "07911 123456",
+    "loyalty_card": "LC-0012-3456",
+    "device_id": "dev-9f2c41aa",
+    "social_handle": "@ann_lee",
+    "customer_ref": "CUST-00042",
+}
+_EXAMPLE_TEXT: dict[str, str] = {
+    "store_id": "S014",
+    "product_id": "P00123",
+    "session_id": "s-81f2",
+    "campaign_id": "CMP-2025-03",
+    "case_id": "CASE-5521",
+    "promo_code": "SPRING10",
+    "region": "north west",
+    "action": "discount_10",
+}
+
+
+def example_row(feed: Feed) -> dict[str, str]:
+    """One valid row of the feed as text: the feed's own example, else built from the types."""
+    if feed.example:
+        return dict(feed.example)
+    row: dict[str, str] = {}
+    for name, column in feed.columns.items():
+        if name == feed.key and column.id_type is None:
+            value = f"{feed.name[:3].upper()}-000001"
+        elif column.id_type:
+            value = _EXAMPLE_IDS[column.id_type]
+        elif column.allowed:
+            value = column.allowed[0]
+        elif column.type == "timestamp":
+            value = "2025-03-01T14:05:00"
+        elif column.type == "float":
+            low = column.minimum if column.minimum is not None else 0.0
+            high = column.maximum if column.maximum is not None else 100.0
+            value = f"{min(max(12.5, low), high):.2f}"
+        elif column.type == "int":
+            value = str(int(column.minimum)) if column.minimum and column.minimum > 1 else "1"
+        elif column.type == "bool":
+            value = "false"
+        else:
+            value = _EXAMPLE_TEXT.get(name, f"{name}-1")
+        row[name] = value
+    return row
+
+
+def _rule(column: Column) -> str:
+    parts = []
+    if column.allowed:
+        parts.append("one of " + ", ".join(f"`{value}`" for value in column.allowed))
+    if column.minimum is not None:
+        parts.append(f">= {column.minimum:g}")
+    if column.maximum is not None:
+        parts.append(f"<= {column.maximum:g}")
+    if column.not_future:
+        parts.append("not in the future")
+    return "; ".join(parts)
+
+
+def contract_markdown() -> str:
+    """The feed contract as Markdown: ``python -m features.contract > docs/feeds.md``."""
+    lines = [
+        "# Feed contract",
+        "",
+        "<!-- Generated from features/contract.py by `python -m features.contract > "
+        "docs/feeds.md`; a unit test keeps them equal. Do not edit by hand. -->",
+        "",
+        "A feed is a folder `<state>/raw/<feed>/` of files, one row per record: **CSV** (header "
+        'line, `,` separator, `"` quotes), **Parquet** or **JSON Lines** (`.jsonl`, one object '
+        "a line). Column names are matched trimmed and case-insensitively; extra columns are "
+        "ignored (kept as JSON for `crm_attributes`). A file missing a required column is not "
+        "that feed: `omniretain ingest` stops with an error naming the file before writing "
+        "anything. A row with a missing required value or a bad value goes to the `quarantine` "
+        "table with feed, file, line and reason; a row whose key was already accepted is a "
+        "duplicate; a row repeating an accepted event under another key (near duplicate, see "
+        "each feed) is removed and counted. Re-ingesting a file adds nothing.",
+        "",
+        "Types: `str` text (trimmed, empty = missing); `timestamp` ISO 8601 "
+        "(`2025-03-01T14:05:00`, `Z` or an offset allowed, naive = UTC, a date alone = "
+        "midnight); `float`/`int` with `.` decimals; `bool` `true/false`, `1/0`, `yes/no`.",
+        "",
+        "Identifiers (column *id*): records sharing any normalised identifier are one "
+        "customer. " + ", ".join(f"`{t}`" for t in ID_TYPES) + ". Emails are trimmed and "
+        "lower-cased, phones turned to E.164 (national numbers read in "
+        "`identity.default_phone_region`), cards lose spaces and separators, handles lose `@`.",
+        "",
+        "| feed | lands in | key | time | identifiers |",
+        "|---|---|---|---|---|",
+    ]
+    for feed in FEEDS.values():
+        ids = ", ".join(f"{n} ({t})" for n, t in feed.id_columns.items()) or "none"
+        lines.append(
+            f"| [`{feed.name}`](#{feed.name}) | `{feed.target_table}` | `{feed.key}` | "
+            f"`{feed.time_column}` | {ids} |"
+        )
+    for feed in FEEDS.values():
+        lines += ["", f"## {feed.name}", "", feed.description, ""]
+        facts = [
+            f"Folder `raw/{feed.name}/`; rows land in the unified table `{feed.target_table}`.",
+            f"One row per `{'` + `'.join(feed.unique_columns)}`; event time `{feed.time_column}`.",
+        ]
+        if feed.near_duplicate_columns:
+            facts.append(
+                f"Near duplicate: another key with the same "
+                f"{', '.join(f'`{c}`' for c in feed.near_duplicate_columns)} within "
+                f"{feed.near_duplicate_seconds} s (at least one identifier set)."
+            )
+        lines += [f"- {fact}" for fact in facts]
+        lines += [
+            "",
+            "| column | type | required | rule | id | description |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, column in feed.columns.items():
+            lines.append(
+                f"| `{name}` | {column.type} | {'yes' if column.required else ''} | "
+                f"{_rule(column)} | {column.id_type or ''} | {column.description} |"
+            )
+        example = example_row(feed)
+        lines += [
+            "",
+            "Example (CSV):",
+            "",
+            "```csv",
+            ",".join(example),
+            ",".join(f'"{v}"' if "," in v else v for v in example.values()),
+            "```",
+        ]
+    lines += [
+        "",
+        "## Unified tables",
+        "",
+        "Ingestion rebuilds these DuckDB tables (`<state>/warehouse.duckdb`) from the accepted "
+        "rows; every row carries the resolved `customer_id`, `occurred_at` (UTC) and its "
+        "provenance (`source_feed`, `source_id`).",
+        "",
+        "| table | columns |",
+        "|---|---|",
+    ]
+    for table, columns in UNIFIED_TABLES.items():
+        lines.append(f"| `{table}` | {', '.join(columns)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(contract_markdown(), end="")
