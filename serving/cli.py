@@ -46,6 +46,45 @@ def score(
         show(guarded("score", lambda: score_latest(settings, out, reasons_for)))
 
 
+campaign_app = typer.Typer(help="Campaigns for marketing: audience, control group, export, log.")
+
+
+@campaign_app.command("build")
+def campaign_build(
+    action: Annotated[str, typer.Option(help="The catalogue action to send.")],
+    budget: Annotated[
+        float, typer.Option(help="Money to spend; each treated contact costs the action's cost.")
+    ],
+    segment: Annotated[
+        str | None,
+        typer.Option(help='SQL condition over the features, e.g. "spend_365d > 200".'),
+    ] = None,
+    channel: Annotated[str | None, typer.Option(help="Only this channel.")] = None,
+    control_share: Annotated[
+        float, typer.Option(help="Share of the audience held out as the control group.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the control group draw.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Export file (.csv or .parquet); default in the log.")
+    ] = None,
+) -> None:
+    """Choose the audience that maximises expected incremental value under the budget."""
+    from serving.campaign import CampaignRequest, build_campaign
+    from training.registry import load_champion
+
+    settings = cli_settings()
+    request = CampaignRequest(action, budget, segment, channel, control_share, seed)
+
+    def run():  # -> CampaignReport
+        churn = load_champion(settings, "churn").model
+        repurchase = load_champion(settings, "repurchase").model
+        return build_campaign(settings, request, churn, repurchase, out)
+
+    with stage(f"campaign build: {action} under a budget of {budget:,.2f}"):
+        show(guarded("campaign build", run))
+
+
 def register(app: typer.Typer) -> None:
+    app.add_typer(campaign_app, name="campaign")
     app.command()(serve)
     app.command()(score)
