@@ -73,6 +73,7 @@ NO_CHANNEL = "none"
 MEDIUM_RISK_FROM = 0.3  # churn probability where a customer starts to be "at risk"
 HIGH_RISK_FROM = 0.6
 CART_REMINDER_WINDOW_HOURS = 72.0  # read by serving.batch; the catalogue's rule decides here
+OPEN_CASE_WINDOW_S = 30 * 86400.0  # a pushed case counts as open this long (as open_cases)
 IN_SESSION_UPLIFT_FACTOR = 1.5  # an offer where the customer is right now works better
 
 CONSENT_FEATURE_BY_CHANNEL: dict[str, str] = {
@@ -511,3 +512,22 @@ def decide(
         explored=explored,
         control_group=control_group,
     )
+
+
+def apply_realtime_fields(features: Mapping[str, float], now_epoch_s: float) -> dict[str, float]:
+    """Fold the pushed real-time fields (``POST /events``) into the snapshot's features.
+
+    ``last_cart_abandoned_at`` / ``last_case_opened_at`` are epoch seconds (NaN when none): a
+    cart abandoned after the snapshot shortens ``hours_since_last_abandoned_cart``; a case opened
+    in the last 30 days counts as an open case. ``cart_value`` passes through.
+    """
+    updated = dict(features)
+    cart_at = _value(features, "last_cart_abandoned_at", math.nan)
+    if not math.isnan(cart_at):
+        hours = max((now_epoch_s - cart_at) / 3600.0, 0.0)
+        snapshot_hours = _value(features, "hours_since_last_abandoned_cart", math.inf)
+        updated["hours_since_last_abandoned_cart"] = min(hours, snapshot_hours)
+    case_at = _value(features, "last_case_opened_at", math.nan)
+    if not math.isnan(case_at) and 0 <= now_epoch_s - case_at <= OPEN_CASE_WINDOW_S:
+        updated["open_cases"] = max(_value(features, "open_cases", 0.0), 1.0)
+    return updated

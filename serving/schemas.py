@@ -1,4 +1,4 @@
-"""The HTTP contract of the service: request and response bodies of ``POST /recommend``.
+"""The HTTP contract of the service: request and response bodies of every endpoint.
 
 Kept apart from ``service.py`` so that clients, tests and the docs can import the shapes without
 importing BentoML.
@@ -6,13 +6,20 @@ importing BentoML.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from serving.decision import Alternative, RiskBand
+from serving.policy import OUTCOMES
 
 CUSTOMER_ID_MAX_LENGTH = 128
+ModelT = TypeVar("ModelT", bound=BaseModel)
+MAX_CART_ITEMS = 500
+Outcome = Literal["sent", "opened", "clicked", "converted", "ignored", "complained"]
+assert set(OUTCOMES) == set(Outcome.__args__)  # one list of outcomes: serving.policy's
+EventType = Literal["cart_abandoned", "case_opened"]
 
 CustomerId = Annotated[
     str,
@@ -20,8 +27,35 @@ CustomerId = Annotated[
 ]
 
 
+class CartItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    quantity: int = Field(1, ge=1, le=10_000)
+    unit_price: float = Field(ge=0.0, le=1_000_000.0)
+
+
+class RequestContext(BaseModel):
+    """What the caller knows right now; it changes the decision (see ``serving.decision``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    current_channel: Literal["email", "sms", "app", "web", "store", "call_center", "social"] | (
+        None
+    ) = Field(None, description="Where the customer is now; offers there work better.")
+    cart: list[CartItem] = Field(
+        default_factory=list,
+        max_length=MAX_CART_ITEMS,
+        description="The basket right now; a non-empty cart counts as a cart at stake.",
+    )
+
+    @property
+    def cart_value(self) -> float:
+        return sum(item.quantity * item.unit_price for item in self.cart)
+
+
 class RecommendRequest(BaseModel):
-    """A flat body: ``{"customer_id": "..."}``; anything else is a client error (4xx)."""
+    """``{"customer_id": "...", "context": {...}}``; anything else is a client error (4xx)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -29,6 +63,45 @@ class RecommendRequest(BaseModel):
         description="The resolved customer id (as in the feature store).",
         examples=["C00042"],
     )
+    context: RequestContext | None = Field(None, description="Optional: channel and cart now.")
+
+
+class BatchRecommendRequest(BaseModel):
+    """``{"customer_ids": [...]}``: up to ``serving.max_batch_ids`` ids (413 above)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_ids: list[CustomerId] = Field(min_length=1, examples=[["C00042", "C00043"]])
+    explain: bool = Field(
+        False, description="Add churn drivers to the reasons (TreeSHAP, ~2 ms per customer)."
+    )
+
+
+class FeedbackRequest(BaseModel):
+    """The outcome of a decision as the CRM saw it; counted by the contact policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision_id: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)
+    ]
+    customer_id: CustomerId
+    action: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    channel: Literal["email", "sms", "app", "web", "store", "call_center", "social"]
+    outcome: Outcome
+    occurred_at: datetime | None = Field(None, description="When it happened; now if omitted.")
+    revenue: float | None = Field(None, ge=0.0)
+
+
+class EventRequest(BaseModel):
+    """A real-time event pushed to the online store; a cart abandonment returns a decision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: CustomerId
+    event_type: EventType
+    occurred_at: datetime | None = Field(None, description="When it happened; now if omitted.")
+    cart_value: float | None = Field(None, ge=0.0, description="For cart_abandoned.")
 
 
 class NextBestAction(BaseModel):
@@ -41,19 +114,47 @@ class NextBestAction(BaseModel):
 class ModelVersions(BaseModel):
     churn: str
     repurchase: str
+    value: str | None = Field(None, description="None: customer value is spend_365d.")
+    uplift: str | None = Field(None, description="None: the catalogue's base_uplift.")
 
 
 class Recommendation(BaseModel):
     """What the CRM needs to act on one customer, with the provenance to audit it."""
 
+    decision_id: str
     customer_id: str
+    cold_start: bool = Field(
+        description="Unknown customer: scored as 'nothing known', store/web offers only."
+    )
+    control_group: bool
     churn_probability: float = Field(ge=0.0, le=1.0)
     repurchase_probability: float = Field(ge=0.0, le=1.0)
     risk_band: RiskBand
+    customer_value: float = Field(description="Value at stake (currency) used for the decision.")
     next_best_action: NextBestAction
+    propensity: float = Field(description="Probability that the policy made this choice.")
+    explored: bool
     alternatives: list[Alternative]
     model_versions: ModelVersions
     feature_service: str
+
+
+class BatchRecommendation(BaseModel):
+    count: int
+    cold_start: int
+    results: list[Recommendation]
+
+
+class FeedbackAck(BaseModel):
+    decision_id: str
+    stored: bool
+
+
+class EventAck(BaseModel):
+    customer_id: str
+    event_type: str
+    pushed: bool
+    decision: Recommendation | None = None
 
 
 class ErrorResponse(BaseModel):
@@ -78,10 +179,22 @@ class RequestBodyError(ValueError):
 
 JSON_MEDIA_TYPES = frozenset({"", "application/json"})
 _EXPECTED_BODY = 'send a JSON object {"customer_id": "<id>"}'
+EXPECTED_BODIES: dict[type[BaseModel], str] = {
+    RecommendRequest: _EXPECTED_BODY,
+    BatchRecommendRequest: 'send a JSON object {"customer_ids": ["<id>", ...]}',
+    FeedbackRequest: 'send a JSON object {"decision_id", "customer_id", "action", "channel", '
+    '"outcome"}',
+    EventRequest: 'send a JSON object {"customer_id", "event_type"}',
+}
 
 
 def parse_recommend_body(body: bytes, content_type: str | None) -> RecommendRequest:
-    """Validate a ``POST /recommend`` body and say, in words, what is wrong with it.
+    """Validate a ``POST /recommend`` body (see :func:`parse_body`)."""
+    return parse_body(RecommendRequest, body, content_type)
+
+
+def parse_body(model: type[ModelT], body: bytes, content_type: str | None) -> ModelT:
+    """Validate a request body and say, in words, which field is wrong.
 
     BentoML's own validation answers 400 with the internal model name, logs a stack trace per bad
     request, and answers 500 to a malformed multipart body; this runs first (see
@@ -92,27 +205,26 @@ def parse_recommend_body(body: bytes, content_type: str | None) -> RecommendRequ
             JSON, 422 for JSON that breaks the schema (missing, empty, too long, wrong type or
             unknown field).
     """
+    expected = EXPECTED_BODIES.get(model, "send a JSON object")
     media_type = (content_type or "").split(";")[0].strip().lower()
     if media_type not in JSON_MEDIA_TYPES:
         raise RequestBodyError(
             415,
-            f"unsupported Content-Type {media_type!r}: {_EXPECTED_BODY} as application/json",
+            f"unsupported Content-Type {media_type!r}: {expected} as application/json",
             [{"loc": [], "msg": "unsupported media type", "type": "media_type"}],
         )
     try:
-        return RecommendRequest.model_validate_json(body or b"{}")
+        return model.model_validate_json(body or b"{}")
     except ValidationError as error:
         detail = [
             {"loc": list(item["loc"]), "msg": item["msg"], "type": item["type"]}
             for item in error.errors(include_url=False, include_context=False, include_input=False)
         ]
         if any(item["type"] == "json_invalid" for item in detail):
-            raise RequestBodyError(
-                400, f"the body is not valid JSON: {_EXPECTED_BODY}", detail
-            ) from None
+            raise RequestBodyError(400, f"the body is not valid JSON: {expected}", detail) from None
         problems = "; ".join(
             f"{'.'.join(map(str, item['loc'])) or 'body'}: {item['msg']}" for item in detail
         )
         raise RequestBodyError(
-            422, f"invalid request body ({problems}); {_EXPECTED_BODY}", detail
+            422, f"invalid request body ({problems}); {expected}", detail
         ) from None

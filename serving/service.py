@@ -1,43 +1,88 @@
-"""The BentoML HTTP service: ``POST /recommend`` with ``{"customer_id": "..."}``.
+"""The BentoML HTTP service: recommend, batch, profile, feedback, events.
 
 Start it from the project root (the CLI's ``omniretain serve`` does exactly this)::
 
     OMNIRETAIN_STATE_DIR=/path/to/state bentoml serve serving.service:OmniRetain \
         --host 127.0.0.1 --port 3000
 
-The state directory (Feast store and MLflow registry) comes from ``load_settings()``, hence from
-``OMNIRETAIN_STATE_DIR`` in the server's environment. The project root must be importable (it is
-the working directory, or on ``PYTHONPATH``). ``/healthz``, ``/livez``, ``/readyz`` and
-``/metrics`` come with BentoML; ``/readyz`` answers once both champions and the feature reader
-are loaded.
+The state directory (Feast store, MLflow registry, contact store) comes from ``load_settings()``,
+hence from ``OMNIRETAIN_STATE_DIR`` in the server's environment. ``/healthz``, ``/livez``,
+``/readyz`` and ``/metrics`` come with BentoML and stay open; every other route needs an API key
+with the right scope when keys are configured (:mod:`serving.auth`). ``docs/api.md`` has a curl
+example per endpoint.
 
-This file stays small: scoring glue only; the decision lives in :mod:`serving.decision`.
+Models are held in one immutable :class:`ModelSet`; a daemon thread polls the registry every
+``serving.reload_poll_seconds`` and swaps in a new set when a champion alias moves. A request
+reads ``self.models`` once, so it finishes with the set it started with. The decision itself is
+:func:`serving.decision.decide`; this file is glue: read, score, decide, log, answer.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import random
+import threading
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import bentoml
 import numpy as np
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from omniretain.settings import load_settings
-from serving.decision import decide, risk_band
+from omniretain.settings import Settings, load_settings
+from serving.auth import AuthError, authorize
+from serving.decision import (
+    CONSENT_FEATURE_BY_CHANNEL,
+    DecisionContext,
+    Exploration,
+    apply_realtime_fields,
+    apply_request_context,
+    decide,
+    in_control_group,
+    risk_band,
+)
+from serving.policy import (
+    ContactStore,
+    contacts_path,
+    evaluate_contact_policy,
+    history_horizon,
+    import_feed_contacts,
+)
+from serving.profile import WarehouseUnavailableError, build_profile, read_warehouse_profile
 from serving.schemas import (
+    BatchRecommendation,
+    BatchRecommendRequest,
     ErrorResponse,
+    EventAck,
+    EventRequest,
+    FeedbackAck,
+    FeedbackRequest,
     ModelVersions,
     NextBestAction,
     Recommendation,
     RecommendRequest,
     RequestBodyError,
-    parse_recommend_body,
+    RequestContext,
+    parse_body,
 )
 
+logger = logging.getLogger(__name__)
+
 RECOMMEND_ROUTE = "/recommend"
+BODY_MODELS: dict[str, type] = {
+    RECOMMEND_ROUTE: RecommendRequest,
+    "/recommend/batch": BatchRecommendRequest,
+    "/feedback": FeedbackRequest,
+    "/events": EventRequest,
+}
+BATCH_READ_CHUNK = 500  # online reads per call: Feast's cost grows fast with the entity count
 
 
 def feature_vector(row: Mapping[str, float | None], feature_names: Sequence[str]) -> np.ndarray:
@@ -52,26 +97,40 @@ def feature_vector(row: Mapping[str, float | None], feature_names: Sequence[str]
     )
 
 
-class RecommendBodyValidation:
-    """ASGI middleware: answer every malformed ``/recommend`` body with our own clear 4xx.
+class ApiGate:
+    """ASGI middleware: API keys (401/403), then every JSON body validated (4xx naming the field).
 
-    It validates the body with :func:`serving.schemas.parse_recommend_body` and replays it to
-    BentoML unchanged when it is valid (BentoML then validates the same model again: a few
-    microseconds).
+    A valid body is replayed to BentoML unchanged. ``/recommend/batch`` over the size limit is a
+    413 before any scoring.
     """
 
-    def __init__(self, app: ASGIApp, route: str = RECOMMEND_ROUTE) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.route = route
+        settings = load_settings()
+        self.keys = list(settings.serving.api_keys)
+        self.max_batch_ids = settings.serving.max_batch_ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.route:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
+        try:
+            authorize(scope["path"], request.headers, self.keys)
+        except AuthError as error:
+            await JSONResponse({"error": error.message}, status_code=error.status_code)(
+                scope, receive, send
+            )
+            return
+        model = BODY_MODELS.get(scope["path"]) if scope["method"] == "POST" else None
+        if model is None:
+            await self.app(scope, receive, send)
+            return
         body = await request.body()
         try:
-            parse_recommend_body(body, request.headers.get("content-type"))
+            parsed = parse_body(model, body, request.headers.get("content-type"))
+            if isinstance(parsed, BatchRecommendRequest):
+                self._check_batch_size(parsed)
         except RequestBodyError as error:
             await JSONResponse(error.to_json(), status_code=error.status_code)(scope, receive, send)
             return
@@ -87,66 +146,389 @@ class RecommendBodyValidation:
 
         await self.app(scope, replay_body, send)
 
+    def _check_batch_size(self, parsed: BatchRecommendRequest) -> None:
+        if len(parsed.customer_ids) > self.max_batch_ids:
+            raise RequestBodyError(
+                413,
+                f"customer_ids holds {len(parsed.customer_ids)} ids; at most "
+                f"{self.max_batch_ids} per call: split the list",
+                [{"loc": ["customer_ids"], "msg": "too many ids", "type": "too_long"}],
+            )
 
-@bentoml.service(name="omniretain", workers=1, traffic={"timeout": 30})
+
+# Kept under its former name: the body check of /recommend is part of the gate now.
+RecommendBodyValidation = ApiGate
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The champions served together; replaced whole, never mutated."""
+
+    churn: Any
+    repurchase: Any
+    value: Any | None
+    uplift: Any | None
+
+    @property
+    def versions(self) -> dict[str, str | None]:
+        return {
+            "churn": str(self.churn.version),
+            "repurchase": str(self.repurchase.version),
+            "value": str(self.value.version) if self.value else None,
+            "uplift": str(self.uplift.version) if self.uplift else None,
+        }
+
+
+def load_model_set(settings: Settings) -> ModelSet:
+    """Churn and repurchase champions (required); value and uplift when they have a champion."""
+    from training.registry import ModelNotFoundError, load_champion
+
+    optional: dict[str, Any] = {}
+    for kind in ("value", "uplift"):
+        try:
+            optional[kind] = load_champion(settings, kind)
+        except (ModelNotFoundError, ValueError):
+            optional[kind] = None  # no champion (or no such kind yet): documented fallback
+    return ModelSet(
+        churn=load_champion(settings, "churn"),
+        repurchase=load_champion(settings, "repurchase"),
+        value=optional["value"],
+        uplift=optional["uplift"],
+    )
+
+
+def uplift_function(models: ModelSet, row: Mapping[str, float]):  # -> UpliftFunction
+    """The uplift model's reduction of P(churn) per (action, channel), else the catalogue's."""
+    if models.uplift is None:
+        return None
+    effects = models.uplift.model.predict(feature_vector(row, models.uplift.model.feature_names))
+
+    def uplift(action: Any, channel: str, features: Mapping[str, float]) -> float:
+        effect = effects.get((action.name, channel))
+        return action.base_uplift if effect is None else -float(effect)
+
+    return uplift
+
+
+app = FastAPI(title="omniretain profile")
+
+
+@bentoml.service(name="omniretain", workers=1, traffic={"timeout": 60})
+@bentoml.asgi_app(app, path="/profile")
 class OmniRetain:
-    """Churn risk and the next best action for one customer, from the champion models."""
+    """Churn risk and the next best action per customer, from the champion models."""
 
     def __init__(self) -> None:
         from features.store import OnlineFeatureReader
-        from training.registry import load_champion
+        from monitoring.logs import DecisionLogger, FeedbackLogger
 
         self.settings = load_settings()
-        self.churn = load_champion(self.settings, "churn")
-        self.repurchase = load_champion(self.settings, "repurchase")
+        self.models = load_model_set(self.settings)
         self.features = OnlineFeatureReader(self.settings)
+        self.contacts = ContactStore(contacts_path(self.settings))
+        self.decision_log = DecisionLogger(self.settings)
+        self.feedback_log = FeedbackLogger(self.settings)
+        self._pusher: Any = None
+        self._pusher_error: str | None = None
+        self._stop = threading.Event()
+        self._import_feed_contacts()
+        threading.Thread(target=self._poll_registry, name="champion-poll", daemon=True).start()
 
-    @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, customer_id: str) -> Recommendation:
-        """Score the customer with both champions and choose the next best action."""
-        row = self.features.get([customer_id])[0]
-        if row is None:
-            error = ErrorResponse(
-                error=f"unknown customer_id {customer_id!r}: no features in the online store",
-                customer_id=customer_id,
-            )
-            return JSONResponse(error.model_dump(), status_code=404)  # type: ignore[return-value]
-
-        churn_model, repurchase_model = self.churn.model, self.repurchase.model
-        churn_row = feature_vector(row, churn_model.feature_names)
-        churn_probability = float(churn_model.predict_proba(churn_row)[0, 1])
-        repurchase_row = feature_vector(row, repurchase_model.feature_names)
-        repurchase_probability = float(repurchase_model.predict_proba(repurchase_row)[0, 1])
-        contributions = churn_model.contributions(churn_row)[0, :-1]  # last column: the bias
-        churn_contributions = dict(
-            zip(churn_model.feature_names, contributions.tolist(), strict=True)
+    # ---- background: hot reload and contact history from the feeds ----------------------
+    def _import_feed_contacts(self) -> None:
+        since = datetime.now(UTC) - history_horizon(
+            self.settings.contact_policy, self.settings.actions
         )
+        try:
+            import_feed_contacts(self.settings, self.contacts, since)
+        except Exception:  # the feeds are a bonus for the policy, never a reason not to serve
+            logger.exception("importing contact history from the feeds failed")
 
+    def _poll_registry(self) -> None:
+        from training.registry import champion_versions
+
+        while not self._stop.wait(self.settings.serving.reload_poll_seconds):
+            try:
+                current = self.models.versions
+                served = {k: v for k, v in current.items() if v is not None}
+                if champion_versions(self.settings) != served:
+                    self.models = load_model_set(self.settings)  # one atomic swap
+                    logger.info("champions reloaded: %s -> %s", current, self.models.versions)
+                self._import_feed_contacts()
+            except Exception:  # keep serving the current set; try again next poll
+                logger.exception("champion reload failed; still serving %s", self.models.versions)
+
+    # ---- the decision for one customer ---------------------------------------------------
+    def _recommend(
+        self,
+        customer_id: str,
+        row: dict[str, float] | None,
+        context: RequestContext | None,
+        models: ModelSet,
+        explain: bool = True,
+        source: str = "single",
+        log: bool = True,
+    ) -> Recommendation:
+        now = datetime.now(UTC)
+        cold_start = row is None
+        features = apply_realtime_fields(row or {}, now.timestamp())
+        cart_value = context.cart_value if context else None
+        features = apply_request_context(features, cart_value)
+        current_channel = context.current_channel if context else None
+
+        churn_model, repurchase_model = models.churn.model, models.repurchase.model
+        churn_row = feature_vector(features, churn_model.feature_names)
+        churn_probability = float(churn_model.predict_proba(churn_row)[0, 1])
+        repurchase_row = feature_vector(features, repurchase_model.feature_names)
+        repurchase_probability = float(repurchase_model.predict_proba(repurchase_row)[0, 1])
+        contributions: dict[str, float] = {}
+        if explain and not cold_start:
+            values = churn_model.contributions(churn_row)[0, :-1]  # last column: the bias
+            contributions = dict(zip(churn_model.feature_names, values.tolist(), strict=True))
+
+        customer_value = None
+        if models.value is not None and not cold_start:
+            value_row = feature_vector(features, models.value.model.feature_names)
+            customer_value = float(models.value.model.predict(value_row)[0])
+        uplift = uplift_function(models, features)
+        decision_context = DecisionContext(uplift=uplift) if uplift else DecisionContext()
+
+        policy = self.settings.contact_policy
+        history = self.contacts.history(
+            customer_id, now - history_horizon(policy, self.settings.actions)
+        )
+        verdict = evaluate_contact_policy(
+            history, now, policy, self.settings.actions, current_channel
+        )
+        serving = self.settings.serving
+        control = in_control_group(customer_id, serving.control_share, serving.control_salt)
+        exploration = Exploration(serving.exploration_share, random.random(), random.random())
         decision = decide(
             customer_id,
-            row,
+            features,
             churn_probability,
             repurchase_probability,
-            churn_contributions,
+            contributions,
             self.settings.actions,
+            decision_context,
+            customer_value=customer_value,
+            blocked_channels=verdict.blocked_channels,
+            blocked_actions=verdict.blocked_actions,
+            current_channel=current_channel,
+            control_group=control,
+            exploration=exploration,
         )
-        return Recommendation(
+        if cold_start:
+            decision.reasons.insert(
+                0,
+                "Cold start: the customer is not in the feature store yet; scored as a customer "
+                "about whom nothing is known, offered only where no consent is needed.",
+            )
+        value_used = (
+            customer_value
+            if customer_value is not None
+            else max(0.0, float(features.get("spend_365d", 0.0) or 0.0))
+        )
+        if math.isnan(value_used):
+            value_used = 0.0
+        versions = models.versions
+        recommendation = Recommendation(
+            decision_id=uuid.uuid4().hex,
             customer_id=customer_id,
+            cold_start=cold_start,
+            control_group=decision.control_group,
             churn_probability=round(churn_probability, 4),
             repurchase_probability=round(repurchase_probability, 4),
             risk_band=risk_band(churn_probability),
+            customer_value=round(value_used, 2),
             next_best_action=NextBestAction(
                 action=decision.action,
                 channel=decision.channel,
                 expected_value=decision.expected_value,
                 reasons=decision.reasons,
             ),
+            propensity=decision.propensity,
+            explored=decision.explored,
             alternatives=decision.alternatives,
-            model_versions=ModelVersions(
-                churn=str(self.churn.version), repurchase=str(self.repurchase.version)
-            ),
+            model_versions=ModelVersions(**versions),
             feature_service=self.settings.features.feature_service,
         )
+        if log:
+            self._log(recommendation, features, source)
+        return recommendation
+
+    def _log(
+        self, recommendation: Recommendation, features: Mapping[str, float], source: str
+    ) -> None:
+        """Hand the decision to the monitoring logger: a queue put, never a disk write here."""
+        from monitoring.logs import DecisionRecord
+
+        self.decision_log.log(
+            DecisionRecord(
+                decision_id=recommendation.decision_id,
+                customer_id=recommendation.customer_id,
+                churn_probability=recommendation.churn_probability,
+                repurchase_probability=recommendation.repurchase_probability,
+                action=recommendation.next_best_action.action,
+                channel=recommendation.next_best_action.channel,
+                churn_model_version=recommendation.model_versions.churn,
+                repurchase_model_version=recommendation.model_versions.repurchase,
+                features=features,
+                expected_value=recommendation.next_best_action.expected_value,
+                propensity=recommendation.propensity,
+                is_control=recommendation.control_group,
+                source=source,  # type: ignore[arg-type]
+                feature_service=recommendation.feature_service,
+            )
+        )
+
+    # ---- the API ---------------------------------------------------------------------------
+    @bentoml.api(route="/recommend", input_spec=RecommendRequest)
+    def recommend(self, customer_id: str, context: RequestContext | None = None) -> Recommendation:
+        """Score one customer with the champions and choose the next best action."""
+        models = self.models
+        row = self.features.get([customer_id])[0]
+        return self._recommend(customer_id, row, context, models)
+
+    @bentoml.api(route="/recommend/batch", input_spec=BatchRecommendRequest)
+    def recommend_batch(
+        self, customer_ids: list[str], explain: bool = False
+    ) -> BatchRecommendation:
+        """Up to ``serving.max_batch_ids`` customers; unknown ids get the cold-start decision."""
+        models = self.models
+        results: list[Recommendation] = []
+        for start in range(0, len(customer_ids), BATCH_READ_CHUNK):
+            chunk = customer_ids[start : start + BATCH_READ_CHUNK]
+            for customer_id, row in zip(chunk, self.features.get(chunk), strict=True):
+                results.append(
+                    self._recommend(customer_id, row, None, models, explain=explain, source="batch")
+                )
+        return BatchRecommendation(
+            count=len(results), cold_start=sum(r.cold_start for r in results), results=results
+        )
+
+    @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
+    def feedback(
+        self,
+        decision_id: str,
+        customer_id: str,
+        action: str,
+        channel: str,
+        outcome: str,
+        occurred_at: datetime | None = None,
+        revenue: float | None = None,
+    ) -> FeedbackAck:
+        """Store an outcome: the contact policy counts it from now on; monitoring logs it."""
+        from monitoring.logs import FeedbackRecord
+
+        known_actions = {a.name for a in self.settings.actions}
+        if action not in known_actions:
+            error = {"error": f"action: unknown action {action!r}; known: {sorted(known_actions)}"}
+            return JSONResponse(error, status_code=422)  # type: ignore[return-value]
+        moment = occurred_at or datetime.now(UTC)
+        self.contacts.record_feedback(
+            decision_id, customer_id, action, channel, outcome, moment, revenue
+        )
+        self.feedback_log.log(
+            FeedbackRecord(
+                decision_id=decision_id, outcome=outcome, customer_id=customer_id, revenue=revenue
+            )
+        )
+        return FeedbackAck(decision_id=decision_id, stored=True)
+
+    @bentoml.api(route="/events", input_spec=EventRequest)
+    def events(
+        self,
+        customer_id: str,
+        event_type: str,
+        occurred_at: datetime | None = None,
+        cart_value: float | None = None,
+    ) -> EventAck:
+        """Push a real-time event online; a cart abandonment answers with the triggered decision."""
+        import pandas as pd
+
+        pusher = self._realtime_pusher()
+        if pusher is None:
+            error = {"error": f"events are not available: {self._pusher_error}"}
+            return JSONResponse(error, status_code=503)  # type: ignore[return-value]
+        moment = occurred_at or datetime.now(UTC)
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+        fields: dict[str, Any] = {"customer_id": [customer_id], "event_timestamp": [moment]}
+        if event_type == "cart_abandoned":
+            fields["last_cart_abandoned_at"] = [int(moment.timestamp())]
+            fields["cart_value"] = [float(cart_value) if cart_value is not None else math.nan]
+        else:
+            fields["last_case_opened_at"] = [int(moment.timestamp())]
+        pusher.push(pd.DataFrame(fields))
+        decision = None
+        if event_type == "cart_abandoned":
+            models = self.models
+            row = self.features.get([customer_id])[0]
+            decision = self._recommend(customer_id, row, None, models, source="single")
+        return EventAck(
+            customer_id=customer_id, event_type=event_type, pushed=True, decision=decision
+        )
+
+    def _realtime_pusher(self) -> Any:
+        """The Feast push path, opened on first use (its import costs seconds)."""
+        if self._pusher is None and self._pusher_error is None:
+            try:
+                from features.store import RealtimePusher
+
+                self._pusher = RealtimePusher(self.settings)
+            except Exception as error:  # missing view or older feature repo: say it, once
+                self._pusher_error = str(error)
+        return self._pusher
+
+    @app.get("/{customer_id}", response_model=None)
+    def profile(self, customer_id: str) -> Any:
+        """The unified profile of a customer (``GET /profile/{customer_id}``)."""
+        customer_id = customer_id.strip()
+        if not customer_id or len(customer_id) > 128:
+            return JSONResponse(
+                {"error": "customer_id: 1 to 128 characters", "customer_id": customer_id},
+                status_code=422,
+            )
+        models = self.models
+        row = self.features.get([customer_id])[0]
+        warehouse, warehouse_error = None, None
+        try:
+            warehouse = read_warehouse_profile(self.settings.warehouse_path, customer_id)
+        except WarehouseUnavailableError as error:
+            warehouse_error = str(error)
+        scores, band = None, None
+        feature_consents: dict[str, bool] = {}
+        if row is not None:
+            recommendation = self._recommend(
+                customer_id, row, None, models, explain=False, log=False
+            )
+            scores = {
+                "churn_probability": recommendation.churn_probability,
+                "repurchase_probability": recommendation.repurchase_probability,
+                "customer_value": recommendation.customer_value,
+            }
+            band = recommendation.risk_band
+            feature_consents = {
+                channel: row.get(feature) == 1.0
+                for channel, feature in CONSENT_FEATURE_BY_CHANNEL.items()
+                if feature in row and not math.isnan(row[feature])
+            }
+        profile = build_profile(
+            customer_id,
+            warehouse,
+            warehouse_error,
+            feature_consents,
+            self.contacts.recent(customer_id),
+            scores,
+            band,
+            models.versions,
+        )
+        if not profile.known:
+            error = ErrorResponse(
+                error=f"unknown customer_id {customer_id!r}", customer_id=customer_id
+            )
+            return JSONResponse(error.model_dump(), status_code=404)
+        return JSONResponse(profile.model_dump(mode="json"))
 
 
-OmniRetain.add_asgi_middleware(RecommendBodyValidation)
+OmniRetain.add_asgi_middleware(ApiGate)
