@@ -1,0 +1,157 @@
+"""Decision quality on the simulator: incremental retained value of five targeting policies.
+
+Runs the pipeline (simulate, ingest, build-features, train) on a fresh simulated population in
+its own state folder, scores the latest snapshot in batch (:mod:`serving.batch`), then values
+each policy against the simulator's truth (:mod:`omniretain.policy_sim`): no action, random
+action, top-risk customers get the on-average best action, our engine, and the oracle that knows
+the true effects. The targeting policies contact as many customers as our engine does.
+
+    python benchmarks/policy_value.py [--quick] [--state-dir DIR] [--customers N]
+
+Last line: JSON with no_action, random, top_risk, ours, oracle, ips_estimate_ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def run_pipeline(state_dir: Path, customers: int, months: int, seed: int) -> None:
+    cli = [str(Path(sys.executable).with_name("omniretain")), "--state-dir", str(state_dir)]
+    for step in (
+        ["simulate", "--customers", str(customers), "--months", str(months), "--seed", str(seed)],
+        ["ingest"],
+        ["build-features"],
+        ["train"],
+    ):
+        started = time.perf_counter()
+        subprocess.run(cli + step, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        print(f"  {step[0]}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small population")
+    parser.add_argument("--customers", type=int, default=None)
+    parser.add_argument("--months", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=101, help="a population unlike the default")
+    parser.add_argument("--state-dir", type=Path, default=None, help="reuse a trained state")
+    args = parser.parse_args()
+    for name, value in {
+        "FEAST_USAGE": "False",
+        "BENTOML_DO_NOT_TRACK": "True",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+    }.items():
+        os.environ.setdefault(name, value)
+
+    from omniretain.policy_sim import (
+        NO_CHOICE,
+        customer_persons,
+        net_gain_matrix,
+        oracle_policy,
+        policy_value,
+        random_policy,
+        replay_end_state,
+        top_risk_policy,
+    )
+    from omniretain.settings import load_settings
+    from serving.batch import (
+        action_channel_columns,
+        channel_allowed_matrix,
+        decide_batch,
+        feature_matrix,
+        features_path,
+        predict_probability,
+        read_latest_snapshot,
+    )
+    from training.registry import load_champion
+
+    state_dir = args.state_dir
+    if state_dir is None:
+        customers = args.customers or (1500 if args.quick else 10000)
+        months = 12 if args.quick else args.months
+        state_dir = Path(tempfile.mkdtemp(prefix="omniretain_policy_value_"))
+        print(
+            f"fresh population: {customers} persons, {months} months, seed {args.seed}",
+            file=sys.stderr,
+        )
+        run_pipeline(state_dir, customers, months, args.seed)
+    settings = load_settings(state_dir=state_dir)
+
+    started = time.perf_counter()
+    end = replay_end_state(settings)
+    mapping = customer_persons(settings)
+    frame = read_latest_snapshot(features_path(settings))
+    frame = frame.merge(mapping, on="customer_id", how="inner")
+    frame = frame.drop_duplicates("person_id").reset_index(drop=True)  # one decision per person
+    person_index = {person: i for i, person in enumerate(end.person_ids)}
+    rows = frame["person_id"].map(person_index).to_numpy()
+
+    churn = load_champion(settings, "churn").model
+    repurchase = load_champion(settings, "repurchase").model
+    churn_p = predict_probability(churn, feature_matrix(frame, churn.feature_names))
+    repurchase_p = predict_probability(repurchase, feature_matrix(frame, repurchase.feature_names))
+    decisions = decide_batch(frame, churn_p, repurchase_p, settings.actions)
+
+    columns = action_channel_columns(settings.actions)
+    truth_column = {pair: i for i, pair in enumerate(end.pairs)}
+    effects = end.effects[rows][:, [truth_column[(c.action.name, c.channel)] for c in columns]]
+    costs = np.array([c.action.cost for c in columns])
+    value = np.maximum(frame["spend_365d"].fillna(0.0).to_numpy(dtype=float), 0.0)
+    net_gain = net_gain_matrix(
+        end.churn_probability_90d[rows], effects, end.alive[rows], value, costs
+    )
+    consented = channel_allowed_matrix(frame, columns)
+
+    ours = np.where(decisions.column >= 0, decisions.column, NO_CHOICE)
+    contacts = int((ours != NO_CHOICE).sum())
+    average_net_gain = np.where(consented, net_gain, np.nan)
+    average_net_gain = np.nanmean(np.where(consented.any(axis=0), average_net_gain, 0.0), axis=0)
+    rng = np.random.default_rng(0)
+    policies = {
+        "no_action": np.full(len(frame), NO_CHOICE),
+        "random": random_policy(consented, contacts, rng),
+        "top_risk": top_risk_policy(consented, churn_p, average_net_gain, contacts),
+        "ours": ours,
+        "oracle": oracle_policy(net_gain, consented, contacts),
+    }
+    figures: dict[str, float | None] = {
+        name: round(policy_value(net_gain, choice), 2) for name, choice in policies.items()
+    }
+    figures["ips_estimate_ours"] = None  # not implemented yet (see docs/campaigns.md)
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load "
+        f"{open('/proc/loadavg').read().split()[:3]}; state {state_dir}"
+    )
+    print(
+        f"{len(frame)} customers at the last snapshot, {int(end.alive[rows].sum())} alive; "
+        f"every targeting policy contacts {contacts} (as many as ours); valued in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    print(f"{'policy':<12}{'contacts':>10}{'incremental value':>20}{'vs oracle':>11}")
+    oracle = figures["oracle"] or 0.0
+    for name, choice in policies.items():
+        share = f"{figures[name] / oracle:.0%}" if oracle > 0 else "-"
+        print(f"{name:<12}{int((choice != NO_CHOICE).sum()):>10}{figures[name]:>20,.2f}{share:>11}")
+    if figures["top_risk"]:
+        print(f"ours / top_risk = {figures['ours'] / figures['top_risk']:.2f}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
