@@ -395,3 +395,82 @@ def test_no_action_exactly_when_no_candidate_pays(
     else:
         assert decision.action != "no_action"
         assert decision.expected_value == pytest.approx(round(best, 2), abs=0.006)
+
+
+# ---- control group, exploration, request context, real-time fields ------------------------
+def test_control_group_is_stable_and_about_its_share() -> None:
+    from serving.decision import in_control_group
+
+    ids = [f"C{i:05d}" for i in range(20_000)]
+    members = [in_control_group(i, 0.05, "salt") for i in ids]
+    assert 0.04 < sum(members) / len(ids) < 0.06
+    assert members == [in_control_group(i, 0.05, "salt") for i in ids]
+    assert not any(in_control_group(i, 0.0, "salt") for i in ids[:100])
+    assert members != [in_control_group(i, 0.05, "other salt") for i in ids]
+
+
+def test_control_group_gets_no_action_but_keeps_the_alternatives() -> None:
+    decision = decide("c1", customer(), 0.7, 0.2, {}, CATALOGUE, control_group=True)
+    assert (decision.action, decision.control_group, decision.propensity) == ("no_action", True, 1)
+    assert decision.alternatives[0].action == "retention_discount"
+    assert "control group" in decision.reasons[-1]
+
+
+def test_exploration_picks_an_eligible_option_with_its_propensity() -> None:
+    from serving.decision import Exploration
+
+    greedy = decide("c1", customer(), 0.7, 0.2, {}, CATALOGUE, exploration=Exploration(0.1, 0.5, 0))
+    assert not greedy.explored and greedy.action == "retention_discount"
+    options = 1 + 3  # no_action + retention_discount, free_shipping, loyalty_points
+    assert greedy.propensity == pytest.approx(0.9 + 0.1 / options)
+    picks = {
+        decide(
+            "c1", customer(), 0.7, 0.2, {}, CATALOGUE, exploration=Exploration(0.1, 0.0, p)
+        ).action
+        for p in (0.0, 0.3, 0.6, 0.9)
+    }
+    assert picks == {"no_action", "retention_discount", "free_shipping", "loyalty_points"}
+    explored = decide(
+        "c1", customer(), 0.7, 0.2, {}, CATALOGUE, exploration=Exploration(0.1, 0.0, 0.6)
+    )
+    assert explored.explored and explored.propensity == pytest.approx(0.1 / options)
+    assert "service_callback" not in picks  # ineligible: never explored either
+
+
+def test_a_cart_in_the_request_makes_a_cart_reminder_possible() -> None:
+    from serving.decision import apply_request_context
+
+    low_risk = customer()
+    assert decide("c1", low_risk, 0.1, 0.3, {}, CATALOGUE).action == "no_action"
+    with_cart = apply_request_context(low_risk, cart_value=120.0)
+    assert decide("c1", with_cart, 0.1, 0.3, {}, CATALOGUE).action == "cart_reminder"
+
+
+def test_the_current_channel_can_change_the_channel() -> None:
+    features = customer(consent_email=1.0, consent_app=1.0)
+    assert decide("c1", features, 0.7, 0.2, {}, CATALOGUE).channel == "email"
+    in_app = decide("c1", features, 0.7, 0.2, {}, CATALOGUE, current_channel="app")
+    assert in_app.channel == "app"
+    no_consent_app = decide(
+        "c1", customer(consent_app=0.0), 0.7, 0.2, {}, CATALOGUE, current_channel="app"
+    )
+    assert no_consent_app.channel != "app"  # being there is not consent
+
+
+def test_realtime_fields_fold_into_the_snapshot() -> None:
+    from serving.decision import apply_realtime_fields
+
+    now = 1_800_000_000.0
+    features = apply_realtime_fields(
+        customer(last_cart_abandoned_at=now - 7200, last_case_opened_at=now - 60), now
+    )
+    assert features["hours_since_last_abandoned_cart"] == pytest.approx(2.0)
+    assert features["open_cases"] == 1.0
+    old_case = apply_realtime_fields(customer(last_case_opened_at=now - 90 * 86400), now)
+    assert old_case["open_cases"] == 0.0
+
+
+def test_customer_value_from_a_value_model_overrides_spend() -> None:
+    cheap = decide("c1", customer(spend_365d=10.0), 0.9, 0.2, {}, CATALOGUE)
+    valued = decide("c1", customer(spend_365d=10.0), 0.9, 0.2, {}, CATALOGUE, customer_value=900)
+    assert (cheap.action, valued.action) == ("no_action", "retention_discount")
