@@ -1,0 +1,185 @@
+"""Load 1M customers' features into the online store: our command vs stock Feast materialize.
+
+Builds a synthetic snapshot parquet with the real feature list (every feature of
+``features.build.feature_specs``, 78 by default), then times ``features.store.materialize``
+(fast engine) into SQLite and into a local Redis, and stock ``materialize(engine="feast")``
+into Redis on ``--stock-entities`` rows, extrapolated linearly to the full size when smaller
+(said so in the output). Reads through Feast's own ``get_online_features`` are checked against
+the parquet for a sample of customers. Last line: one JSON object.
+
+    python benchmarks/materialize.py            # 1M customers (several minutes)
+    python benchmarks/materialize.py --quick    # 20k customers, a check that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+for _name, _value in {"FEAST_USAGE": "False", "DO_NOT_TRACK": "1"}.items():
+    os.environ.setdefault(_name, _value)
+
+from features.build import FEATURES_FILE_NAME, feature_specs  # noqa: E402
+from omniretain.settings import Settings, load_settings  # noqa: E402
+
+CUTOFF = datetime(2025, 6, 16, tzinfo=UTC)
+CHUNK_ROWS = 100_000
+
+
+def write_synthetic_snapshots(path: Path, entities: int, seed: int = 7) -> int:
+    """One snapshot row per customer with random values (10% NaN in float features)."""
+    specs = feature_specs(load_settings().features.lookback_days)
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    for start in range(0, entities, CHUNK_ROWS):
+        size = min(CHUNK_ROWS, entities - start)
+        columns = {
+            "customer_id": pa.array([f"C{n:09d}" for n in range(start, start + size)]),
+            "event_timestamp": pa.array([CUTOFF] * size, pa.timestamp("us", tz="UTC")),
+            "created_timestamp": pa.array([CUTOFF] * size, pa.timestamp("us", tz="UTC")),
+        }
+        for spec in specs:
+            if spec.dtype == "int64":
+                columns[spec.name] = pa.array(rng.integers(0, 500, size), pa.int64())
+            else:
+                values = rng.gamma(2.0, 50.0, size)
+                values[rng.random(size) < 0.1] = np.nan
+                columns[spec.name] = pa.array(values, pa.float64())
+        table = pa.table(columns)
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table)
+    assert writer is not None
+    writer.close()
+    return len(specs)
+
+
+def state(root: Path, name: str, source: Path, **features: str) -> Settings:
+    from features.store import apply_repo
+
+    settings = load_settings(state_dir=root / name, features=features)
+    settings.features_dir.mkdir(parents=True, exist_ok=True)
+    os.link(source, settings.features_dir / FEATURES_FILE_NAME)
+    apply_repo(settings)
+    return settings
+
+
+def check_reads(settings: Settings, source: Path, sample: int = 50) -> None:
+    """Feast's get_online_features returns the parquet's values for random customers."""
+    from features.store import get_feature_store
+
+    table = pq.read_table(source)
+    rng = np.random.default_rng(1)
+    rows = sorted(rng.choice(table.num_rows, size=min(sample, table.num_rows), replace=False))
+    expected = table.take(pa.array(rows)).to_pylist()
+    store = get_feature_store(settings)
+    answer = store.get_online_features(
+        features=store.get_feature_service(settings.features.feature_service),
+        entity_rows=[{"customer_id": row["customer_id"]} for row in expected],
+    ).to_dict()
+    for position, row in enumerate(expected):
+        for name, value in row.items():
+            if name in ("customer_id", "event_timestamp", "created_timestamp"):
+                continue
+            got = answer[name][position]
+            same = (got is None and value != value) or got == value
+            if not same:
+                raise SystemExit(f"read mismatch for {row['customer_id']}.{name}: {got} != {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entities", type=int, default=1_000_000)
+    parser.add_argument(
+        "--stock-entities",
+        type=int,
+        default=100_000,
+        help="rows for stock materialize (extrapolated linearly when smaller)",
+    )
+    parser.add_argument("--quick", action="store_true", help="20k customers, 5k for stock")
+    args = parser.parse_args()
+    entities = 20_000 if args.quick else args.entities
+    stock_entities = min(5_000 if args.quick else args.stock_entities, entities)
+
+    from features.local_redis import local_redis_server
+    from features.store import materialize
+
+    with tempfile.TemporaryDirectory(prefix="omniretain_bench_mat_") as folder:
+        root = Path(folder)
+        source = root / "full.parquet"
+        started = time.perf_counter()
+        features = write_synthetic_snapshots(source, entities)
+        print(
+            f"synthetic parquet: {entities:,} x {features} in {time.perf_counter() - started:.1f} s"
+        )
+        stock_source = root / "stock.parquet"
+        pq.write_table(pq.read_table(source).slice(0, stock_entities), stock_source)
+
+        sqlite_state = state(root, "sqlite", source)
+        sqlite_run = materialize(sqlite_state)
+        check_reads(sqlite_state, source)
+        with local_redis_server() as redis:
+            redis_state = state(
+                root, "redis", source, online_store="redis", redis_connection_string=f"{redis},db=0"
+            )
+            redis_run = materialize(redis_state)
+            check_reads(redis_state, source)
+            stock_state = state(
+                root,
+                "stock",
+                stock_source,
+                online_store="redis",
+                redis_connection_string=f"{redis},db=1",
+            )
+            stock_run = materialize(stock_state, engine="feast")
+            check_reads(stock_state, stock_source)
+
+    extrapolated = stock_entities < entities
+    stock_seconds = stock_run["seconds"] * entities / stock_entities
+    figures = {
+        "entities": entities,
+        "features": features,
+        "sqlite_seconds": sqlite_run["seconds"],
+        "redis_seconds": redis_run["seconds"],
+        "stock_redis_seconds": round(stock_seconds, 1),
+        "stock_redis_measured_entities": stock_entities,
+        "stock_redis_measured_seconds": stock_run["seconds"],
+        "stock_redis_extrapolated": extrapolated,
+        "redis_speedup_vs_stock": round(stock_seconds / redis_run["seconds"], 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, py {platform.python_version()}",
+    }
+    print(f"\n{'step':<38}{'seconds':>10}")
+    print(f"{'ours -> SQLite':<38}{figures['sqlite_seconds']:>10.1f}")
+    print(f"{'ours -> Redis':<38}{figures['redis_seconds']:>10.1f}")
+    label = "stock Feast -> Redis" + (
+        f" (x{entities / stock_entities:g} extrapolated from {stock_entities:,})"
+        if extrapolated
+        else ""
+    )
+    print(f"{label:<38}{stock_seconds:>10.1f}")
+    print(
+        f"Redis speed-up vs stock: x{figures['redis_speedup_vs_stock']}; peak RSS "
+        f"{figures['peak_rss_mb']} MB; load average {' '.join(figures['loadavg'])}; "
+        "Feast reads checked equal to the parquet"
+    )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
