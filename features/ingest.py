@@ -546,13 +546,17 @@ def _text_columns_sql(mapping: dict[str, str | None], suffix: str) -> str:
 
 
 def _extra_columns_json_sql(extra: list[str], suffix: str) -> str:
-    """``_attributes``: the columns outside the contract as one JSON object of text values."""
+    """``_attributes``: the columns outside the contract as one JSON object of text values.
+
+    Keys are the trimmed, lower-cased column names, as contract columns are matched.
+    """
     if suffix == ".jsonl":
         return "doc AS _attributes"  # the whole object; contract keys are simply never read
     if not extra:
         return "'{}' AS _attributes"
     fields = ", ".join(
-        f"{sql_string(name.strip())}: CAST({sql_identifier(name)} AS VARCHAR)" for name in extra
+        f"{sql_string(name.strip().lower())}: CAST({sql_identifier(name)} AS VARCHAR)"
+        for name in extra
     )
     return f"to_json({{{fields}}})::VARCHAR AS _attributes"
 
@@ -583,33 +587,61 @@ def _null_safe_equal(columns: Sequence[str], left: str, right: str) -> str:
     )
 
 
+def _near_key_sql(feed: Feed, column: str, alias: str) -> str:
+    """A value to compare for near duplicates: identifiers in a cheap normal form.
+
+    Two exports spell one identifier differently (case, spaces, ``07911 123456`` vs
+    ``+44 7911 123456``); comparing emails lower-cased, phones by their last nine digits and
+    other ids without case or separators catches that without the full normalisers, and the
+    amount and the one-minute window keep false matches away.
+    """
+    value = f"{alias}.{sql_identifier(column)}"
+    id_type = feed.id_columns.get(column)
+    if id_type == "email":
+        return f"lower({value})"
+    if id_type == "phone":
+        return f"nullif(right(regexp_replace({value}, '[^0-9]', '', 'g'), 9), '')"
+    if id_type is not None:
+        return f"nullif(lower(regexp_replace({value}, '[\\s./@-]', '', 'g')), '')"
+    return value
+
+
 def near_duplicate_lines_sql(feed: Feed) -> str:
     """SELECT ``_line`` of the ``_fresh`` rows that repeat an event under another key.
 
-    Such a row has the same values in ``feed.near_duplicate_columns`` (nulls equal, at least
-    one identifier set) and a time within ``feed.near_duplicate_seconds`` of an accepted row,
-    or of an earlier line of the same file. Accepted rows are read only inside the file's own
-    time span (plus the tolerance), which keeps the check cheap on a large staging table.
+    Such a row has the same values in ``feed.near_duplicate_columns`` (identifiers compared in
+    a normal form, nulls equal, at least one identifier set) and a time within
+    ``feed.near_duplicate_seconds`` of an accepted row, or of an earlier line of the same file.
+    Accepted rows are read only inside the file's own time span (plus the tolerance), which
+    keeps the check cheap on a large staging table.
     """
     key, time_column = sql_identifier(feed.key), sql_identifier(feed.time_column)
-    columns = [sql_identifier(c) for c in feed.near_duplicate_columns]
-    identifiers = [sql_identifier(c) for c in feed.near_duplicate_columns if c in feed.id_columns]
+    compared = feed.near_duplicate_columns
+    names = [sql_identifier(f"_n{i}") for i in range(len(compared))]
+    identifiers = [n for n, c in zip(names, compared, strict=True) if c in feed.id_columns]
     tolerance = f"INTERVAL {int(feed.near_duplicate_seconds)} SECOND"
-    selected = ", ".join(columns)
+
+    def keyed(alias: str) -> str:
+        return ", ".join(
+            f"{_near_key_sql(feed, c, alias)} AS {n}" for c, n in zip(compared, names, strict=True)
+        )
+
+    equal = " AND ".join(f"f.{n} IS NOT DISTINCT FROM o.{n}" for n in names)
     return f"""
         WITH span AS (SELECT min({time_column}) - {tolerance} AS lo,
                              max({time_column}) + {tolerance} AS hi FROM _fresh),
+        mine AS (SELECT {keyed("x")}, x.{time_column}, x.{key}, x._line FROM _fresh x),
         others AS (
-            SELECT {selected}, {time_column}, {key}, NULL::BIGINT AS _line
-            FROM raw_{feed.name}, span WHERE {time_column} BETWEEN span.lo AND span.hi
-            UNION ALL SELECT {selected}, {time_column}, {key}, _line FROM _fresh)
-        SELECT DISTINCT f._line FROM _fresh f JOIN others o
-            ON {_null_safe_equal(feed.near_duplicate_columns, "f", "o")}
+            SELECT {keyed("s")}, s.{time_column}, s.{key}, NULL::BIGINT AS _line
+            FROM raw_{feed.name} s, span WHERE s.{time_column} BETWEEN span.lo AND span.hi
+            UNION ALL SELECT * FROM mine)
+        SELECT DISTINCT f._line FROM mine f JOIN others o
+            ON {equal}
            AND o.{key} <> f.{key}
            AND o.{time_column} BETWEEN f.{time_column} - {tolerance}
                                    AND f.{time_column} + {tolerance}
            AND (o._line IS NULL OR o._line < f._line)
-        WHERE coalesce({", ".join(f"f.{c}" for c in identifiers) or "NULL"}) IS NOT NULL"""
+        WHERE coalesce({", ".join(f"f.{n}" for n in identifiers) or "NULL"}) IS NOT NULL"""
 
 
 def _column_sql_type(table: str, column: str) -> str:
