@@ -1,0 +1,182 @@
+"""Latency and throughput of ``POST /recommend`` over real HTTP, next to the in-process floor.
+
+Starts ``bentoml serve`` on loopback on a trained state (``serving.server.running_server``),
+sends a bounded number of requests at concurrency 1, 16 and 64 (httpx async, one client), then
+``/recommend/batch`` if the service has it, and computes the same decisions in this process
+without HTTP (online feature read, both champions, TreeSHAP reasons, ``decide``): the floor.
+The load generator shares the 2 cores with the server: every figure here is pessimistic.
+
+    python benchmarks/latency.py --state-dir DIR [--quick]
+
+Last line: JSON with p50_ms_c1, p99_ms_c1, rps_c16, p99_ms_c16, rps_c64, p99_ms_c64,
+floor_p99_ms, batch_customers_per_s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+async def load(base_url: str, ids: list[str], concurrency: int, requests: int) -> dict:
+    """``requests`` POSTs with ``concurrency`` in flight; latencies in ms and requests/s."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    queue = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+
+        async def worker() -> None:
+            nonlocal errors
+            for index in queue:
+                body = {"customer_id": ids[index % len(ids)]}
+                started = time.perf_counter()
+                response = await client.post("/recommend", json=body)
+                latencies.append((time.perf_counter() - started) * 1000)
+                errors += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    values = np.array(latencies)
+    return {
+        "p50": float(np.percentile(values, 50)),
+        "p99": float(np.percentile(values, 99)),
+        "rps": requests / elapsed,
+        "errors": errors,
+    }
+
+
+def batch_throughput(base_url: str, ids: list[str], rounds: int) -> float | None:
+    """Customers per second through ``/recommend/batch``; None when the route does not exist."""
+    import httpx
+
+    body = {"customer_ids": ids[:1000]}
+    started = time.perf_counter()
+    for _ in range(rounds):
+        response = httpx.post(f"{base_url}/recommend/batch", json=body, timeout=120)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+    return rounds * len(body["customer_ids"]) / (time.perf_counter() - started)
+
+
+def in_process_floor(settings, ids: list[str], requests: int) -> dict[str, float]:
+    """The request's work without HTTP, with the cost of each step (ms, p50)."""
+    from features.store import OnlineFeatureReader
+    from serving.decision import decide
+    from serving.service import feature_vector
+    from training.registry import load_champion
+
+    churn = load_champion(settings, "churn").model
+    repurchase = load_champion(settings, "repurchase").model
+    reader = OnlineFeatureReader(settings)
+    steps: dict[str, list[float]] = {k: [] for k in ("read", "predict", "reasons", "decide")}
+    totals = []
+    for index in range(requests):
+        customer_id = ids[index % len(ids)]
+        t0 = time.perf_counter()
+        row = reader.get([customer_id])[0] or {}
+        t1 = time.perf_counter()
+        churn_row = feature_vector(row, churn.feature_names)
+        churn_p = float(churn.predict_proba(churn_row)[0, 1])
+        repurchase_p = float(
+            repurchase.predict_proba(feature_vector(row, repurchase.feature_names))[0, 1]
+        )
+        t2 = time.perf_counter()
+        contributions = churn.contributions(churn_row)[0, :-1]
+        by_name = dict(zip(churn.feature_names, contributions.tolist(), strict=True))
+        t3 = time.perf_counter()
+        decide(customer_id, row, churn_p, repurchase_p, by_name, settings.actions)
+        t4 = time.perf_counter()
+        for name, (a, b) in zip(steps, ((t0, t1), (t1, t2), (t2, t3), (t3, t4)), strict=True):
+            steps[name].append((b - a) * 1000)
+        totals.append((t4 - t0) * 1000)
+    figures = {f"{name}_p50_ms": float(np.percentile(v, 50)) for name, v in steps.items()}
+    figures["p50_ms"] = float(np.percentile(totals, 50))
+    figures["p99_ms"] = float(np.percentile(totals, 99))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, required=True, help="a trained state")
+    parser.add_argument("--quick", action="store_true", help="fewer requests")
+    args = parser.parse_args()
+    for name, value in {
+        "FEAST_USAGE": "False",
+        "BENTOML_DO_NOT_TRACK": "True",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+    }.items():
+        os.environ.setdefault(name, value)
+    os.environ["OMNIRETAIN_STATE_DIR"] = str(args.state_dir.resolve())
+
+    from omniretain.settings import load_settings
+    from serving.batch import features_path, read_latest_snapshot
+    from serving.server import running_server
+
+    settings = load_settings(state_dir=args.state_dir.resolve())
+    ids = read_latest_snapshot(features_path(settings))["customer_id"].astype(str).tolist()
+    requests = {1: 100, 16: 400, 64: 640} if args.quick else {1: 1000, 16: 4000, 64: 6400}
+
+    results: dict[int, dict] = {}
+    with running_server(settings) as base_url:
+        asyncio.run(load(base_url, ids, 4, 40))  # warm-up
+        for concurrency, count in requests.items():
+            results[concurrency] = asyncio.run(load(base_url, ids, concurrency, count))
+        batch = batch_throughput(base_url, ids, 2 if args.quick else 10)
+    floor = in_process_floor(settings, ids, requests[1])
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load "
+        f"{open('/proc/loadavg').read().split()[:3]} (load generator on the same cores)"
+    )
+    print(f"{'concurrency':>12}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}")
+    for concurrency, figures in results.items():
+        print(
+            f"{concurrency:>12}{requests[concurrency]:>10}{figures['p50']:>9.1f}"
+            f"{figures['p99']:>9.1f}{figures['rps']:>9.0f}{figures['errors']:>8}"
+        )
+    print(
+        "in-process floor (ms, p50 per step): "
+        + ", ".join(
+            f"{k.removesuffix('_p50_ms')} {v:.2f}"
+            for k, v in floor.items()
+            if k.endswith("_p50_ms")
+        )
+        + f"; total p50 {floor['p50_ms']:.2f}, p99 {floor['p99_ms']:.2f}"
+    )
+    print(f"HTTP p50 at c1 / floor p50 = {results[1]['p50'] / floor['p50_ms']:.1f}x")
+    print(f"/recommend/batch: {batch:,.0f} customers/s" if batch else "/recommend/batch: absent")
+    print(
+        json.dumps(
+            {
+                "p50_ms_c1": round(results[1]["p50"], 2),
+                "p99_ms_c1": round(results[1]["p99"], 2),
+                "rps_c16": round(results[16]["rps"], 1),
+                "p99_ms_c16": round(results[16]["p99"], 2),
+                "rps_c64": round(results[64]["rps"], 1),
+                "p99_ms_c64": round(results[64]["p99"], 2),
+                "floor_p99_ms": round(floor["p99_ms"], 2),
+                "batch_customers_per_s": round(batch, 1) if batch else None,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

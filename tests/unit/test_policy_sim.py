@@ -1,0 +1,75 @@
+"""Policy valuation against the truth: gains follow the simulator's clip, budgets of contacts
+are respected, the oracle is never beaten at equal contacts."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from omniretain.policy_sim import (
+    NO_CHOICE,
+    limit_contacts,
+    net_gain_matrix,
+    oracle_policy,
+    policy_value,
+    random_policy,
+    retained_gain,
+    top_risk_policy,
+)
+
+
+def test_gain_is_clipped_like_the_simulator_and_zero_for_the_churned() -> None:
+    p0 = np.array([0.05, 0.5, 0.5, 0.9])
+    effect = np.array([-0.2, -0.2, 0.1, 0.2])
+    alive = np.array([True, True, False, True])
+    gain = retained_gain(p0, effect, alive)
+    np.testing.assert_allclose(gain, [0.05 - 5e-4, 0.2, 0.0, 0.9 - 0.95])
+
+
+def test_no_action_is_worth_zero() -> None:
+    net = np.ones((3, 2))
+    assert policy_value(net, np.full(3, NO_CHOICE)) == 0.0
+
+
+population = st.integers(1, 40).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.floats(0.001, 0.9), min_size=n, max_size=n),
+        st.lists(st.lists(st.floats(-0.3, 0.15), min_size=3, max_size=3), min_size=n, max_size=n),
+        st.lists(st.booleans(), min_size=n, max_size=n),
+        st.lists(st.floats(0, 3000), min_size=n, max_size=n),
+        st.integers(0, n),
+    )
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(population)
+def test_oracle_is_the_best_at_equal_contacts(drawn) -> None:
+    p0, effects, alive, value, contacts = (np.array(x) for x in drawn)
+    costs = np.array([6.0, 3.0, 0.2])
+    net = net_gain_matrix(p0, effects, alive, value, costs)
+    allowed = np.ones_like(net, dtype=bool)
+    oracle = oracle_policy(net, allowed, int(contacts))
+    rng = np.random.default_rng(0)
+    others = [
+        random_policy(allowed, int(contacts), rng),
+        top_risk_policy(allowed, p0, net.mean(axis=0), int(contacts)),
+    ]
+    assert policy_value(net, oracle) >= 0.0
+    for choice in [oracle, *others]:
+        assert (choice != NO_CHOICE).sum() <= contacts
+    for choice in others:
+        assert policy_value(net, oracle) >= policy_value(net, choice) - 1e-9
+
+
+def test_policies_respect_what_is_allowed() -> None:
+    allowed = np.array([[False, True], [False, False], [True, False]])
+    rng = np.random.default_rng(1)
+    choice = random_policy(allowed, 3, rng)
+    assert choice.tolist() == [1, NO_CHOICE, 0]
+    assert limit_contacts(choice, np.array([0.1, 0.9, 0.5]), 1).tolist() == [
+        NO_CHOICE,
+        NO_CHOICE,
+        0,
+    ]
