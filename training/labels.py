@@ -19,6 +19,7 @@ Labels never read anything after ``c + window``: changing later purchases change
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -160,3 +161,94 @@ def label_frame(
     for column in (CHURN_LABEL, REPURCHASE_LABEL):
         labels[column] = labels[column].astype("Int8")
     return labels[[*keys, CHURN_LABEL, REPURCHASE_LABEL]].sort_values(keys, ignore_index=True)
+
+
+# ---- labels a retailer defines itself ----------------------------------------------------------
+
+LABEL_FILE_COLUMNS = ("customer_id", "cutoff", "label")
+
+
+class LabelFileError(ValueError):
+    """A label file is malformed; the message names the file, the column and the bad rows."""
+
+
+def read_label_file(path: str | Path) -> pd.DataFrame:
+    """Read a retailer's label file (CSV or Parquet: ``customer_id``, ``cutoff``, ``label``)."""
+    path = Path(path)
+    if not path.exists():
+        raise LabelFileError(f"label file {path} does not exist")
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        raw = pd.read_parquet(path)
+    else:
+        raw = pd.read_csv(path, dtype={"customer_id": str})
+    return parse_label_file(raw, source=str(path))
+
+
+def parse_label_file(raw: pd.DataFrame, source: str = "label file") -> pd.DataFrame:
+    """Validate a label file's rows and return them as training labels.
+
+    Each row says: at ``cutoff`` (a date or timestamp, UTC), customer ``customer_id`` went on to
+    have the outcome ``label`` (1 = the event the retailer wants to prevent, e.g. "contract
+    cancelled"; 0 = not). Features are taken as of the cutoff (events strictly before it), so the
+    file decides what the model learns, never what it sees.
+
+    Returns:
+        ``customer_id`` (str), ``event_timestamp`` (tz-aware UTC), ``churned`` (Int8), sorted.
+
+    Raises:
+        LabelFileError: a column is missing, a cutoff does not parse, a label is not 0/1, or a
+            (customer, cutoff) pair appears twice with different labels.
+    """
+    missing = [column for column in LABEL_FILE_COLUMNS if column not in raw.columns]
+    if missing:
+        raise LabelFileError(
+            f"{source}: missing column(s) {missing}; expected {list(LABEL_FILE_COLUMNS)}"
+        )
+    frame = raw[list(LABEL_FILE_COLUMNS)].copy()
+    empty_ids = frame["customer_id"].isna() | (frame["customer_id"].astype(str).str.strip() == "")
+    if empty_ids.any():
+        raise LabelFileError(f"{source}: empty customer_id on row(s) {_rows(empty_ids)}")
+    cutoffs = pd.to_datetime(frame["cutoff"], errors="coerce", utc=True, format="mixed")
+    if cutoffs.isna().any():
+        raise LabelFileError(f"{source}: unparsable cutoff on row(s) {_rows(cutoffs.isna())}")
+    labels = pd.to_numeric(frame["label"].replace({True: 1, False: 0}), errors="coerce")
+    bad_labels = ~labels.isin([0, 1])
+    if bad_labels.any():
+        raise LabelFileError(f"{source}: label must be 0 or 1 on row(s) {_rows(bad_labels)}")
+    parsed = pd.DataFrame(
+        {
+            "customer_id": frame["customer_id"].astype(str).str.strip().to_numpy(),
+            "event_timestamp": cutoffs.astype("datetime64[ns, UTC]").to_numpy(),
+            CHURN_LABEL: labels.astype("int64").to_numpy(),
+        }
+    )
+    parsed["event_timestamp"] = to_utc_aware(parsed["event_timestamp"])
+    keys = ["customer_id", "event_timestamp"]
+    conflicting = parsed.groupby(keys)[CHURN_LABEL].nunique() > 1
+    if conflicting.any():
+        first = conflicting[conflicting].index[0]
+        raise LabelFileError(
+            f"{source}: customer {first[0]} has different labels at cutoff {first[1]}"
+        )
+    parsed = parsed.drop_duplicates(keys)
+    parsed[CHURN_LABEL] = parsed[CHURN_LABEL].astype("Int8")
+    return parsed.sort_values(keys, ignore_index=True)
+
+
+def _rows(mask: pd.Series, limit: int = 5) -> list[int]:
+    """1-based data row numbers of the first ``limit`` offending rows (header is row 0)."""
+    return [int(index) + 1 for index in np.flatnonzero(mask.to_numpy())[:limit]]
+
+
+def replace_churn_labels(computed: pd.DataFrame, file_labels: pd.DataFrame) -> pd.DataFrame:
+    """The computed label frame with its churn label replaced by the retailer's labels.
+
+    The repurchase label stays as computed; rows only in the file are added (repurchase
+    missing), computed rows absent from the file lose their churn label (missing, not 0).
+    """
+    keys = ["customer_id", "event_timestamp"]
+    kept = computed.drop(columns=[CHURN_LABEL])
+    merged = kept.merge(file_labels[[*keys, CHURN_LABEL]], on=keys, how="outer")
+    for column in (CHURN_LABEL, REPURCHASE_LABEL):
+        merged[column] = merged[column].astype("Int8")
+    return merged[[*keys, CHURN_LABEL, REPURCHASE_LABEL]].sort_values(keys, ignore_index=True)

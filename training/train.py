@@ -30,7 +30,13 @@ import pandas as pd
 
 from features.contract import ENTITY_KEY
 from omniretain.settings import Settings
-from training.labels import LABEL_COLUMNS, label_frame, to_utc_aware
+from training.labels import (
+    LABEL_COLUMNS,
+    label_frame,
+    read_label_file,
+    replace_churn_labels,
+    to_utc_aware,
+)
 from training.model import (
     CalibratedClassifier,
     IsotonicCalibrator,
@@ -49,6 +55,8 @@ from training.report import log_model_report
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
+
+    from training.value import ValueReport
 
 FEATURES_FILE = "customer_features.parquet"
 TIMESTAMP_COLUMN = "event_timestamp"
@@ -100,7 +108,7 @@ def read_purchases_and_data_end(settings: Settings) -> tuple[pd.DataFrame, pd.Ti
         if "purchases" not in tables:
             raise TrainingDataError(f"{path} has no purchases table: run `omniretain ingest`")
         purchases = connection.execute(
-            "SELECT customer_id, occurred_at, coalesce(is_return, false) AS is_return "
+            "SELECT customer_id, occurred_at, amount, coalesce(is_return, false) AS is_return "
             "FROM purchases WHERE customer_id IS NOT NULL"
         ).df()
         ends = [
@@ -114,8 +122,12 @@ def read_purchases_and_data_end(settings: Settings) -> tuple[pd.DataFrame, pd.Ti
     return purchases, pd.Timestamp(max(ends))
 
 
-def build_training_frame(settings: Settings) -> pd.DataFrame:
+def build_training_frame(settings: Settings, labels_file: Path | None = None) -> pd.DataFrame:
     """Labels at the eligible cutoffs joined with point-in-time features from Feast.
+
+    With ``labels_file`` (customer_id, cutoff, label), the retailer's labels replace the
+    computed churn label (see :func:`training.labels.replace_churn_labels`); their cutoffs may be
+    any time up to the data end, and features are read as of each cutoff all the same.
 
     Returns:
         One row per customer and eligible cutoff: ``customer_id``, ``event_timestamp``,
@@ -140,6 +152,16 @@ def build_training_frame(settings: Settings) -> pd.DataFrame:
             f"has a full label window before the data end {data_end}: simulate or ingest more "
             "months, or build snapshots earlier"
         )
+    if labels_file is not None:
+        file_labels = read_label_file(labels_file)
+        late = file_labels["event_timestamp"] > to_utc_aware([data_end])[0]
+        if late.any():
+            raise TrainingDataError(
+                f"{labels_file}: {int(late.sum())} label(s) have a cutoff after the data end "
+                f"{data_end} (first: {file_labels.loc[late, 'event_timestamp'].iloc[0]}); "
+                "features do not exist there yet"
+            )
+        labels = replace_churn_labels(labels, file_labels)
     entity_df = labels.astype({column: "float64" for column in LABEL_COLUMNS.values()})
     frame = historical_features(settings, entity_df)
     if len(frame) != len(entity_df):
@@ -280,10 +302,18 @@ class TrainedTarget:
     metrics: dict[str, dict[str, float]]
 
 
-def train_target(settings: Settings, frame: pd.DataFrame, kind: str) -> TrainedTarget:
-    """Fit, calibrate and evaluate one target, with its baselines, on the time split."""
+def train_target(
+    settings: Settings, frame: pd.DataFrame, kind: str, holdout_snapshots: int | None = None
+) -> TrainedTarget:
+    """Fit, calibrate and evaluate one target, with its baselines, on the time split.
+
+    ``holdout_snapshots`` defaults to ``training.holdout_snapshots`` (the backtest passes 1).
+    """
     label = LABEL_COLUMNS[kind]
-    split = time_split(frame, label, settings.training.holdout_snapshots)
+    holdout = (
+        settings.training.holdout_snapshots if holdout_snapshots is None else holdout_snapshots
+    )
+    split = time_split(frame, label, holdout)
     columns = feature_columns(frame)
     if not columns:
         raise TrainingDataError("the training frame has no numeric feature column")
@@ -356,6 +386,8 @@ class TrainReport:
     tracking_uri: str
     feature_service: str
     n_features: int
+    value: ValueReport | None = None
+    value_skipped: str | None = None
 
     def render(self) -> RenderableType:
         """A rich table for the CLI: holdout metrics of each model beside its baselines."""
@@ -384,6 +416,10 @@ class TrainReport:
                 for name, size in report.splits.items()
             )
             parts += [table, f"  {sizes}; {report.best_iteration} trees; run {report.run_id}"]
+        if self.value is not None:
+            parts.append(self.value.render())
+        elif self.value_skipped:
+            parts.append(f"value model skipped: {self.value_skipped}")
         parts.append(
             f"{self.n_features} features from {self.feature_service}; reference for drift: "
             f"{self.reference_path}; MLflow: {self.tracking_uri}"
@@ -600,27 +636,46 @@ def write_reference(settings: Settings, reference: pd.DataFrame) -> Path:
     return path
 
 
-def train(settings: Settings, progress: bool = True) -> TrainReport:
-    """Train both targets, then log, register and gate them, and write the drift reference."""
+def train(
+    settings: Settings, progress: bool = True, labels_file: Path | None = None
+) -> TrainReport:
+    """Train both targets, then log, register and gate them, and write the drift reference.
+
+    Args:
+        labels_file: optional retailer label file that replaces the computed churn label.
+    """
     import mlflow
     from tqdm import tqdm
 
-    steps = tqdm(total=4, desc="train", disable=not progress, leave=False)
+    from training.value import ValueDataError, log_and_register_value, train_value, value_frame
+
+    steps = tqdm(total=5, desc="train", disable=not progress, leave=False)
     steps.set_postfix_str("training frame")
-    frame = build_training_frame(settings)
+    frame = build_training_frame(settings, labels_file)
     purchases_end = frame.attrs.get("data_end")
     steps.update()
     trained: dict[str, TrainedTarget] = {}
-    for kind in MODEL_NAMES:
+    for kind in LABEL_COLUMNS:  # the classifiers; value and uplift are trained below
         steps.set_postfix_str(f"fit {kind}")
         trained[kind] = train_target(settings, frame, kind)
         steps.update()
+    steps.set_postfix_str("fit value")
+    purchases, data_end = read_purchases_and_data_end(settings)
+    try:
+        trained_value = train_value(settings, value_frame(settings, frame, purchases, data_end))
+        value_skipped = None
+    except ValueDataError as error:  # a short history still trains churn; the reason is shown
+        trained_value, value_skipped = None, str(error)
+    steps.update()
     steps.set_postfix_str("register")
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     reports = {
         kind: log_and_register(settings, target, purchases_end) for kind, target in trained.items()
     }
+    value_report = (
+        log_and_register_value(settings, trained_value) if trained_value is not None else None
+    )
     reference_path = write_reference(
         settings, reference_features(trained["churn"], settings.monitoring.sample_rows)
     )
@@ -632,4 +687,6 @@ def train(settings: Settings, progress: bool = True) -> TrainReport:
         tracking_uri=settings.mlflow_tracking_uri,
         feature_service=settings.features.feature_service,
         n_features=len(trained["churn"].model.feature_names),
+        value=value_report,
+        value_skipped=value_skipped,
     )

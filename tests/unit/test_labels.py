@@ -143,3 +143,80 @@ def test_missing_columns_are_reported() -> None:
 def test_no_cutoff_gives_an_empty_typed_frame() -> None:
     labels = churn_labels(purchases(("a", "2025-01-01", False)), [], 30)
     assert labels.empty and list(labels.columns) == ["customer_id", "event_timestamp", "churned"]
+
+
+# ---- label files ---------------------------------------------------------------------------
+
+
+def _label_rows(**columns) -> pd.DataFrame:
+    base = {
+        "customer_id": ["a", "b"],
+        "cutoff": ["2025-05-01", "2025-06-01T00:00:00Z"],
+        "label": [1, 0],
+    }
+    return pd.DataFrame({**base, **columns})
+
+
+def test_label_file_rows_become_utc_churn_labels() -> None:
+    from training.labels import parse_label_file
+
+    parsed = parse_label_file(_label_rows())
+    assert parsed["customer_id"].tolist() == ["a", "b"]
+    assert str(parsed["event_timestamp"].dt.tz) == "UTC"
+    assert parsed["event_timestamp"].iloc[0] == pd.Timestamp("2025-05-01", tz="UTC")
+    assert parsed["churned"].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"label": [1, 2]}, "0 or 1"),
+        ({"cutoff": ["2025-05-01", "not a date"]}, "unparsable cutoff"),
+        ({"customer_id": ["a", None]}, "empty customer_id"),
+    ],
+)
+def test_label_file_errors_name_the_rows(columns, message) -> None:
+    from training.labels import LabelFileError, parse_label_file
+
+    with pytest.raises(LabelFileError, match=message) as error:
+        parse_label_file(_label_rows(**columns))
+    assert "[2]" in str(error.value)
+
+
+def test_label_file_needs_its_three_columns() -> None:
+    from training.labels import LabelFileError, parse_label_file
+
+    with pytest.raises(LabelFileError, match="missing column"):
+        parse_label_file(_label_rows().drop(columns=["label"]))
+
+
+def test_label_file_refuses_contradicting_duplicates(tmp_path) -> None:
+    from training.labels import LabelFileError, read_label_file
+
+    path = tmp_path / "labels.csv"
+    pd.DataFrame(
+        {"customer_id": ["a", "a"], "cutoff": ["2025-05-01", "2025-05-01"], "label": [1, 0]}
+    ).to_csv(path, index=False)
+    with pytest.raises(LabelFileError, match="different labels"):
+        read_label_file(path)
+
+
+def test_file_labels_replace_churn_and_keep_repurchase() -> None:
+    from training.labels import parse_label_file, replace_churn_labels
+
+    at = pd.Timestamp("2025-05-01", tz="UTC")
+    computed = pd.DataFrame(
+        {
+            "customer_id": ["a", "c"],
+            "event_timestamp": [at, at],
+            "churned": pd.array([0, 1], dtype="Int8"),
+            "repurchased": pd.array([1, 0], dtype="Int8"),
+        }
+    )
+    file_labels = parse_label_file(
+        pd.DataFrame({"customer_id": ["a", "z"], "cutoff": ["2025-05-01"] * 2, "label": [1, 1]})
+    )
+    merged = replace_churn_labels(computed, file_labels).set_index("customer_id")
+    assert merged.loc["a", "churned"] == 1 and merged.loc["a", "repurchased"] == 1
+    assert pd.isna(merged.loc["c", "churned"]) and merged.loc["c", "repurchased"] == 0
+    assert merged.loc["z", "churned"] == 1 and pd.isna(merged.loc["z", "repurchased"])
