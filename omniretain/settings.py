@@ -90,6 +90,14 @@ class ApiKey(BaseModel):
     scopes: list[Literal["recommend", "feedback", "admin"]]
 
 
+class ApiKey(BaseModel):
+    """One API key, stored as the SHA-256 hex of the key (``serving.auth.new_key`` makes one)."""
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[Literal["recommend", "feedback", "admin"]]
+
+
 class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)

@@ -204,7 +204,10 @@ def test_recommend_scores_a_known_customer_with_the_champions(
     assert action["action"] in catalogue
     assert action["channel"] in catalogue[action["action"]].channels
     assert action["reasons"] and all(isinstance(reason, str) for reason in action["reasons"])
-    assert body["model_versions"] == champion_versions(served_state)
+    versions = {k: v for k, v in body["model_versions"].items() if v is not None}
+    assert versions == champion_versions(served_state)
+    assert len(body["decision_id"]) == 32 and body["control_group"] in (True, False)
+    assert body["cold_start"] is False and 0 < body["propensity"] <= 1
     assert body["feature_service"] == served_state.features.feature_service
     assert len(body["alternatives"]) <= 3
 
@@ -225,7 +228,8 @@ def test_every_customer_gets_a_consented_channel_and_an_eligible_action(
         if decision["action"] == "no_action":
             assert channel == "none" and decision["expected_value"] == 0
             continue
-        assert decision["expected_value"] > 0
+        if not response.json()["explored"]:  # exploration may pick an option worth less
+            assert decision["expected_value"] > 0
         if channel not in CHANNELS_WITHOUT_CONSENT:
             assert row[CONSENT_FEATURE_BY_CHANNEL[channel]] == 1.0, (customer_id, decision)
         if decision["action"] == "service_callback":
@@ -235,11 +239,110 @@ def test_every_customer_gets_a_consented_channel_and_an_eligible_action(
     assert len(actions_seen) >= 2, f"one answer for everyone is suspicious: {actions_seen}"
 
 
-def test_unknown_customer_is_a_404_naming_it(client: Any) -> None:
+def test_unknown_customer_gets_the_cold_start_decision(client: Any) -> None:
     response = client.post("/recommend", json={"customer_id": "NOBODY-42"})
-    assert response.status_code == 404
-    assert response.json()["customer_id"] == "NOBODY-42"
-    assert "NOBODY-42" in response.json()["error"]
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["customer_id"] == "NOBODY-42" and body["cold_start"] is True
+    assert body["next_best_action"]["channel"] in {"none", "store", "web"}  # no consent known
+    assert "Cold start" in body["next_best_action"]["reasons"][0]
+
+
+def test_batch_scores_known_and_unknown_ids(client: Any, serving_rows: pd.DataFrame) -> None:
+    ids = [*serving_rows.index[:20], "NOBODY-1"]
+    response = client.post("/recommend/batch", json={"customer_ids": ids})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["count"], body["cold_start"]) == (21, 1)
+    assert [r["customer_id"] for r in body["results"]] == ids
+    assert len({r["decision_id"] for r in body["results"]}) == 21
+
+
+def test_batch_over_the_limit_is_a_413_naming_the_field(client: Any) -> None:
+    ids = [f"C{i}" for i in range(10_001)]
+    response = client.post("/recommend/batch", json={"customer_ids": ids})
+    assert response.status_code == 413
+    assert "customer_ids" in response.json()["error"] and "10000" in response.json()["error"]
+
+
+def test_the_request_context_changes_the_decision(client: Any, serving_rows: pd.DataFrame) -> None:
+    """A low-risk customer with no cart gets nothing; with a cart in hand, a cart reminder."""
+    changed = 0
+    for customer_id in serving_rows.index[:40]:
+        plain = client.post("/recommend", json={"customer_id": customer_id}).json()
+        cart = {"cart": [{"product_id": "P1", "quantity": 2, "unit_price": 80.0}]}
+        with_cart = client.post(
+            "/recommend", json={"customer_id": customer_id, "context": cart}
+        ).json()
+        if plain["explored"] or with_cart["explored"] or plain["control_group"]:
+            continue
+        actions = plain["next_best_action"]["action"], with_cart["next_best_action"]["action"]
+        changed += actions[0] != actions[1]
+    assert changed > 0
+
+
+def test_feedback_is_stored_and_counted_by_the_contact_policy(
+    client: Any, served_state: Settings, serving_rows: pd.DataFrame
+) -> None:
+    from serving.policy import ContactStore, contacts_path
+
+    customer_id = serving_rows.index[1]
+    feedback = {
+        "decision_id": "d-test-1",
+        "customer_id": customer_id,
+        "action": "retention_discount",
+        "channel": "email",
+        "outcome": "sent",
+    }
+    response = client.post("/feedback", json=feedback)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"decision_id": "d-test-1", "stored": True}
+    store = ContactStore(contacts_path(served_state))
+    assert store.recent(customer_id)[0]["channel"] == "email"
+    body = client.post("/recommend", json={"customer_id": customer_id}).json()
+    assert body["next_best_action"]["channel"] != "email"  # 1 email a week: cap reached
+    assert body["next_best_action"]["action"] != "retention_discount"  # its cooldown
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"outcome": "teleported"}, "outcome"), ({"channel": "pigeon"}, "channel")],
+)
+def test_bad_feedback_is_422_naming_the_field(client: Any, change: dict, field: str) -> None:
+    feedback = {
+        "decision_id": "d",
+        "customer_id": "C0001",
+        "action": "retention_discount",
+        "channel": "email",
+        "outcome": "sent",
+        **change,
+    }
+    response = client.post("/feedback", json=feedback)
+    assert response.status_code == 422 and field in response.json()["error"]
+
+
+def test_profile_merges_what_an_agent_needs(client: Any, serving_rows: pd.DataFrame) -> None:
+    customer_id = serving_rows.index[2]
+    response = client.get(f"/profile/{customer_id}")
+    assert response.status_code == 200, response.text
+    profile = response.json()
+    assert profile["known"] and profile["warehouse_available"], profile
+    assert profile["last_purchases"] and profile["channels_used"]
+    assert 0 <= profile["scores"]["churn_probability"] <= 1
+    assert client.get("/profile/NOBODY-9").status_code == 404
+
+
+def test_a_cart_abandonment_event_returns_the_triggered_decision(
+    client: Any, serving_rows: pd.DataFrame
+) -> None:
+    customer_id = serving_rows.index[3]
+    event = {"customer_id": customer_id, "event_type": "cart_abandoned", "cart_value": 150.0}
+    response = client.post("/events", json=event)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["pushed"] is True and body["decision"]["customer_id"] == customer_id
+    case = client.post("/events", json={"customer_id": customer_id, "event_type": "case_opened"})
+    assert case.status_code == 200 and case.json()["decision"] is None
 
 
 MALFORMED_BODIES: dict[str, tuple[bytes, str]] = {
@@ -304,3 +407,100 @@ def test_feature_vector_follows_the_model_order_with_nan_for_missing() -> None:
 
 def test_state_dir_reaches_the_service_through_the_environment(served_state: Settings) -> None:
     assert load_settings().state_dir == Path(served_state.state_dir)
+
+
+# ---- the real server over HTTP: `bentoml serve` with API keys ------------------------------
+RECOMMEND_KEY, FEEDBACK_KEY = "test-recommend-key", "test-feedback-key"
+
+
+@pytest.fixture(scope="module")
+def http_server(served_state: Settings) -> Iterator[str]:
+    """``bentoml serve`` on loopback with two API keys and a small batch limit (from the env)."""
+    from serving.auth import hash_key
+    from serving.server import running_server
+
+    keys = [
+        {"name": "crm", "sha256": hash_key(RECOMMEND_KEY), "scopes": ["recommend"]},
+        {"name": "events", "sha256": hash_key(FEEDBACK_KEY), "scopes": ["feedback"]},
+    ]
+    env = {
+        "OMNIRETAIN_SERVING__API_KEYS": json.dumps(keys),
+        "OMNIRETAIN_SERVING__MAX_BATCH_IDS": "50",
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        with running_server(served_state, timeout_s=240) as base_url:
+            yield base_url
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def test_http_probes_are_open_and_the_api_needs_a_key(http_server: str) -> None:
+    import httpx
+
+    assert httpx.get(f"{http_server}/healthz").status_code == 200
+    assert httpx.get(f"{http_server}/readyz").status_code == 200
+    missing = httpx.post(f"{http_server}/recommend", json={"customer_id": "C0001"})
+    assert missing.status_code == 401 and "API key" in missing.json()["error"]
+    wrong = httpx.post(
+        f"{http_server}/recommend", json={"customer_id": "C0001"}, headers={"X-API-Key": "x"}
+    )
+    assert wrong.status_code == 401
+    scope = httpx.post(
+        f"{http_server}/events",
+        json={"customer_id": "C0001", "event_type": "case_opened"},
+        headers={"Authorization": f"Bearer {RECOMMEND_KEY}"},
+    )
+    assert scope.status_code == 403 and "feedback" in scope.json()["error"]
+
+
+def test_http_every_endpoint_with_its_key(http_server: str, serving_rows: pd.DataFrame) -> None:
+    import httpx
+
+    reader = {"Authorization": f"Bearer {RECOMMEND_KEY}"}
+    writer = {"X-API-Key": FEEDBACK_KEY}
+    customer_id = serving_rows.index[5]
+    with httpx.Client(base_url=http_server, timeout=60) as http:
+        one = http.post("/recommend", json={"customer_id": customer_id}, headers=reader)
+        assert one.status_code == 200, one.text
+        body = one.json()
+        assert {"decision_id", "control_group", "model_versions", "cold_start"} <= set(body)
+
+        batch = http.post(
+            "/recommend/batch", json={"customer_ids": list(serving_rows.index[:10])}, headers=reader
+        )
+        assert batch.status_code == 200 and batch.json()["count"] == 10
+        too_many = http.post(
+            "/recommend/batch", json={"customer_ids": [f"C{i}" for i in range(51)]}, headers=reader
+        )
+        assert too_many.status_code == 413 and "customer_ids" in too_many.json()["error"]
+
+        feedback = {
+            "decision_id": body["decision_id"],
+            "customer_id": customer_id,
+            "action": "free_shipping",
+            "channel": "app",
+            "outcome": "opened",
+        }
+        assert http.post("/feedback", json=feedback, headers=writer).status_code == 200
+
+        profile = http.get(f"/profile/{customer_id}", headers=reader)
+        assert profile.status_code == 200, profile.text
+        assert profile.json()["recent_contacts"][0]["channel"] == "app"
+        assert http.get(f"/profile/{customer_id}").status_code == 401
+
+        event = http.post(
+            "/events",
+            json={"customer_id": customer_id, "event_type": "cart_abandoned", "cart_value": 99.0},
+            headers=writer,
+        )
+        assert event.status_code == 200, event.text
+        assert event.json()["decision"]["customer_id"] == customer_id
+
+        bad = http.post("/recommend", json={"customer_id": ""}, headers=reader)
+        assert bad.status_code == 422 and "customer_id" in bad.json()["error"]
