@@ -82,13 +82,6 @@ class TrainingSettings(BaseModel):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_connection_string: str = "localhost:6379"  # Feast's form: host:port[,db=0,...]
 
-class ApiKey(BaseModel):
-    """One API key, stored as the SHA-256 hex of the key (``omniretain api-key`` makes one)."""
-
-    name: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    scopes: list[Literal["recommend", "feedback", "admin"]]
-
 
 class ApiKey(BaseModel):
     """One API key, stored as the SHA-256 hex of the key (``serving.auth.new_key`` makes one)."""
