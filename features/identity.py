@@ -66,11 +66,12 @@ def normalise_email(raw: str | None) -> str | None:
 
 
 def normalise_phone(raw: str | None, default_region: str = "GB") -> str | None:
-    """E.164 form of a phone number (``+447911123456``); ``None`` when it is not a valid number.
+    """E.164 form of a phone number (``+447911123456``); ``None`` when it is not a number.
 
-    Numbers without a country code are read as ``default_region``. Only numbers that
-    ``phonenumbers`` deems valid are kept: a placeholder like ``0000000000`` shared by many
-    records would otherwise merge unrelated people.
+    Numbers without a country code are read as ``default_region``. Kept: numbers that
+    ``phonenumbers`` deems valid, and numbers of a possible length in unlisted ranges unless
+    they look like placeholders; a placeholder like ``0000000000`` shared by many records
+    would otherwise merge unrelated people.
     """
     if raw is None:
         return None
@@ -81,9 +82,26 @@ def normalise_phone(raw: str | None, default_region: str = "GB") -> str | None:
         parsed = phonenumbers.parse(text, default_region.upper())
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(parsed):
+    if not (phonenumbers.is_valid_number(parsed) or _plausible_unlisted_number(parsed)):
         return None
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _plausible_unlisted_number(parsed: phonenumbers.PhoneNumber) -> bool:
+    """A number of a possible length outside the ranges ``phonenumbers`` lists as allocated.
+
+    Real customer data holds numbers the library's metadata calls invalid (new or re-used
+    ranges, such as UK 076xx mobiles); refusing them lost about one phone in ten here and
+    split those customers. Placeholders are still refused: they have a run of one digit or
+    count up (``07000 000000``, ``01234 567890``).
+    """
+    reason = phonenumbers.is_possible_number_with_reason(parsed)
+    if reason != phonenumbers.ValidationResult.IS_POSSIBLE:  # not even "local only"
+        return False
+    national = str(parsed.national_number)
+    if len(set(national)) < 3:
+        return False
+    return not any(run in national for run in ("1234567", "0000000"))
 
 
 def _phone_candidate(
