@@ -30,7 +30,7 @@ import pandas as pd
 from pydantic import BaseModel, computed_field
 
 from features.contract import ENTITY_KEY
-from omniretain.settings import Settings
+from omniretain.settings import DriftSettings, Settings
 
 if TYPE_CHECKING:  # pragma: no cover - typing only, evidently is imported lazily
     from evidently.core.report import Snapshot
@@ -211,6 +211,20 @@ def drifted_share(per_column: dict[str, bool]) -> float:
     return sum(per_column.values()) / len(per_column) if per_column else 0.0
 
 
+def declared_columns(frame: pd.DataFrame, config: DriftSettings) -> pd.DataFrame:
+    """The configured id and timestamp columns under the names this module declares.
+
+    Feeds from elsewhere may call them differently; renamed here, they are declared to
+    Evidently as id and timestamp and never drift-tested.
+    """
+    renames = {
+        config.id_column: ENTITY_KEY,
+        config.timestamp_column: TIMESTAMP_COLUMN,
+    }
+    renames = {k: v for k, v in renames.items() if k != v and k in frame.columns}
+    return frame.rename(columns=renames) if renames else frame
+
+
 def _is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
 
@@ -351,18 +365,36 @@ def small_sample_methods(
     return methods
 
 
+def column_methods(
+    small_sample: dict[str, str], columns: list[str], config: DriftSettings
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Method and threshold per tested column: configured ones win over the small-sample K-S.
+
+    A configured default method replaces the small-sample choice too (the user asked for it);
+    only columns actually tested are passed on, so a config naming a feature the model no
+    longer has does not break the report.
+    """
+    methods = {} if config.default_method else dict(small_sample)
+    methods.update({c: m for c, m in config.per_feature_method.items() if c in columns})
+    thresholds = {c: t for c, t in config.per_feature_threshold.items() if c in columns}
+    return {c: m for c, m in methods.items() if c in columns}, thresholds
+
+
 # ---- Evidently (lazy import) -----------------------------------------------------------------
 def run_evidently(
     current: pd.DataFrame,
     reference: pd.DataFrame,
     columns: list[str],
     share_threshold: float,
+    config: DriftSettings | None = None,
 ) -> Snapshot:
     """Run ``DataDriftPreset`` on ``columns`` (current first, as Evidently 0.7 wants).
 
     The id and timestamp are declared in the data definition so they are not drift-tested, and
     the preset's share threshold is ours, so the HTML's dataset verdict matches ``summary.json``.
-    Evidently picks each column's method, except as :func:`small_sample_methods` says.
+    Evidently picks each column's method, except as :func:`small_sample_methods` says and as
+    ``config`` (``monitoring.drift`` in ``configs/``) overrides: a default method and threshold,
+    and a method and threshold per feature.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -376,12 +408,18 @@ def run_evidently(
         timestamp=TIMESTAMP_COLUMN if TIMESTAMP_COLUMN in shared else None,
         numerical_columns=columns,
     )
+    methods, thresholds = column_methods(
+        small_sample_methods(current, reference, columns), columns, config or DriftSettings()
+    )
     report = Report(
         [
             DataDriftPreset(
                 columns=columns,
                 drift_share=share_threshold,
-                per_column_method=small_sample_methods(current, reference, columns) or None,
+                method=(config.default_method if config else None),
+                threshold=(config.default_threshold if config else None),
+                per_column_method=methods or None,
+                per_column_threshold=thresholds or None,
             )
         ],
         include_tests=True,
@@ -517,6 +555,8 @@ def run_drift(
         reference = load_reference(settings)
     if current is None:
         current = load_latest_snapshot(settings)
+    reference = declared_columns(reference, settings.monitoring.drift)
+    current = declared_columns(current, settings.monitoring.drift)
     if reference.empty:
         raise EmptyDataError("the drift reference has no rows: re-run `omniretain train`")
     if current.empty:
@@ -533,7 +573,9 @@ def run_drift(
     current_sample = to_evidently_frame(sample_rows(current, max_rows), selection.tested)
     reference_sample = to_evidently_frame(sample_rows(reference, max_rows), selection.tested)
 
-    snapshot = run_evidently(current_sample, reference_sample, selection.tested, threshold)
+    snapshot = run_evidently(
+        current_sample, reference_sample, selection.tested, threshold, settings.monitoring.drift
+    )
     per_column = parse_column_drift(snapshot.dict())
     missing = set(selection.tested) - set(per_column)
     if missing:
