@@ -210,7 +210,5 @@ def test_push_rejects_unknown_fields(stores) -> None:
     with pytest.raises(FeatureStoreError, match="unknown real-time fields"):
         push_events(
             ours,
-            pd.DataFrame(
-                {"customer_id": ["x"], "event_timestamp": [CUTOFFS[0]], "basket": [1.0]}
-            ),
+            pd.DataFrame({"customer_id": ["x"], "event_timestamp": [CUTOFFS[0]], "basket": [1.0]}),
         )
