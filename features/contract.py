@@ -697,6 +697,56 @@ def contract_markdown() -> str:
         ]
     lines += [
         "",
+        "## Importing an order history (transactions)",
+        "",
+        "A retailer with only an order log (customer number, date, amount, optional channel) "
+        "maps it onto the `transactions` feed, then runs the usual stages:",
+        "",
+        "```bash",
+        "omniretain import-transactions orders.csv --customer-col customer_id "
+        "--date-col order_date --amount-col total [--channel-col channel] "
+        "[--quantity-col items] [--date-format %Y-%m-%d] [--sep ';'|tab|whitespace] "
+        "[--no-header]",
+        "omniretain ingest",
+        "omniretain build-features            # or --as-of 1997-10-01 to stop at a date",
+        "```",
+        "",
+        "CSV (any separator), whitespace-separated text and Parquet are read; without a header, "
+        "columns are named by 1-based position (`--customer-col 1`). Rows of one customer "
+        "with the same timestamp and channel are one purchase occasion (a date-only log: one "
+        "per day), amounts summed; a negative amount is a return. Channel names are mapped "
+        "(`online` -> web, `pos` -> store, `mobile` -> app); without a channel column every "
+        "order gets `--default-channel` (web). Unparsable rows are written as read, so ingest "
+        "quarantines them with the reason. The customer number becomes a `customer_ref` "
+        "identifier. The real CDNOW log, for example:",
+        "",
+        "```bash",
+        "omniretain import-transactions CDNOW_master.txt --customer-col customer_id "
+        "--date-col date --amount-col dollar_value --quantity-col number_of_cds "
+        "--date-format %Y%m%d",
+        "omniretain import-transactions CDNOW_sample.txt --no-header --customer-col 1 "
+        "--date-col 3 --quantity-col 4 --amount-col 5 --date-format %Y%m%d",
+        "```",
+        "",
+        "## CRM attributes",
+        "",
+        "Declare the columns of the `crm_attributes` feed that should become features in "
+        "`configs/omniretain.yaml`; no code changes:",
+        "",
+        "```yaml",
+        "crm:",
+        "  attributes:",
+        "    - {name: plan, type: categorical, description: membership plan}",
+        "    - {name: tenure_years, type: numeric}",
+        "```",
+        "",
+        "Each becomes the feature `crm_<name>` in the snapshot parquet, the Feast feature view "
+        "and the models. Categorical values are trimmed and lower-cased and get stable integer "
+        "codes (-1 when unknown), appended to the warehouse table `crm_category_codes` in "
+        "order of first appearance, so a value keeps its code across runs; numeric values are "
+        "floats (NaN when unknown). Rows without `updated_at` are static attributes known at "
+        "every snapshot; a dated row applies from its date (the latest known value wins).",
+        "",
         "## Unified tables",
         "",
         "Ingestion rebuilds these DuckDB tables (`<state>/warehouse.duckdb`) from the accepted "
