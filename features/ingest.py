@@ -803,14 +803,16 @@ def ingest_file(
             near_duplicates=int(near),
         )
         counts.duplicates = counts.read - counts.accepted - counts.quarantined - near
-        con.execute(
-            f"""
-            INSERT INTO quarantine
-            SELECT ?, ?, c._line, c._reason, {raw_json}, ?
-            FROM _checked c JOIN _read r USING (_line) WHERE c._reason <> ''
-            UNION ALL SELECT ?, ?, _line, _reason, _raw, ? FROM _rejected""",
-            [feed.name, file_name, stamp] * 2,
-        )
+        if counts.quarantined:  # a clean file skips the join with its raw text
+            con.execute(
+                f"""
+                INSERT INTO quarantine
+                SELECT ?, ?, c._line, c._reason, {raw_json}, ?
+                FROM (SELECT _line, _reason FROM _checked WHERE _reason <> '') c
+                JOIN _read r USING (_line)
+                UNION ALL SELECT ?, ?, _line, _reason, _raw, ? FROM _rejected""",
+                [feed.name, file_name, stamp] * 2,
+            )
         con.execute(
             "INSERT INTO ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
