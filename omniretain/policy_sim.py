@@ -157,3 +157,33 @@ def customer_persons(settings: Settings) -> pd.DataFrame:
                   GROUP BY ALL)
                 GROUP BY customer_id"""
         ).df()
+
+
+def snips_incremental_value(
+    matches_policy: np.ndarray,
+    is_control: np.ndarray,
+    propensity: np.ndarray,
+    reward: np.ndarray,
+) -> float:
+    """Per-customer value of a policy over no action, from logged randomised data.
+
+    Self-normalised inverse propensity (SNIPS) for both the policy and no action: each logged
+    unit whose logged action is the one the policy would choose counts with weight
+    ``1 / propensity``; no action is valued the same way on the control units. Self-normalising
+    removes the need to know the share of customers the logger left out of the experiment.
+
+    Args:
+        matches_policy: the logged (action, channel) is the policy's choice (control rows match
+            a policy that chooses no action).
+        is_control: the unit was in the randomised control group (no action).
+        propensity: probability of the logged assignment.
+        reward: the unit's outcome in currency (e.g. -churned x value - cost).
+    """
+    weights = 1.0 / np.asarray(propensity, dtype=np.float64)
+    reward = np.asarray(reward, dtype=np.float64)
+
+    def snips(mask: np.ndarray) -> float:
+        total = weights[mask].sum()
+        return float((weights[mask] * reward[mask]).sum() / total) if total > 0 else 0.0
+
+    return snips(np.asarray(matches_policy, bool)) - snips(np.asarray(is_control, bool))

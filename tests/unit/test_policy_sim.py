@@ -4,6 +4,7 @@ are respected, the oracle is never beaten at equal contacts."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,3 +74,22 @@ def test_policies_respect_what_is_allowed() -> None:
         NO_CHOICE,
         0,
     ]
+
+
+def test_snips_recovers_a_known_effect_from_randomised_logs() -> None:
+    """Logged like the simulator: 10% control, the rest split between two actions; action 0
+    retains 30 more per customer than no action, action 1 loses 10."""
+    from omniretain.policy_sim import snips_incremental_value
+
+    rng = np.random.default_rng(0)
+    n = 60_000
+    arm = rng.choice(3, size=n, p=[0.1, 0.45, 0.45])  # 0 control, 1 action A, 2 action B
+    propensity = np.array([0.1, 0.45, 0.45])[arm]
+    reward = rng.normal(-100.0, 50.0, n) + np.array([0.0, 30.0, -10.0])[arm]
+    control = arm == 0
+    always_a = snips_incremental_value(arm == 1, control, propensity, reward)
+    assert always_a == pytest.approx(30.0, abs=3.0)
+    assert snips_incremental_value(arm == 2, control, propensity, reward) == pytest.approx(
+        -10.0, abs=3.0
+    )
+    assert snips_incremental_value(control, control, propensity, reward) == 0.0
