@@ -383,14 +383,31 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
     # Window starts are precomputed per cutoff (``k.since_<n>d``) so that each of the many
     # FILTER clauses is a plain timestamp comparison, not interval arithmetic per row.
     window_starts = sorted(set(windows) | {3, 7, 30, 90, 180, 365})
+    # (the purchase window bound below uses since_<longest>d, which is in this list)
 
     def in_window(days: int, column: str = "e.occurred_at") -> str:
         return f"{column} >= k.since_{days}d"
 
+    # All-time figures are running totals per customer, looked up at each cutoff with an ASOF
+    # join: each purchase is read once, instead of once per later cutoff.
+    running_totals: list[str] = [
+        "max(occurred_at) FILTER (WHERE NOT is_return) OVER history AS last_purchase_at",
+        "count(*) FILTER (WHERE NOT is_return) OVER history AS purchases_total",
+        "sum(net_amount) OVER history AS historic_clv",
+    ]
+    for channel in PURCHASE_CHANNELS:
+        running_totals.append(
+            f"max(occurred_at) FILTER (WHERE NOT is_return AND channel_bit = "
+            f"{_CHANNEL_BITS[channel]}) OVER history AS last_purchase_{channel}_at"
+        )
+    running_select = ",\n        ".join(running_totals)
+    total_columns = ", ".join(
+        ["last_purchase_at", "purchases_total", "historic_clv"]
+        + [f"last_purchase_{channel}_at" for channel in PURCHASE_CHANNELS]
+    )
+    # Windowed figures only need the purchases inside the longest window before each cutoff.
+    longest_window = max([*windows, 365, 180])
     purchase_aggs: list[str] = [
-        "max(e.occurred_at) FILTER (WHERE NOT e.is_return) AS last_purchase_at",
-        "count(*) FILTER (WHERE NOT e.is_return) AS purchases_total",
-        "sum(e.net_amount) AS historic_clv",
         f"count(*) FILTER (WHERE NOT e.is_return AND e.occurred_at < k.since_90d "
         f"AND {in_window(180)}) AS purchases_prior_90d",
         f"sum(e.amount) FILTER (WHERE NOT e.is_return AND {in_window(365)}) AS gross_spend_365d",
@@ -401,12 +418,6 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
         f"bit_count(bit_or(e.channel_bit) FILTER (WHERE NOT e.is_return AND {in_window(90)})) "
         "AS purchase_channels_90d",
     ]
-    for channel in PURCHASE_CHANNELS:
-        purchase_aggs.append(
-            f"max(e.occurred_at) FILTER (WHERE NOT e.is_return AND e.channel_bit = "
-            f"{_CHANNEL_BITS[channel]}) "
-            f"AS last_purchase_{channel}_at"
-        )
     for days in windows:
         purchase_aggs.append(
             f"count(*) FILTER (WHERE NOT e.is_return AND {in_window(days)}) AS purchases_{days}d"
@@ -576,11 +587,30 @@ purchase_events AS MATERIALIZED (
            product_id, unit_price, source_feed, source_id
     FROM keyed_purchases
 ),
-purchase_agg AS (
+purchase_running AS MATERIALIZED (
+    -- RANGE frame (the default): purchases at the same instant share their totals
+    SELECT customer_key, occurred_at,
+        {running_select}
+    FROM purchase_events
+    WINDOW history AS (PARTITION BY customer_key ORDER BY occurred_at)
+),
+purchase_totals AS (
+    SELECT DISTINCT ON (customer_key, occurred_at) customer_key, occurred_at, {total_columns}
+    FROM purchase_running
+),
+purchase_window_agg AS (
     SELECT e.customer_key, k.cutoff,
         {purchase_select}
-    FROM purchase_events e JOIN cutoffs k ON e.occurred_at < k.cutoff
+    FROM purchase_events e JOIN cutoffs k
+        ON e.occurred_at < k.cutoff AND e.occurred_at >= k.since_{longest_window}d
     GROUP BY e.customer_key, k.cutoff
+),
+purchase_agg AS (
+    SELECT g.customer_key, g.cutoff, {", ".join(f"t.{c}" for c in total_columns.split(", "))},
+        w.* EXCLUDE (customer_key, cutoff)
+    FROM grid g
+    ASOF JOIN purchase_totals t ON g.customer_key = t.customer_key AND g.cutoff > t.occurred_at
+    LEFT JOIN purchase_window_agg w ON w.customer_key = g.customer_key AND w.cutoff = g.cutoff
 ),
 sessions AS MATERIALIZED (
     SELECT customer_key, session_id, min(occurred_at) AS started_at,
