@@ -426,6 +426,7 @@ def http_server(served_state: Settings) -> Iterator[str]:
     env = {
         "OMNIRETAIN_SERVING__API_KEYS": json.dumps(keys),
         "OMNIRETAIN_SERVING__MAX_BATCH_IDS": "50",
+        "OMNIRETAIN_SERVING__RELOAD_POLL_SECONDS": "1",
     }
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
@@ -504,3 +505,37 @@ def test_http_every_endpoint_with_its_key(http_server: str, serving_rows: pd.Dat
 
         bad = http.post("/recommend", json={"customer_id": ""}, headers=reader)
         assert bad.status_code == 422 and "customer_id" in bad.json()["error"]
+
+
+def test_http_hot_reload_when_the_champion_alias_moves(
+    http_server: str, served_state: Settings, serving_rows: pd.DataFrame
+) -> None:
+    """A new churn champion is served without a restart; no request fails during the swap."""
+    import time
+
+    import httpx
+
+    from training.registry import CHAMPION_ALIAS, MODEL_NAMES, _client
+
+    client = _client(served_state)
+    name = MODEL_NAMES["churn"]
+    current = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    # A second version of the same artifact: a real registry change, without a retraining.
+    new = client.create_model_version(name, source=current.source, run_id=current.run_id)
+    headers = {"Authorization": f"Bearer {RECOMMEND_KEY}"}
+    ids = list(serving_rows.index[:20])
+    statuses: list[int] = []
+    served: set[str] = set()
+    try:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, new.version)
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=http_server, timeout=30, headers=headers) as http:
+            while time.monotonic() < deadline and str(new.version) not in served:
+                response = http.post("/recommend", json={"customer_id": ids[len(statuses) % 20]})
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    served.add(response.json()["model_versions"]["churn"])
+    finally:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, current.version)
+    assert str(new.version) in served, f"still serving {served} after 60 s"
+    assert set(statuses) == {200}, statuses
