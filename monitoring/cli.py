@@ -1,10 +1,19 @@
-"""Commands of the monitoring stage."""
+"""Commands of the monitoring stage: ``omniretain monitor [drift|outcomes|dashboard]``.
+
+Plain ``omniretain monitor`` (and :func:`monitor`, which the demo calls) writes the drift report
+of the newest features against the training reference, as before the group existed.
+"""
 
 from __future__ import annotations
 
 import typer
 
 from omniretain.console import cli_settings, guarded, show, stage
+
+monitor_app = typer.Typer(
+    help="Drift (and drift-triggered retraining), outcome tracking and the KPI dashboard.",
+    no_args_is_help=False,
+)
 
 
 def monitor() -> None:
@@ -16,5 +25,62 @@ def monitor() -> None:
         show(guarded("monitor", lambda: run_drift(settings)))
 
 
+@monitor_app.callback(invoke_without_command=True)
+def monitor_default(context: typer.Context) -> None:
+    """Without a sub-command: the drift report of the latest features (no retraining)."""
+    if context.invoked_subcommand is None:
+        monitor()
+
+
+@monitor_app.command("drift")
+def drift(
+    retrain: bool = typer.Option(
+        True, "--retrain/--no-retrain", help="Retrain when the verdict is drift."
+    ),
+    window_days: int = typer.Option(
+        0, help="Days of served decisions to check (0: monitoring.drift.window_days)."
+    ),
+) -> None:
+    """Drift of served traffic (decision log; newest snapshot if none) vs the training reference.
+
+    A verdict (share of drifted features at or above the threshold, or prediction drift) runs
+    the training pipeline; every check is an MLflow run of 'omniretain-monitoring' with the
+    Evidently report attached.
+    """
+    from monitoring.trigger import check_and_retrain, served_window
+
+    settings = cli_settings()
+
+    def run() -> object:
+        current, window = served_window(settings, window_days=window_days or None)
+        return check_and_retrain(
+            settings, current, window_description=window, allow_retrain=retrain
+        )
+
+    with stage("monitor drift: served traffic vs training reference"):
+        show(guarded("monitor drift", run))
+
+
+@monitor_app.command("outcomes")
+def outcomes() -> None:
+    """Served scores vs what happened (AUC, calibration per model version); campaign uplift
+    of treated vs control with confidence intervals; IPS policy values."""
+    from monitoring.outcomes import outcome_report
+
+    settings = cli_settings()
+    with stage("monitor outcomes: realised vs predicted, treated vs control"):
+        show(guarded("monitor outcomes", lambda: outcome_report(settings)))
+
+
+@monitor_app.command("dashboard")
+def dashboard() -> None:
+    """Write the KPI dashboard (static HTML, charts inlined) under the monitoring folder."""
+    from monitoring.dashboard import write_dashboard
+
+    settings = cli_settings()
+    with stage("monitor dashboard: retention KPIs for marketing and management"):
+        show(guarded("monitor dashboard", lambda: write_dashboard(settings)))
+
+
 def register(app: typer.Typer) -> None:
-    app.command()(monitor)
+    app.add_typer(monitor_app, name="monitor")

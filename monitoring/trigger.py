@@ -176,12 +176,18 @@ def check_and_retrain(
     reference: pd.DataFrame | None = None,
     retrain_function: RetrainFunction = default_retrain,
     window_description: str | None = None,
+    allow_retrain: bool = True,
 ) -> TriggerResult:
-    """Run drift on ``current`` (default: the served window), retrain on a verdict, log both."""
+    """Run drift on ``current`` (default: the served window), retrain on a verdict, log both.
+
+    With ``allow_retrain`` False the verdict is reported and logged but nothing is retrained.
+    """
     if current is None:
         current, window_description = served_window(settings)
     report = run_drift(settings, current=current, reference=reference)
     retrain, reason = retrain_decision(report, settings.monitoring.drift)
+    if retrain and not allow_retrain:
+        retrain, reason = False, f"{reason}; retraining disabled (--no-retrain)"
     result = retrain_function(settings) if retrain else None
     run_id = log_check(settings, report, retrain, reason, _retrain_summary(result))
     return TriggerResult(
