@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -467,6 +468,7 @@ def _run_step(
         )
         report.steps.append(result)
         recorder.finish_step(run_id, result, {})
+        log(f"{step.name}: failed after {result.seconds:.1f} s\n{traceback.format_exc()}")
         raise PipelineStepError(f"step {step.name!r} failed: {result.summary}") from error
     result = StepResult(step.name, "done", round(time.perf_counter() - started, 3), summary, run_id)
     report.outputs[step.name] = output
