@@ -56,6 +56,7 @@ from training.report import log_model_report
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from training.uplift import UpliftReport
     from training.value import ValueReport
 
 FEATURES_FILE = "customer_features.parquet"
@@ -388,6 +389,8 @@ class TrainReport:
     n_features: int
     value: ValueReport | None = None
     value_skipped: str | None = None
+    uplift: UpliftReport | None = None
+    uplift_skipped: str | None = None
 
     def render(self) -> RenderableType:
         """A rich table for the CLI: holdout metrics of each model beside its baselines."""
@@ -420,6 +423,10 @@ class TrainReport:
             parts.append(self.value.render())
         elif self.value_skipped:
             parts.append(f"value model skipped: {self.value_skipped}")
+        if self.uplift is not None:
+            parts.append(self.uplift.render())
+        elif self.uplift_skipped:
+            parts.append(f"uplift model skipped: {self.uplift_skipped}")
         parts.append(
             f"{self.n_features} features from {self.feature_service}; reference for drift: "
             f"{self.reference_path}; MLflow: {self.tracking_uri}"
@@ -647,9 +654,10 @@ def train(
     import mlflow
     from tqdm import tqdm
 
+    from training.uplift import UpliftDataError, log_and_register_uplift, train_uplift
     from training.value import ValueDataError, log_and_register_value, train_value, value_frame
 
-    steps = tqdm(total=5, desc="train", disable=not progress, leave=False)
+    steps = tqdm(total=6, desc="train", disable=not progress, leave=False)
     steps.set_postfix_str("training frame")
     frame = build_training_frame(settings, labels_file)
     purchases_end = frame.attrs.get("data_end")
@@ -666,6 +674,12 @@ def train(
         value_skipped = None
     except ValueDataError as error:  # a short history still trains churn; the reason is shown
         trained_value, value_skipped = None, str(error)
+    steps.set_postfix_str("fit uplift")
+    try:
+        trained_uplift = train_uplift(settings, purchases, data_end)
+        uplift_skipped = None
+    except UpliftDataError as error:  # no campaign history yet: decisions use the priors
+        trained_uplift, uplift_skipped = None, str(error)
     steps.update()
     steps.set_postfix_str("register")
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
@@ -675,6 +689,9 @@ def train(
     }
     value_report = (
         log_and_register_value(settings, trained_value) if trained_value is not None else None
+    )
+    uplift_report = (
+        log_and_register_uplift(settings, trained_uplift) if trained_uplift is not None else None
     )
     reference_path = write_reference(
         settings, reference_features(trained["churn"], settings.monitoring.sample_rows)
@@ -689,4 +706,6 @@ def train(
         n_features=len(trained["churn"].model.feature_names),
         value=value_report,
         value_skipped=value_skipped,
+        uplift=uplift_report,
+        uplift_skipped=uplift_skipped,
     )

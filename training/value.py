@@ -125,17 +125,15 @@ def future_spend_labels(
 
     Returns ``customer_id``, ``event_timestamp`` (UTC), ``future_spend`` (>= 0).
     """
-    frame = purchases[["customer_id", "occurred_at", "amount"]].dropna(
-        subset=["customer_id", "occurred_at"]
-    )
-    sign = np.ones(len(frame))
+    purchases = purchases.reset_index(drop=True)
+    sign = np.ones(len(purchases))
     if "is_return" in purchases.columns:  # a return is money given back: it lowers the spend
-        returned = purchases.loc[frame.index, "is_return"].fillna(False).astype(bool).to_numpy()
-        sign[returned] = -1.0
-    frame = frame.assign(
-        occurred_at=to_utc_naive(frame["occurred_at"]),
-        net=np.abs(frame["amount"].fillna(0.0).to_numpy(dtype=np.float64)) * sign,
+        sign[purchases["is_return"].fillna(False).astype(bool).to_numpy()] = -1.0
+    frame = purchases[["customer_id", "occurred_at"]].assign(
+        net=np.abs(purchases["amount"].fillna(0.0).to_numpy(dtype=np.float64)) * sign
     )
+    frame = frame.dropna(subset=["customer_id", "occurred_at"])
+    frame = frame.assign(occurred_at=to_utc_naive(frame["occurred_at"]))
     first = frame[frame["net"] > 0].groupby("customer_id")["occurred_at"].min()
     window = pd.Timedelta(days=window_days)
     end = to_utc_naive([data_end])[0]

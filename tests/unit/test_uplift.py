@@ -1,0 +1,117 @@
+"""Uplift: outcomes after sends, Qini, and learners recovering a planted effect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.uplift import (
+    CONTROL_ARM,
+    UpliftDataError,
+    compare_learners,
+    features_at_sends,
+    fit_evaluated,
+    fit_uplift,
+    qini_coefficient,
+    send_outcomes,
+)
+
+
+def test_outcome_is_churn_within_the_window_and_unobserved_sends_are_dropped() -> None:
+    sends = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c"],
+            "occurred_at": pd.to_datetime(["2025-01-10", "2025-01-10", "2025-06-01"]),
+        }
+    )
+    purchases = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "b"],
+            "occurred_at": pd.to_datetime(["2025-02-01", "2025-01-09", "2025-05-01"]),
+            "is_return": [False, False, False],
+        }
+    )
+    out = send_outcomes(sends, purchases, pd.Timestamp("2025-07-01"), 90)
+    assert out["customer_id"].tolist() == ["a", "b"]
+    assert out["churned"].tolist() == [0, 1]  # b bought before and after, not within 90 days
+
+
+def test_features_at_sends_use_the_last_snapshot_before_the_send() -> None:
+    sends = pd.DataFrame(
+        {"customer_id": ["a", "a"], "occurred_at": pd.to_datetime(["2025-02-10", "2025-01-10"])}
+    )
+    features = pd.DataFrame(
+        {
+            "customer_id": ["a", "a"],
+            "event_timestamp": pd.to_datetime(["2025-01-01", "2025-02-01"], utc=True),
+            "f": [1.0, 2.0],
+        }
+    )
+    joined = features_at_sends(sends, features)
+    assert joined["f"].tolist() == [2.0, 1.0]
+
+
+def test_qini_is_positive_for_the_true_ranking_and_negative_for_its_reverse() -> None:
+    rng = np.random.default_rng(1)
+    n = 4000
+    responsive = rng.random(n) < 0.5
+    treated = rng.random(n) < 0.5
+    churned = (rng.random(n) < np.where(treated & responsive, 0.2, 0.5)).astype(int)
+    benefit = responsive + rng.normal(0, 0.1, n)
+    assert qini_coefficient(churned, treated, benefit) > 0.01
+    assert qini_coefficient(churned, treated, -benefit) < -0.01
+    assert np.isnan(qini_coefficient(churned, np.ones(n, bool), benefit))
+
+
+@pytest.fixture(scope="module")
+def planted() -> pd.DataFrame:
+    """Sends where arm (discount, sms) cuts churn by 0.3 for customers with f > 0 only."""
+    rng = np.random.default_rng(2)
+    n = 4000
+    f = rng.normal(size=n)
+    arm = rng.integers(0, 3, size=n)  # 0 control, 1 discount/sms, 2 points/email (no effect)
+    actions = np.array(["no_action", "discount", "points"])[arm]
+    channels = np.array(["none", "sms", "email"])[arm]
+    effect = np.where((arm == 1) & (f > 0), -0.3, 0.0)
+    churned = (rng.random(n) < 0.5 + effect).astype(int)
+    return pd.DataFrame(
+        {
+            "f": f,
+            "noise": rng.normal(size=n),
+            "action": actions,
+            "channel": channels,
+            "churned": churned,
+            "campaign_id": [f"CMP-{i % 6}" for i in range(n)],
+        }
+    )
+
+
+@pytest.mark.parametrize("learner", ["s_learner", "t_learner"])
+def test_learners_find_who_responds_with_a_negative_effect(planted, learner) -> None:
+    model = fit_uplift(planted, ["f", "noise"], learner)
+    assert model.arms == [("discount", "sms"), ("points", "email")]
+    responsive = model.predict(np.array([1.5, 0.0]))
+    unresponsive = model.predict(np.array([-1.5, 0.0]))
+    assert responsive[("discount", "sms")] < -0.15
+    assert abs(unresponsive[("discount", "sms")]) < 0.12
+    assert responsive[("discount", "sms")] < responsive[("points", "email")]
+
+
+def test_learners_are_measured_on_held_out_campaigns(planted) -> None:
+    comparison = compare_learners(planted, ["f", "noise"], learners=("s_learner",))
+    assert comparison["s_learner"]["discount|sms"] > 0.005  # the planted effect ranks first
+    assert set(comparison["s_learner"]) == {"mean_qini", "discount|sms", "points|email"}
+
+
+def test_fit_evaluated_refits_the_product_learner_on_every_campaign(planted) -> None:
+    small = planted.iloc[:1800]
+    model, comparison = fit_evaluated(small, ["f"])
+    assert model.learner == "s_learner" and set(comparison) == {"s_learner", "t_learner"}
+    assert model.evaluation["heldout_qini"] == comparison
+
+
+def test_no_control_group_is_refused(planted) -> None:
+    treated_only = planted[planted["action"] != CONTROL_ARM[0]]
+    with pytest.raises(UpliftDataError, match="control"):
+        fit_uplift(treated_only, ["f"], "t_learner")
