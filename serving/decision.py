@@ -366,7 +366,7 @@ def _why_chosen(
         described += f" ({action.description.rstrip('.')})"
     return (
         f"{described} by {chosen.channel} has the highest expected value: {odds} x "
-        f"{chosen.uplift:.0%} expected uplift x {customer_value:,.2f} spent in the last year "
+        f"{chosen.uplift:.0%} expected uplift x {customer_value:,.2f} customer value "
         f"- {action.cost:.2f} cost = {chosen.expected_value:.2f}."
     )
 
