@@ -42,7 +42,7 @@ def run_pipeline(state_dir: Path, customers: int, months: int, seed: int) -> Non
         print(f"  {step[0]}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
-def ips_estimate_ours(settings, churn, repurchase) -> tuple[float, int]:
+def ips_estimate_ours(settings, churn, repurchase) -> tuple[float, float, int]:
     """SNIPS estimate of our policy's incremental value per customer from the randomised
     monthly campaigns the simulated retailer logged (``campaigns`` in the warehouse).
 
@@ -105,13 +105,19 @@ def ips_estimate_ours(settings, churn, repurchase) -> tuple[float, int]:
     reward = -churned * units["value"] - units["action"].map(costs).fillna(0.0)
     matches = (units["action"] == units["our_action"]) & (units["channel"] == units["our_channel"])
     matches |= units["is_control"] & (units["our_action"] == "no_action")
-    value = snips_incremental_value(
+    arrays = (
         matches.to_numpy(),
-        units["is_control"].to_numpy(),
-        units["propensity"].to_numpy(),
+        units["is_control"].to_numpy(dtype=bool),
+        units["propensity"].to_numpy(dtype=float),
         reward.to_numpy(dtype=float),
     )
-    return value, len(units)
+    value = snips_incremental_value(*arrays)
+    rng = np.random.default_rng(0)  # bootstrap over logged units: the estimate's noise
+    resamples = [
+        snips_incremental_value(*(a[sample] for a in arrays))
+        for sample in (rng.integers(0, len(units), len(units)) for _ in range(200))
+    ]
+    return value, float(np.std(resamples)), len(units)
 
 
 def main() -> None:
@@ -204,7 +210,7 @@ def main() -> None:
     figures: dict[str, float | None] = {
         name: round(policy_value(net_gain, choice), 2) for name, choice in policies.items()
     }
-    ips_per_customer, logged_units = ips_estimate_ours(settings, churn, repurchase)
+    ips_per_customer, ips_error, logged_units = ips_estimate_ours(settings, churn, repurchase)
     figures["ips_estimate_ours"] = round(ips_per_customer * len(frame), 2)
 
     print(
@@ -224,7 +230,7 @@ def main() -> None:
     print(
         f"IPS (SNIPS) estimate of ours from {logged_units:,} logged randomised campaign units, "
         f"scaled to {len(frame):,} customers: {figures['ips_estimate_ours']:,.2f} "
-        f"(true: {figures['ours']:,.2f})"
+        f"+- {ips_error * len(frame):,.0f} (bootstrap s.e.; true: {figures['ours']:,.2f})"
     )
     if figures["top_risk"]:
         print(f"ours / top_risk = {figures['ours'] / figures['top_risk']:.2f}")
