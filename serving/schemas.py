@@ -188,11 +188,6 @@ EXPECTED_BODIES: dict[type[BaseModel], str] = {
 }
 
 
-def parse_recommend_body(body: bytes, content_type: str | None) -> RecommendRequest:
-    """Validate a ``POST /recommend`` body (see :func:`parse_body`)."""
-    return parse_body(RecommendRequest, body, content_type)
-
-
 def parse_body(model: type[ModelT], body: bytes, content_type: str | None) -> ModelT:
     """Validate a request body and say, in words, which field is wrong.
 

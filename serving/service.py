@@ -156,10 +156,6 @@ class ApiGate:
             )
 
 
-# Kept under its former name: the body check of /recommend is part of the gate now.
-RecommendBodyValidation = ApiGate
-
-
 @dataclass(frozen=True)
 class ModelSet:
     """The champions served together; replaced whole, never mutated."""
