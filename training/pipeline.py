@@ -488,8 +488,40 @@ def _write_log(settings: Settings, report: PipelineReport, lines: list[str]) -> 
 # ---- the in-process schedule -------------------------------------------------------------------
 
 
+WEEKDAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab: 0 (and 7) = Sunday
+
+
+def crontab_weekdays(field: str) -> str:
+    """A crontab day-of-week field in names, which APScheduler reads unambiguously.
+
+    APScheduler 3 numbers weekdays from Monday = 0, crontab from Sunday = 0: ``0 3 * * 1``
+    would fire on Tuesdays. Numbers are expanded to the days they mean in crontab.
+    """
+    if field == "*" or any(character.isalpha() for character in field):
+        return field
+    days: set[int] = set()
+    for part in field.split(","):
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if span == "*":
+            first, last = 0, 6
+        elif "-" in span:
+            start, end = span.split("-", 1)
+            first, last = int(start), int(end)
+        else:
+            first = last = int(span)
+            if step_text:
+                last = 6
+        if not (0 <= first <= 7 and 0 <= last <= 7 and first <= last and step >= 1):
+            raise ValueError(f"day of week {part!r} is not within 0-7")
+        days.update(day % 7 for day in range(first, last + 1, step))
+    if len(days) == 7:
+        return "*"
+    return ",".join(WEEKDAY_NAMES[day] for day in sorted(days))
+
+
 def cron_trigger(expression: str, timezone: str):  # -> apscheduler CronTrigger
-    """A trigger from a five-field crontab expression.
+    """A trigger from a five-field crontab expression (crontab's weekday numbering).
 
     Raises:
         ValueError: the expression is not a valid crontab line (the message says which field).
@@ -497,7 +529,11 @@ def cron_trigger(expression: str, timezone: str):  # -> apscheduler CronTrigger
     from apscheduler.triggers.cron import CronTrigger
 
     try:
-        return CronTrigger.from_crontab(expression, timezone=timezone)
+        fields = expression.split()
+        if len(fields) != 5:
+            raise ValueError(f"expected 5 fields, got {len(fields)}")
+        fields[4] = crontab_weekdays(fields[4])
+        return CronTrigger.from_crontab(" ".join(fields), timezone=timezone)
     except ValueError as error:
         raise ValueError(
             f"pipeline.schedule_cron {expression!r} is not a crontab expression "
