@@ -394,7 +394,8 @@ def log_and_register_value(settings: Settings, trained: TrainedValue) -> ValueRe
         promote, reason = True, f"champion v{champion[0]} cannot be scored here"
     else:
         old = champion[1][VALUE_PROMOTION_METRIC]
-        promote = bool(new - old > margin)
+        # An undefined champion score (a constant prediction) loses to any defined one.
+        promote = bool(np.isfinite(new) and (not np.isfinite(old) or new - old > margin))
         verdict = "promoted" if promote else "champion kept"
         reason = f"{verdict}: challenger spearman={new:.4f} vs champion {old:.4f}, margin {margin}"
     example = (

@@ -131,7 +131,7 @@ def test_a_worse_challenger_is_registered_and_tagged_but_refused(settings, runs)
 
 
 def test_load_champion_returns_the_promoted_model_that_serves_one_row(settings, runs) -> None:
-    assert champion_versions(settings) == {"churn": "2", "repurchase": "2"}
+    assert champion_versions(settings) == {"churn": "2", "repurchase": "2", "value": "2"}
     loaded = load_champion(settings, "churn")
     assert loaded.version == "2" and loaded.run_id == runs[1].models["churn"].run_id
     model = loaded.model
@@ -148,7 +148,10 @@ def test_everything_is_written_under_the_state_dir(settings, runs) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    for name in MODEL_NAMES.values():
+    for kind in ("churn", "repurchase", "value"):  # no campaigns here: uplift is skipped
+        experiment = client.get_experiment_by_name(MODEL_NAMES[kind])
+        assert experiment is not None, kind
+    for name in (MODEL_NAMES[kind] for kind in ("churn", "repurchase", "value")):
         experiment = client.get_experiment_by_name(name)
         assert experiment.artifact_location.startswith(Path(settings.mlflow_artifact_root).as_uri())
     assert not (Path.cwd() / "mlruns").exists()
@@ -157,3 +160,42 @@ def test_everything_is_written_under_the_state_dir(settings, runs) -> None:
     assert 0 < len(reference) <= settings.monitoring.sample_rows
     assert reference["churn_probability"].between(0, 1).all()
     assert set(runs[-1].models["churn"].splits) == {"fit", "calibration", "holdout"}
+
+
+def test_value_model_is_gated_like_the_classifiers_and_predicts_currency(settings, runs) -> None:
+    first, second, third = (run.value for run in runs)
+    assert first.champion and second.champion and not third.champion, third.reason
+    assert second.metrics["model"]["spearman"] > second.metrics["last_year_spend"]["spearman"] - 0.1
+    assert "uplift" in (runs[1].uplift_skipped or "")
+    loaded = load_champion(settings, "value")
+    assert loaded.version == "2"
+    frame = pd.read_parquet(settings.features_dir / "customer_features.parquet")
+    row = frame[loaded.model.feature_names].tail(1).to_numpy(dtype=float)
+    value = loaded.model.predict(row)
+    assert value.shape == (1,) and value[0] >= 0.0
+
+
+def test_a_label_file_replaces_the_churn_label_and_nothing_else(settings, runs, tmp_path) -> None:
+    from training.train import build_training_frame, train_target
+
+    computed = build_training_frame(settings)
+    cutoffs = sorted(computed["event_timestamp"].unique())[:5]
+    rows = computed[computed["event_timestamp"].isin(cutoffs)][["customer_id", "event_timestamp"]]
+    labels = rows.assign(
+        cutoff=rows["event_timestamp"].dt.strftime("%Y-%m-%d"),
+        label=(rows["customer_id"].str[-1].astype(int) % 2),  # "contract cancelled"
+    )
+    path = tmp_path / "labels.csv"
+    labels[["customer_id", "cutoff", "label"]].to_csv(path, index=False)
+    frame = build_training_frame(settings, path)
+    keys = ["customer_id", "event_timestamp"]
+    merged = frame.merge(labels, on=keys, how="left")
+    has_file_label = merged["label"].notna()
+    assert (merged.loc[has_file_label, "churned"] == merged.loc[has_file_label, "label"]).all()
+    assert merged.loc[~has_file_label, "churned"].isna().all()
+    repurchase = computed.set_index(keys)["repurchased"]
+    pd.testing.assert_series_equal(
+        frame.set_index(keys)["repurchased"].reindex(repurchase.index), repurchase
+    )
+    trained = train_target(settings, frame, "churn")
+    assert trained.split.holdout["event_timestamp"].max() == cutoffs[-1]
