@@ -47,9 +47,11 @@ class TriggerResult:
             if self.retrain
             else f"[green]no retrain[/] ({self.reason})"
         )
+        retrain_render = getattr(self.retrain_result, "render", None)
         return Group(
             f"window: {self.window}",
             self.drift.render(),
+            *([retrain_render()] if callable(retrain_render) else []),
             f"{action}; MLflow run {self.mlflow_run_id} in experiment {MONITORING_EXPERIMENT!r}",
         )
 
@@ -112,10 +114,14 @@ def default_retrain(settings: Settings) -> Any:
 
 def _retrain_summary(result: Any) -> dict[str, str]:
     """Champion versions and promotion per model, when the result says so (for MLflow tags)."""
+    tags: dict[str, str] = {}
+    for attribute in ("status", "parent_run_id"):  # the pipeline's report says these
+        value = getattr(result, attribute, None)
+        if value is not None:
+            tags[f"retrain.{attribute}"] = str(value)
     models = getattr(result, "models", None)
     if not isinstance(models, dict):
-        return {}
-    tags: dict[str, str] = {}
+        return tags
     for kind, report in models.items():
         version = getattr(report, "version", None)
         if version is not None:

@@ -171,6 +171,7 @@ def test_shifted_window_gives_a_verdict_and_a_real_retrain(loop: dict) -> None:
     drifted = {c.column for c in result.drift.drifted_columns}
     assert {"purchases_90d", "purchases_365d"} & drifted, drifted
     assert result.retrain is True and len(loop["retrains"]) == 1
+    assert getattr(result.retrain_result, "ok", True), result.retrain_result  # pipeline status
     _, between, after = loop["versions"]
     assert after == between + 1  # the retrain registered a new churn model version
 
