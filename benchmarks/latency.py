@@ -3,7 +3,7 @@
 Starts ``bentoml serve`` on loopback on a trained state (``serving.server.running_server``),
 sends a bounded number of requests at concurrency 1, 16 and 64 (httpx async, one client), then
 ``/recommend/batch`` if the service has it, and computes the same decisions in this process
-without HTTP (online feature read, both champions, TreeSHAP reasons, ``decide``): the floor.
+without HTTP (``OmniRetain.inner().recommend``: the same models, reads and decision): the floor.
 The load generator shares the 2 cores with the server: every figure here is pessimistic.
 
     python benchmarks/latency.py --state-dir DIR [--quick]
@@ -74,41 +74,23 @@ def batch_throughput(base_url: str, ids: list[str], rounds: int) -> float | None
     return rounds * len(body["customer_ids"]) / (time.perf_counter() - started)
 
 
-def in_process_floor(settings, ids: list[str], requests: int) -> dict[str, float]:
-    """The request's work without HTTP, with the cost of each step (ms, p50)."""
-    from features.store import OnlineFeatureReader
-    from serving.decision import decide
-    from serving.service import feature_vector
-    from training.registry import load_champion
+def in_process_floor(ids: list[str], requests: int) -> dict[str, float]:
+    """The same ``recommend`` of the service class, called in this process without HTTP
+    (BentoML's ``inner`` class: the models, feature reader, policy and logs of the server)."""
+    from serving.service import OmniRetain
 
-    churn = load_champion(settings, "churn").model
-    repurchase = load_champion(settings, "repurchase").model
-    reader = OnlineFeatureReader(settings)
-    steps: dict[str, list[float]] = {k: [] for k in ("read", "predict", "reasons", "decide")}
+    service = OmniRetain.inner()
+    for customer_id in ids[:20]:  # warm-up
+        service.recommend(customer_id)
     totals = []
     for index in range(requests):
-        customer_id = ids[index % len(ids)]
-        t0 = time.perf_counter()
-        row = reader.get([customer_id])[0] or {}
-        t1 = time.perf_counter()
-        churn_row = feature_vector(row, churn.feature_names)
-        churn_p = float(churn.predict_proba(churn_row)[0, 1])
-        repurchase_p = float(
-            repurchase.predict_proba(feature_vector(row, repurchase.feature_names))[0, 1]
-        )
-        t2 = time.perf_counter()
-        contributions = churn.contributions(churn_row)[0, :-1]
-        by_name = dict(zip(churn.feature_names, contributions.tolist(), strict=True))
-        t3 = time.perf_counter()
-        decide(customer_id, row, churn_p, repurchase_p, by_name, settings.actions)
-        t4 = time.perf_counter()
-        for name, (a, b) in zip(steps, ((t0, t1), (t1, t2), (t2, t3), (t3, t4)), strict=True):
-            steps[name].append((b - a) * 1000)
-        totals.append((t4 - t0) * 1000)
-    figures = {f"{name}_p50_ms": float(np.percentile(v, 50)) for name, v in steps.items()}
-    figures["p50_ms"] = float(np.percentile(totals, 50))
-    figures["p99_ms"] = float(np.percentile(totals, 99))
-    return figures
+        started = time.perf_counter()
+        service.recommend(ids[index % len(ids)])
+        totals.append((time.perf_counter() - started) * 1000)
+    return {
+        "p50_ms": float(np.percentile(totals, 50)),
+        "p99_ms": float(np.percentile(totals, 99)),
+    }
 
 
 def main() -> None:
@@ -139,7 +121,7 @@ def main() -> None:
         for concurrency, count in requests.items():
             results[concurrency] = asyncio.run(load(base_url, ids, concurrency, count))
         batch = batch_throughput(base_url, ids, 2 if args.quick else 10)
-    floor = in_process_floor(settings, ids, requests[1])
+    floor = in_process_floor(ids, requests[1])
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, load "
@@ -152,13 +134,8 @@ def main() -> None:
             f"{figures['p99']:>9.1f}{figures['rps']:>9.0f}{figures['errors']:>8}"
         )
     print(
-        "in-process floor (ms, p50 per step): "
-        + ", ".join(
-            f"{k.removesuffix('_p50_ms')} {v:.2f}"
-            for k, v in floor.items()
-            if k.endswith("_p50_ms")
-        )
-        + f"; total p50 {floor['p50_ms']:.2f}, p99 {floor['p99_ms']:.2f}"
+        f"in-process floor (service.recommend without HTTP): p50 {floor['p50_ms']:.2f} ms, "
+        f"p99 {floor['p99_ms']:.2f} ms"
     )
     print(f"HTTP p50 at c1 / floor p50 = {results[1]['p50'] / floor['p50_ms']:.1f}x")
     print(f"/recommend/batch: {batch:,.0f} customers/s" if batch else "/recommend/batch: absent")
