@@ -19,6 +19,12 @@ or with :func:`read_decisions` / :func:`read_feedback`.
 
 from __future__ import annotations
 
+import atexit
+
+# pyarrow imports its pandas shim, which imports concurrent.futures.thread, which registers an
+# exit hook, on first use; during interpreter exit that registration raises and the final flush
+# would lose the queued records. Imported before any exit, it is only looked up then.
+import concurrent.futures.thread  # noqa: F401
 import json
 import logging
 import math
@@ -214,6 +220,9 @@ class PartitionedLog:
             target=self._run, name=f"omniretain-{directory.name}-log", daemon=True
         )
         self._thread.start()
+        # A server that stops normally (SIGTERM to uvicorn, end of a script) writes what is
+        # queued: atexit runs while daemon threads are still alive.
+        atexit.register(self.close, 10.0)
 
     def log(self, record: Any) -> bool:
         """Queue one record; never blocks, never raises. False when it was dropped."""

@@ -163,3 +163,23 @@ def test_features_json_is_valid_json_with_same_keys(features: dict[str, object])
             assert parsed[key] is None
         else:
             assert parsed[key] == pytest.approx(float(value))  # type: ignore[arg-type]
+
+
+def test_records_queued_when_the_process_exits_are_written(tmp_path: Path) -> None:
+    # A server stopped right after a request (as the demo does) must not lose its last decisions.
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    code = (
+        "from pathlib import Path\n"
+        "from omniretain.settings import load_settings\n"
+        "from monitoring.logs import DecisionLogger, DecisionRecord\n"
+        f"log = DecisionLogger(load_settings(state_dir=Path({str(state)!r})))\n"
+        "log.log(DecisionRecord(customer_id='C9', churn_probability=0.1,"
+        " repurchase_probability=0.2, action='a', channel='email',"
+        " churn_model_version='1', repurchase_model_version='1'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    frame = read_decisions(load_settings(state_dir=state))
+    assert frame["customer_id"].tolist() == ["C9"]
