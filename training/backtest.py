@@ -18,7 +18,13 @@ import pandas as pd
 
 from omniretain.settings import Settings
 from training.labels import LABEL_COLUMNS
-from training.train import TIMESTAMP_COLUMN, TrainingDataError, build_training_frame, train_target
+from training.train import (
+    TIMESTAMP_COLUMN,
+    TrainingDataError,
+    build_training_frame,
+    read_purchases_and_data_end,
+    train_target,
+)
 
 DEFAULT_ORIGINS = 4
 REPORTED_METRICS = ("roc_auc", "pr_auc", "brier", "ece", "lift_top_decile")
@@ -88,14 +94,19 @@ def known_at_origin(frame: pd.DataFrame, origin: pd.Timestamp, window: int) -> p
 
 
 def backtest_frame(
-    settings: Settings, frame: pd.DataFrame, origins: int = DEFAULT_ORIGINS
+    settings: Settings,
+    frame: pd.DataFrame,
+    origins: int = DEFAULT_ORIGINS,
+    purchases: pd.DataFrame | None = None,
 ) -> BacktestReport:
     """Backtest every target on an already built training frame (pure: no I/O)."""
     rows = []
     for kind, label in LABEL_COLUMNS.items():
         for origin in origin_cutoffs(frame, label, origins, window_days(settings, kind)):
             until_origin = known_at_origin(frame, origin, window_days(settings, kind))
-            trained = train_target(settings, until_origin, kind, holdout_snapshots=1)
+            trained = train_target(
+                settings, until_origin, kind, holdout_snapshots=1, purchases=purchases
+            )
             for scorer, metrics in trained.metrics.items():
                 rows.append(
                     {
@@ -112,4 +123,6 @@ def backtest(
     settings: Settings, labels_file: Path | None = None, origins: int = DEFAULT_ORIGINS
 ) -> BacktestReport:
     """Build the training frame (labels, Feast features) and backtest it."""
-    return backtest_frame(settings, build_training_frame(settings, labels_file), origins)
+    frame = build_training_frame(settings, labels_file)
+    purchases, _ = read_purchases_and_data_end(settings)
+    return backtest_frame(settings, frame, origins, purchases)

@@ -36,6 +36,7 @@ from training.labels import (
     read_label_file,
     replace_churn_labels,
     to_utc_aware,
+    to_utc_naive,
 )
 from training.model import (
     CalibratedClassifier,
@@ -264,6 +265,34 @@ def rfm_baseline_metrics(split: TimeSplit, label: str, kind: str) -> dict[str, f
     )
 
 
+def bgnbd_baseline_metrics(
+    split: TimeSplit, label: str, kind: str, purchases: pd.DataFrame, window_days: int
+) -> dict[str, float]:
+    """Holdout metrics of BG/NBD (only the transaction log): fitted on the purchases before the
+    calibration cutoff, it scores each holdout row by P(a purchase in the label window) from
+    the purchases before that row's cutoff (churn = 1 minus it)."""
+    from training.bgnbd import fit_bgnbd, frequency_recency_summary, probability_any_purchase
+
+    def summary_at(cutoff: pd.Timestamp) -> pd.DataFrame:
+        naive = to_utc_naive([cutoff])[0]
+        times = to_utc_naive(purchases["occurred_at"])
+        bought = purchases.loc[(times < naive) & ~purchases["is_return"].astype(bool).to_numpy()]
+        return frequency_recency_summary(bought, naive)
+
+    fit_summary = summary_at(split.calibration[TIMESTAMP_COLUMN].iloc[0])
+    params = fit_bgnbd(fit_summary["x"], fit_summary["t_x"], fit_summary["T"])
+    scores = np.full(len(split.holdout), np.nan)
+    for cutoff in split.holdout[TIMESTAMP_COLUMN].unique():
+        rows = (split.holdout[TIMESTAMP_COLUMN] == cutoff).to_numpy()
+        summary = summary_at(cutoff).reindex(split.holdout.loc[rows, ENTITY_KEY].to_numpy())
+        scores[rows] = probability_any_purchase(
+            params, window_days / 7.0, summary["x"], summary["t_x"], summary["T"]
+        )
+    scores = np.nan_to_num(scores, nan=0.0)  # no purchase before the cutoff: no evidence
+    probabilities = 1.0 - scores if kind == "churn" else scores
+    return classification_metrics(labels_of(split.holdout, label), probabilities)
+
+
 def logistic_baseline_metrics(split: TimeSplit, label: str, columns: list[str]) -> dict[str, float]:
     """Holdout metrics of a logistic regression on standardised, median-imputed features."""
     from sklearn.impute import SimpleImputer
@@ -304,11 +333,16 @@ class TrainedTarget:
 
 
 def train_target(
-    settings: Settings, frame: pd.DataFrame, kind: str, holdout_snapshots: int | None = None
+    settings: Settings,
+    frame: pd.DataFrame,
+    kind: str,
+    holdout_snapshots: int | None = None,
+    purchases: pd.DataFrame | None = None,
 ) -> TrainedTarget:
     """Fit, calibrate and evaluate one target, with its baselines, on the time split.
 
     ``holdout_snapshots`` defaults to ``training.holdout_snapshots`` (the backtest passes 1).
+    With ``purchases`` (the warehouse's, with ``is_return``) BG/NBD joins the baselines.
     """
     label = LABEL_COLUMNS[kind]
     holdout = (
@@ -333,6 +367,18 @@ def train_target(
         "rfm": rfm_baseline_metrics(split, label, kind),
         "logistic": logistic_baseline_metrics(split, label, columns),
     }
+    if purchases is not None:
+        from training.bgnbd import BGNBDFitError
+
+        window = (
+            settings.labels.churn_window_days
+            if kind == "churn"
+            else settings.labels.repurchase_window_days
+        )
+        try:
+            metrics["bgnbd"] = bgnbd_baseline_metrics(split, label, kind, purchases, window)
+        except BGNBDFitError as error:  # e.g. nobody bought twice yet: report without it
+            logger.warning("BG/NBD baseline skipped for %s: %s", kind, error)
     return TrainedTarget(kind, label, model, split, metrics)
 
 
@@ -506,7 +552,12 @@ def _score_champion(name: str, holdout: pd.DataFrame, label: str) -> ChampionSco
 
 
 def _flat_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
-    prefix = {"model": "holdout", "rfm": "baseline_rfm", "logistic": "baseline_logistic"}
+    prefix = {
+        "model": "holdout",
+        "rfm": "baseline_rfm",
+        "logistic": "baseline_logistic",
+        "bgnbd": "baseline_bgnbd",
+    }
     return {
         f"{prefix[scorer]}_{name}": value
         for scorer, values in metrics.items()
@@ -662,13 +713,13 @@ def train(
     frame = build_training_frame(settings, labels_file)
     purchases_end = frame.attrs.get("data_end")
     steps.update()
+    purchases, data_end = read_purchases_and_data_end(settings)
     trained: dict[str, TrainedTarget] = {}
     for kind in LABEL_COLUMNS:  # the classifiers; value and uplift are trained below
         steps.set_postfix_str(f"fit {kind}")
-        trained[kind] = train_target(settings, frame, kind)
+        trained[kind] = train_target(settings, frame, kind, purchases=purchases)
         steps.update()
     steps.set_postfix_str("fit value")
-    purchases, data_end = read_purchases_and_data_end(settings)
     try:
         trained_value = train_value(settings, value_frame(settings, frame, purchases, data_end))
         value_skipped = None
