@@ -79,7 +79,14 @@ def main() -> None:
     from omniretain.settings import load_settings
     from training.labels import LABEL_COLUMNS
     from training.model import fit_calibrated_classifier, lightgbm_parameters
-    from training.train import feature_columns, labels_of, matrix, time_split, train_target
+    from training.train import (
+        feature_columns,
+        labels_of,
+        logistic_baseline_metrics,
+        matrix,
+        time_split,
+        train_target,
+    )
 
     settings = load_settings(state_dir=Path(tempfile.mkdtemp(prefix="omniretain_train_speed_")))
     frame = synthetic_frame(rows, args.features)
@@ -108,6 +115,10 @@ def main() -> None:
         training.calibration,
     )
     fit_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    logistic_baseline_metrics(split, label, columns)
+    logistic_seconds = time.perf_counter() - started
 
     params = lightgbm_parameters(training.lightgbm)
     rounds = params.pop("n_estimators", 100)
@@ -139,6 +150,7 @@ def main() -> None:
         f"{trained.model.best_iteration:>8}"
     )
     print(f"{'ours: fit_calibrated_classifier only':<44}{fit_seconds:>10.1f}")
+    print(f"{'ours: logistic baseline only':<44}{logistic_seconds:>10.1f}")
     print(
         f"{'plain lgb.train, same matrix and params':<44}{raw_seconds:>10.1f}"
         f"{booster.best_iteration:>8}"
@@ -160,6 +172,7 @@ def main() -> None:
                 "seconds": round(seconds, 2),
                 "lightgbm_raw_seconds": round(raw_seconds, 2),
                 "fit_calibration_seconds": round(fit_seconds, 2),
+                "logistic_baseline_seconds": round(logistic_seconds, 2),
                 "overhead_ratio": round(seconds / raw_seconds, 2),
                 "trees": trained.model.best_iteration,
                 "raw_trees": booster.best_iteration,
