@@ -64,6 +64,9 @@ class FeatureSettings(BaseModel):
     feature_service: str = "churn_v1"
     lookback_days: list[int] = [30, 90, 365]
     feast_ttl_days: int = Field(400, ge=1)
+    serving_feature_service: str = "nba_v1"  # online reads: churn_v1's features + real-time
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection_string: str = "localhost:6379"  # Feast's form: host:port[,db=0,...]
 
 
 class TrainingSettings(BaseModel):
@@ -77,10 +80,6 @@ class TrainingSettings(BaseModel):
     max_metric_drop: float = Field(0.05, ge=0.0)  # gate: no metric may fall more vs champion
     # gate: the ROC AUC must beat this baseline's: "chance" (0.5), "rfm" or "logistic"
     sanity_baseline: str = "chance"
-
-    serving_feature_service: str = "nba_v1"  # online reads: churn_v1's features + real-time
-    online_store: Literal["sqlite", "redis"] = "sqlite"
-    redis_connection_string: str = "localhost:6379"  # Feast's form: host:port[,db=0,...]
 
 
 class ApiKey(BaseModel):

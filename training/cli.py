@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from typing import Annotated
-
 import typer
 
 from omniretain.console import cli_settings, console, guarded, show, stage
