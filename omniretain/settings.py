@@ -103,7 +103,10 @@ class ServingSettings(BaseModel):
 
 
 class DriftSettings(BaseModel):
-    """Per-feature drift method and threshold (Evidently names: ks, wasserstein, psi, jensenshannon...)."""
+    """Per-feature drift method and threshold.
+
+    Methods use Evidently's names: ks, wasserstein, psi, jensenshannon...
+    """
 
     default_method: str | None = None  # None: Evidently picks per column type and size
     default_threshold: float | None = None
