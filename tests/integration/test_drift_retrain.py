@@ -4,8 +4,8 @@ champion; then served decisions of two other populations go through the real dec
 - an *unshifted* population (same world, another seed) served a month ago: no drift verdict, no
   retrain, only a monitoring run in MLflow;
 - a *shifted* population (customers buy far less often (15 % of the rate), as after a price
-  rise) served now: a drift verdict, a real retrain (a new registered model version), and the MLflow monitoring run
-  carries the Evidently report.
+  rise) served now: a drift verdict, a real retrain (a new registered model version), and the
+  MLflow monitoring run carries the Evidently report.
 
 Both windows are compared at the reference's own cutoff date, so cumulative features (tenure,
 totals) are like for like and only behaviour differs.
