@@ -218,11 +218,26 @@ def fit_uplift(frame: pd.DataFrame, feature_names: list[str], learner: str) -> U
             np.column_stack([X, codes]), y, [*feature_names, ARM_FEATURE]
         )
         return model
+    if not _learnable(y[is_control]):
+        raise UpliftDataError("the control sends have too few rows or one outcome only")
     model.boosters["control"] = _fit_classifier(X[is_control], y[is_control], feature_names)
+    fitted: list[Arm] = []
     for action, channel in arms:
         mask = ((frame["action"] == action) & (frame["channel"] == channel)).to_numpy()
+        if not _learnable(y[mask]):  # a T-learner needs enough sends of both outcomes per arm
+            continue
         model.boosters[f"{action}|{channel}"] = _fit_classifier(X[mask], y[mask], feature_names)
+        fitted.append((action, channel))
+    model.arms = fitted
     return model
+
+
+MIN_ARM_SENDS = 30
+
+
+def _learnable(outcomes: np.ndarray) -> bool:
+    """Enough rows, and both outcomes present, to fit one arm's classifier."""
+    return len(outcomes) >= MIN_ARM_SENDS and 0 < int(outcomes.sum()) < len(outcomes)
 
 
 def heldout_qini(model: UpliftModel, holdout: pd.DataFrame) -> dict[str, float]:
