@@ -179,6 +179,8 @@ class UpliftModel:
             probability = self.boosters["s"].predict(stacked, num_threads=PREDICTION_THREADS)
             probability = probability.reshape(n, len(codes))
             return probability[:, 1:] - probability[:, :1]
+        if not self.arms:  # no arm had enough sends to learn from
+            return np.zeros((n, 0))
         control = self.boosters["control"].predict(matrix, num_threads=PREDICTION_THREADS)
         return np.column_stack(
             [
@@ -273,7 +275,8 @@ def compare_learners(
     comparison: dict[str, dict[str, float]] = {}
     for learner in learners:
         per_arm = heldout_qini(fit_uplift(train_part, feature_names, learner), holdout)
-        comparison[learner] = {"mean_qini": float(np.nanmean(list(per_arm.values()))), **per_arm}
+        mean = float(np.nanmean(list(per_arm.values()))) if per_arm else float("nan")
+        comparison[learner] = {"mean_qini": mean, **per_arm}
     return comparison
 
 
