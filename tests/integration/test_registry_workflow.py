@@ -26,6 +26,7 @@ from training.registry import (
     rollback,
     snapshot_champions,
 )
+from training.train import _experiment_id
 
 NAME = MODEL_NAMES["churn"]
 
@@ -49,8 +50,10 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         settings = load_settings(state_dir=tmp_path_factory.mktemp("registry_state"))
         settings.ensure_dirs()
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        # an experiment of our own: the default one would put artifacts in the cwd's mlruns/
+        experiment_id = _experiment_id(settings, NAME)
         for seed in range(3):
-            with mlflow.start_run():
+            with mlflow.start_run(experiment_id=experiment_id):
                 info = mlflow.sklearn.log_model(
                     tiny_model(seed),
                     name="model",
