@@ -514,6 +514,21 @@ def _experiment_id(settings: Settings, name: str) -> str:
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
+def log_pickled_model(model: Any, **options: Any) -> Any:
+    """Log ``model`` as the active run's ``model`` artifact (sklearn flavour, pickled, with our
+    pinned requirements so logging takes no resolver time); ``options`` go to ``log_model``."""
+    import mlflow.sklearn
+
+    with _quiet_loggers(*NOISY_LOGGERS):
+        return mlflow.sklearn.log_model(
+            model,
+            name="model",
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_PICKLE,
+            pip_requirements=_pip_requirements(),
+            **options,
+        )
+
+
 def _pip_requirements() -> list[str]:
     """Pinned requirements of the pickled model, given so MLflow does not spend ~10 s on them."""
     from importlib.metadata import version
@@ -641,16 +656,12 @@ def log_and_register(
         )
         champion_metrics = champion.metrics if champion else None
         log_model_report(settings, trained, champion_metrics, reason, data_end)
-        with _quiet_loggers(*NOISY_LOGGERS):
-            model_info = mlflow.sklearn.log_model(
-                trained.model,
-                name="model",
-                serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_PICKLE,
-                pip_requirements=_pip_requirements(),
-                signature=signature,
-                input_example=example,
-                pyfunc_predict_fn="predict_proba",
-            )
+        model_info = log_pickled_model(
+            trained.model,
+            signature=signature,
+            input_example=example,
+            pyfunc_predict_fn="predict_proba",
+        )
         decision_tags = {
             "promotion_decision": "promoted" if promote else "rejected",
             "promotion_reason": reason,

@@ -361,7 +361,7 @@ def log_and_register_uplift(settings: Settings, trained: TrainedUplift) -> Uplif
     from mlflow import MlflowClient
 
     from training.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAMES
-    from training.train import NOISY_LOGGERS, _experiment_id, _pip_requirements, _quiet_loggers
+    from training.train import _experiment_id, log_pickled_model
 
     name = MODEL_NAMES["uplift"]
     chosen = trained.model.learner
@@ -388,13 +388,7 @@ def log_and_register_uplift(settings: Settings, trained: TrainedUplift) -> Uplif
                 if np.isfinite(value)
             }
         )
-        with _quiet_loggers(*NOISY_LOGGERS):
-            info = mlflow.sklearn.log_model(
-                trained.model,
-                name="model",
-                serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_PICKLE,
-                pip_requirements=_pip_requirements(),
-            )
+        info = log_pickled_model(trained.model)
         tags = {
             "promotion_decision": "promoted" if promote else "rejected",
             "promotion_reason": reason,

@@ -376,13 +376,7 @@ def log_and_register_value(settings: Settings, trained: TrainedValue) -> ValueRe
     from mlflow.models import infer_signature
 
     from training.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAMES
-    from training.train import (
-        INPUT_EXAMPLE_ROWS,
-        NOISY_LOGGERS,
-        _experiment_id,
-        _pip_requirements,
-        _quiet_loggers,
-    )
+    from training.train import INPUT_EXAMPLE_ROWS, _experiment_id, log_pickled_model
 
     name = MODEL_NAMES["value"]
     champion = _champion_value_metrics(name, trained.holdout)
@@ -424,15 +418,7 @@ def log_and_register_value(settings: Settings, trained: TrainedValue) -> ValueRe
                 if np.isfinite(value)
             }
         )
-        with _quiet_loggers(*NOISY_LOGGERS):
-            info = mlflow.sklearn.log_model(
-                trained.model,
-                name="model",
-                serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_PICKLE,
-                pip_requirements=_pip_requirements(),
-                signature=signature,
-                input_example=example,
-            )
+        info = log_pickled_model(trained.model, signature=signature, input_example=example)
         tags = {
             "promotion_decision": "promoted" if promote else "rejected",
             "promotion_reason": reason,
