@@ -28,6 +28,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from features.ingest import ingest  # noqa: E402
 from features.transactions import TransactionColumns, import_transaction_log  # noqa: E402
 from omniretain.settings import load_settings  # noqa: E402
 from training.bgnbd import (  # noqa: E402
+    customer_base_features,
     expected_transactions,
     fit_bgnbd,
     frequency_recency_summary,
@@ -77,12 +79,21 @@ HOLDOUT_END = datetime(1998, 7, 1, tzinfo=UTC)
 HOLDOUT_WEEKS = 39.0
 INNER_WINDOW_DAYS = 91
 INNER_CUTOFFS = [datetime(1997, month, 1, tzinfo=UTC) for month in (3, 4, 5, 6, 7)]
+# The rehearsal of the 3x stretch from label window to holdout (see ``our_model_scores``).
+REHEARSAL_WINDOW_DAYS = 29  # closes before REHEARSAL_CUTOFF: no label touches its window
+REHEARSAL_FIT_CUTOFFS = [datetime(1997, month, 1, tzinfo=UTC) for month in (3, 4, 5, 6)]
+REHEARSAL_CUTOFF = datetime(1997, 7, 1, tzinfo=UTC)
+SEEDS = (0, 1, 2)
 INNER_FORECAST_CUTOFF = datetime(1997, 7, 1, tzinfo=UTC)
-BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+BLEND_WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
+BAGGING = {"subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8}  # seeds differ
 CANDIDATE_PARAMETERS = [
     {"n_estimators": 400, "learning_rate": 0.03, "num_leaves": 7, "min_child_samples": 40},
     {"n_estimators": 400, "learning_rate": 0.03, "num_leaves": 15, "min_child_samples": 80},
     {"n_estimators": 400, "learning_rate": 0.03, "num_leaves": 4, "min_child_samples": 100},
+]
+CANDIDATES = [("trees", params) for params in CANDIDATE_PARAMETERS] + [
+    ("logistic", {"C": C}) for C in (0.1, 1.0)
 ]
 
 
@@ -94,7 +105,9 @@ def load_through_product(name: str, state: Path) -> tuple[pd.DataFrame, pd.DataF
     import_transaction_log(settings, DATA_DIR / file_name, columns)
     ingest(settings, progress=False, now=datetime(2026, 1, 1, tzinfo=UTC))
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        features = compute_features(con, [*INNER_CUTOFFS, CALIBRATION_END])
+        features = compute_features(
+            con, sorted({*INNER_CUTOFFS, *REHEARSAL_FIT_CUTOFFS, CALIBRATION_END})
+        )
         purchases = con.execute(
             "SELECT customer_id, occurred_at, coalesce(is_return, false) AS is_return "
             "FROM purchases WHERE customer_id IS NOT NULL"
@@ -108,51 +121,130 @@ def holdout_target(purchases: pd.DataFrame, customers: pd.Index) -> np.ndarray:
     return customers.isin(inside["customer_id"].unique()).astype(np.int64)
 
 
-def our_model_scores(features: pd.DataFrame, purchases: pd.DataFrame) -> tuple[np.ndarray, dict]:
-    """Fit on inner cutoffs, choose parameters on the last one, score at the calibration end."""
-    labels = purchase_window_labels(purchases, INNER_CUTOFFS, INNER_WINDOW_DAYS)
-    # Inner windows must close by the calibration end: nothing of the holdout is read.
-    assert max(INNER_CUTOFFS) + pd.Timedelta(days=INNER_WINDOW_DAYS) <= CALIBRATION_END
+def model_frame(
+    features: pd.DataFrame, purchases: pd.DataFrame, cutoffs: list[datetime], window_days: int
+) -> pd.DataFrame:
+    """Product features + customer-base features (horizon = the label window) + labels."""
+    labels = purchase_window_labels(purchases, cutoffs, window_days)
+    base = customer_base_features(purchases, cutoffs, window_days)
     frame = features.merge(labels, on=["customer_id", "event_timestamp"], how="inner")
-    columns = [c for c in feature_columns(features) if features[c].nunique() > 1]
-    last = frame["event_timestamp"] == max(INNER_CUTOFFS)
-    fit, stop = frame[~last], frame[last]
-    best, best_auc = None, -1.0
-    for params in CANDIDATE_PARAMETERS:
-        model = fit_calibrated_classifier(
+    return frame.merge(base, on=["customer_id", "event_timestamp"], how="left")
+
+
+def scoring_frame(
+    features: pd.DataFrame, purchases: pd.DataFrame, cutoff: datetime, horizon_days: int
+) -> pd.DataFrame:
+    at = features[features["event_timestamp"] == cutoff]
+    base = customer_base_features(purchases, [cutoff], horizon_days)
+    return at.merge(base, on=["customer_id", "event_timestamp"], how="left")
+
+
+def fit_trees(fit: pd.DataFrame, stop: pd.DataFrame, columns: list[str], params: dict) -> list:
+    """One calibrated LightGBM per seed, early-stopped on the ``stop`` slice."""
+    return [
+        fit_calibrated_classifier(
             matrix(fit, columns),
             fit["bought_in_window"].to_numpy(np.int64),
             matrix(stop, columns),
             stop["bought_in_window"].to_numpy(np.int64),
             columns,
-            {**params, "n_jobs": 1},
+            {**BAGGING, **params, "n_jobs": 1, "random_state": seed},
             early_stopping_rounds=40,
         )
-        auc = roc_auc_score(stop["bought_in_window"], model.raw_score(matrix(stop, columns)))
-        if auc > best_auc:
-            best, best_auc, chosen = model, auc, params
-    # Blend with BG/NBD ranks; the weight is chosen on the same inner slice.
-    stop_customers = pd.Index(stop["customer_id"])
-    inner_bgnbd = bgnbd_expected_at(
-        purchases, max(INNER_CUTOFFS), stop_customers, INNER_WINDOW_DAYS / 7.0
+        for seed in SEEDS
+    ]
+
+
+def tree_scores(models: list, frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Mean log-odds over the seeds."""
+    return np.mean([model.raw_score(matrix(frame, columns)) for model in models], axis=0)
+
+
+def signed_log(values: np.ndarray) -> np.ndarray:
+    """Counts, amounts and days are heavy-tailed: a linear model sees their logarithm."""
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+def fit_candidate(
+    kind: str, setting: dict, fit: pd.DataFrame, stop: pd.DataFrame, columns: list[str]
+) -> Callable[[pd.DataFrame], np.ndarray]:
+    """A fitted candidate as a scoring function (higher = more likely to buy again).
+
+    ``trees``: seed-averaged calibrated LightGBM, early-stopped on ``stop``. ``logistic``: an
+    L2 logistic regression on log-scaled, median-imputed (with missing flags), standardised
+    features, fitted on both slices (nothing to early-stop).
+    """
+    if kind == "trees":
+        models = fit_trees(fit, stop, columns, setting)
+        return lambda frame: tree_scores(models, frame, columns)
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    both = pd.concat([fit, stop], ignore_index=True)
+    pipeline = make_pipeline(
+        SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+        StandardScaler(),
+        LogisticRegression(C=setting["C"], max_iter=3000),
     )
-    inner_trees = best.raw_score(matrix(stop, columns))
-    blends = {
-        weight: roc_auc_score(
-            stop["bought_in_window"],
-            (1 - weight) * rank01(inner_trees) + weight * rank01(inner_bgnbd),
+    pipeline.fit(signed_log(matrix(both, columns)), both["bought_in_window"].to_numpy(np.int64))
+    return lambda frame: pipeline.decision_function(signed_log(matrix(frame, columns)))
+
+
+def our_model_scores(features: pd.DataFrame, purchases: pd.DataFrame) -> tuple[np.ndarray, dict]:
+    """Choose on a rehearsal inside the calibration period, then refit and score at its end.
+
+    The holdout asks about 39 weeks, three times the longest label window that closes inside
+    the calibration period (13 weeks). The rehearsal reproduces that stretch: trees learn
+    ``REHEARSAL_WINDOW_DAYS`` labels at the early cutoffs and are scored at ``REHEARSAL_CUTOFF``
+    on the following 13 weeks; the LightGBM parameters and the weight of the BG/NBD ranks in the
+    blend are chosen there by ROC AUC. The final trees learn 13-week labels at ``INNER_CUTOFFS``
+    (early stopping on the last one) and score the customers at the calibration end.
+    """
+    rehearsal_end = REHEARSAL_CUTOFF + pd.Timedelta(days=INNER_WINDOW_DAYS)
+    final_end = max(INNER_CUTOFFS) + pd.Timedelta(days=INNER_WINDOW_DAYS)
+    # Every label window closes by the calibration end: nothing of the holdout is read.
+    assert rehearsal_end <= CALIBRATION_END and final_end <= CALIBRATION_END
+    assert max(REHEARSAL_FIT_CUTOFFS) + pd.Timedelta(days=REHEARSAL_WINDOW_DAYS) < REHEARSAL_CUTOFF
+
+    short = model_frame(features, purchases, REHEARSAL_FIT_CUTOFFS, REHEARSAL_WINDOW_DAYS)
+    columns = [
+        c for c in feature_columns(short.drop(columns="bought_in_window")) if short[c].nunique() > 1
+    ]
+    last = short["event_timestamp"] == max(REHEARSAL_FIT_CUTOFFS)
+    target = model_frame(features, purchases, [REHEARSAL_CUTOFF], INNER_WINDOW_DAYS)
+    rehearsal = scoring_frame(features, purchases, REHEARSAL_CUTOFF, REHEARSAL_WINDOW_DAYS)
+    rehearsal = rehearsal.merge(
+        target[["customer_id", "bought_in_window"]], on="customer_id", how="inner"
+    )
+    truth = rehearsal["bought_in_window"].to_numpy(np.int64)
+    rehearsal_bgnbd = rank01(
+        bgnbd_expected_at(
+            purchases, REHEARSAL_CUTOFF, pd.Index(rehearsal["customer_id"]), INNER_WINDOW_DAYS / 7
         )
-        for weight in BLEND_WEIGHTS
-    }
-    weight = max(blends, key=blends.get)
-    at_end = features[features["event_timestamp"] == CALIBRATION_END].set_index("customer_id")
+    )
+    trials = {}
+    for index, (kind, setting) in enumerate(CANDIDATES):
+        scores = rank01(fit_candidate(kind, setting, short[~last], short[last], columns)(rehearsal))
+        for weight in BLEND_WEIGHTS:
+            blend = (1 - weight) * scores + weight * rehearsal_bgnbd
+            trials[(index, weight)] = roc_auc_score(truth, blend)
+    (chosen, weight), rehearsal_auc = max(trials.items(), key=lambda item: item[1])
+    kind, setting = CANDIDATES[chosen]
+
+    inner = model_frame(features, purchases, INNER_CUTOFFS, INNER_WINDOW_DAYS)
+    last = inner["event_timestamp"] == max(INNER_CUTOFFS)
+    model = fit_candidate(kind, setting, inner[~last], inner[last], columns)
+    at_end = scoring_frame(features, purchases, CALIBRATION_END, INNER_WINDOW_DAYS)
+    at_end = at_end.set_index("customer_id")
     bgnbd = bgnbd_expected_at(purchases, CALIBRATION_END, at_end.index, HOLDOUT_WEEKS)
-    trees = best.raw_score(matrix(at_end, columns))
-    return (1 - weight) * rank01(trees) + weight * rank01(bgnbd), {
-        "inner_auc": round(blends[weight], 4),
-        "inner_tree_auc": round(best_auc, 4),
+    return (1 - weight) * rank01(model(at_end)) + weight * rank01(bgnbd), {
+        "inner_auc": round(rehearsal_auc, 4),
+        "inner_model_auc": round(trials[(chosen, 0.0)], 4),
+        "inner_bgnbd_auc": round(trials[(chosen, 1.0)], 4),
         "bgnbd_weight": weight,
-        "params": chosen,
+        "model": f"{kind} {setting}",
         "n_features": len(columns),
         "customers": at_end.index,
         "frame": at_end,
@@ -223,7 +315,9 @@ def run(name: str) -> dict[str, float]:
         "customers": len(customers),
         "base_rate": round(float(target.mean()), 4),
         "inner_auc": details["inner_auc"],
-        "inner_tree_auc": details["inner_tree_auc"],
+        "inner_model_auc": details["inner_model_auc"],
+        "inner_bgnbd_auc": details["inner_bgnbd_auc"],
+        "model": details["model"],
         "bgnbd_weight": details["bgnbd_weight"],
         "n_features": details["n_features"],
         "load_seconds": round(load_seconds, 1),
@@ -247,9 +341,10 @@ def main() -> None:
         )
     for name, r in results.items():
         print(
-            f"{name}: chosen on the inner split: BG/NBD blend weight {r['bgnbd_weight']}, inner "
-            f"ROC AUC trees {r['inner_tree_auc']} / blend {r['inner_auc']}; {r['n_features']} "
-            f"features; import+ingest+features {r['load_seconds']} s"
+            f"{name}: chosen on the rehearsal inside the calibration period: {r['model']}, "
+            f"BG/NBD blend weight {r['bgnbd_weight']}; rehearsal ROC AUC model "
+            f"{r['inner_model_auc']} / BG/NBD {r['inner_bgnbd_auc']} / blend {r['inner_auc']}; "
+            f"{r['n_features']} features; import+ingest+features {r['load_seconds']} s"
         )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, load "

@@ -179,3 +179,91 @@ def frequency_recency_summary(
             "T": (end.normalize() - first) / unit,
         }
     ).rename_axis("customer_id")
+
+
+# ---- customer-base features for the classifiers ----------------------------------------------
+CUSTOMER_BASE_FEATURES: tuple[str, ...] = (
+    "bgnbd_expected_purchases",
+    "bgnbd_p_any_purchase",
+    "bgnbd_p_alive",
+    "repeat_purchases",
+    "mean_days_between_purchases",
+    "purchase_gap_cv",
+    "overdue_ratio",
+)
+
+
+def customer_base_features(
+    purchases: pd.DataFrame, cutoffs: list, horizon_days: float
+) -> pd.DataFrame:
+    """Per (customer, cutoff): BG/NBD outputs and inter-purchase regularity, point in time.
+
+    At each cutoff BG/NBD is refitted on the purchases strictly before it (returns excluded),
+    so a row uses nothing a model scoring at that cutoff could not know. The outputs condense
+    the whole purchase history into what a tree finds hard to learn from RFM counts: the
+    expected purchases and the probability of any purchase in the next ``horizon_days`` (keep
+    it the same at training and scoring so the feature means the same thing), P(alive), and
+    how regular the customer's gaps are (``overdue_ratio``: days since the last purchase over
+    the mean gap; above 1 means later than usual). Gap features are NaN for one-time buyers.
+
+    Args:
+        purchases: ``customer_id``, ``occurred_at`` (naive UTC or tz-aware), optional
+            ``is_return``.
+        cutoffs: snapshot cutoffs (datetimes, naive UTC or tz-aware).
+        horizon_days: the prediction horizon of the expected-purchase features.
+
+    Returns:
+        ``customer_id``, ``event_timestamp`` (tz-aware UTC) and :data:`CUSTOMER_BASE_FEATURES`,
+        for every customer with a purchase before the cutoff. A cutoff where BG/NBD cannot be
+        fitted (nobody bought twice yet) keeps NaN in the three ``bgnbd_`` columns.
+    """
+    times = pd.to_datetime(purchases["occurred_at"])
+    if getattr(times.dt, "tz", None) is not None:
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    bought = pd.DataFrame({"customer_id": purchases["customer_id"].astype(str), "day": times})
+    if "is_return" in purchases.columns:
+        bought = bought[~purchases["is_return"].fillna(False).astype(bool).to_numpy()]
+    bought["day"] = bought["day"].dt.normalize()
+    bought = bought.drop_duplicates().sort_values(["customer_id", "day"])
+    frames = []
+    for cutoff in sorted({_naive_utc(cutoff) for cutoff in cutoffs}):
+        before = bought[bought["day"] < cutoff]
+        if before.empty:
+            continue
+        summary = frequency_recency_summary(
+            before, cutoff - pd.Timedelta(days=1), time_column="day"
+        )
+        x, t_x, age = summary["x"], summary["t_x"], summary["T"]
+        frame = pd.DataFrame(index=summary.index)
+        try:
+            params = fit_bgnbd(x, t_x, age)
+            weeks = horizon_days / DAYS_PER_WEEK
+            frame["bgnbd_expected_purchases"] = expected_transactions(params, weeks, x, t_x, age)
+            frame["bgnbd_p_any_purchase"] = probability_any_purchase(params, weeks, x, t_x, age)
+            frame["bgnbd_p_alive"] = probability_alive(params, x, t_x, age)
+        except BGNBDFitError:
+            for name in CUSTOMER_BASE_FEATURES[:3]:
+                frame[name] = np.nan
+        frame["repeat_purchases"] = x
+        mean_gap_days = (t_x * DAYS_PER_WEEK / x).where(x > 0)
+        frame["mean_days_between_purchases"] = mean_gap_days
+        gaps = before.groupby("customer_id")["day"].diff().dt.days
+        spread = gaps.groupby(before["customer_id"]).agg(["std", "mean"])
+        frame["purchase_gap_cv"] = (spread["std"] / spread["mean"]).reindex(frame.index)
+        days_since_last = (age - t_x) * DAYS_PER_WEEK + 1.0  # ``T`` ends the day before cutoff
+        frame["overdue_ratio"] = days_since_last / mean_gap_days.clip(lower=1.0)
+        frame["event_timestamp"] = cutoff.tz_localize("UTC")
+        frames.append(frame.reset_index())
+    columns = ["customer_id", "event_timestamp", *CUSTOMER_BASE_FEATURES]
+    if not frames:
+        return pd.DataFrame({name: pd.Series(dtype=np.float64) for name in columns}).astype(
+            {"customer_id": str, "event_timestamp": "datetime64[ns, UTC]"}
+        )
+    result = pd.concat(frames, ignore_index=True)[columns]
+    result["event_timestamp"] = result["event_timestamp"].astype("datetime64[ns, UTC]")
+    return result
+
+
+def _naive_utc(moment: object) -> pd.Timestamp:
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo is not None else stamp

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from training.bgnbd import (
     BGNBDFitError,
+    CUSTOMER_BASE_FEATURES,
     BGNBDParameters,
+    customer_base_features,
     expected_transactions,
     fit_bgnbd,
     frequency_recency_summary,
@@ -139,3 +141,65 @@ def test_a_recent_buyer_is_more_alive_than_a_lapsed_one() -> None:
     x = np.array([5.0, 5.0])
     alive = probability_alive(PUBLISHED, x, np.array([30.0, 5.0]), np.array([32.0, 32.0]))
     assert alive[0] > alive[1]
+
+
+def _log(rows: list[tuple[str, str]], returns: tuple[str, str] | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["customer_id", "occurred_at"])
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], format="ISO8601")
+    frame["is_return"] = False
+    if returns is not None:
+        frame.loc[len(frame)] = [returns[0], pd.Timestamp(returns[1]), True]
+    return frame
+
+
+def test_customer_base_gap_features_by_hand() -> None:
+    # a buys on days 0, 10 and 30 before a cutoff on day 40 (twice on day 10: one occasion);
+    # b once; c twice, so that BG/NBD can be fitted.
+    purchases = _log(
+        [
+            ("a", "2020-01-01"),
+            ("a", "2020-01-11 09:00"),
+            ("a", "2020-01-11 18:00"),
+            ("a", "2020-01-31"),
+            ("b", "2020-01-05"),
+            ("c", "2020-01-02"),
+            ("c", "2020-01-20"),
+        ],
+        returns=("b", "2020-01-25"),  # a return is not a purchase
+    )
+    cutoff = pd.Timestamp("2020-02-10", tz="UTC")
+    rows = customer_base_features(purchases, [cutoff], horizon_days=30).set_index("customer_id")
+    assert list(rows.columns) == ["event_timestamp", *CUSTOMER_BASE_FEATURES]
+    assert (rows["event_timestamp"] == cutoff).all()
+    a, b = rows.loc["a"], rows.loc["b"]
+    assert a["repeat_purchases"] == 2 and b["repeat_purchases"] == 0
+    assert a["mean_days_between_purchases"] == pytest.approx(15.0)
+    assert a["purchase_gap_cv"] == pytest.approx(np.std([10, 20], ddof=1) / 15.0)
+    assert a["overdue_ratio"] == pytest.approx(10.0 / 15.0)  # last purchase 10 days ago
+    assert np.isnan(b["mean_days_between_purchases"]) and np.isnan(b["overdue_ratio"])
+    assert np.isnan(rows.loc["c", "purchase_gap_cv"])  # one gap: no spread
+    assert b["bgnbd_p_alive"] == pytest.approx(1.0)  # the model's convention for x = 0
+    assert 0.0 < a["bgnbd_p_any_purchase"] < 1.0 and a["bgnbd_expected_purchases"] > 0.0
+
+
+def test_customer_base_features_ignore_purchases_from_the_cutoff_on(cdnow: pd.DataFrame) -> None:
+    cutoff = pd.Timestamp("1997-07-01")
+    before = cdnow[cdnow["occurred_at"] < cutoff]
+    with_future = customer_base_features(cdnow, [cutoff], horizon_days=91)
+    without = customer_base_features(before, [cutoff], horizon_days=91)
+    pd.testing.assert_frame_equal(with_future, without)
+    # The BG/NBD columns are the model fitted on the history before the cutoff.
+    summary = frequency_recency_summary(before, cutoff - pd.Timedelta(days=1))
+    params = fit_bgnbd(summary["x"], summary["t_x"], summary["T"])
+    expected = expected_transactions(params, 13.0, summary["x"], summary["t_x"], summary["T"])
+    got = with_future.set_index("customer_id")["bgnbd_expected_purchases"]
+    np.testing.assert_allclose(got.loc[summary.index.astype(str)], expected, rtol=1e-6)
+
+
+def test_customer_base_features_without_repeat_buyers_leave_bgnbd_empty() -> None:
+    purchases = _log([("a", "2020-01-01"), ("b", "2020-01-03")])
+    rows = customer_base_features(purchases, [pd.Timestamp("2020-02-01")], horizon_days=30)
+    assert len(rows) == 2
+    assert rows[list(CUSTOMER_BASE_FEATURES[:3])].isna().all().all()
+    assert (rows["repeat_purchases"] == 0).all()
+    assert customer_base_features(purchases, [pd.Timestamp("2019-01-01")], 30).empty
