@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from training.bgnbd import (
-    BGNBDFitError,
     CUSTOMER_BASE_FEATURES,
+    BGNBDFitError,
     BGNBDParameters,
     customer_base_features,
     expected_transactions,
