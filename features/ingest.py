@@ -23,10 +23,12 @@ import csv
 import hashlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pandas as pd
 from pydantic import BaseModel, Field
 
 from features.contract import FEEDS, UNIFIED_TABLES, Column, Feed
@@ -457,7 +459,9 @@ def _struct_json(columns: list[str], alias: str) -> str:
     return f"to_json({{{fields}}})::VARCHAR"
 
 
-def load_file(con: duckdb.DuckDBPyConnection, path: Path, feed: Feed) -> str:
+def load_file(
+    con: duckdb.DuckDBPyConnection, path: Path, feed: Feed, columns: list[str] | None = None
+) -> str:
     """Read one file as text into temp tables; return the SQL of a row's raw JSON.
 
     Leaves ``_read`` (``_line`` plus the file's own columns), the view ``_src`` (``_line`` and
@@ -471,7 +475,8 @@ def load_file(con: duckdb.DuckDBPyConnection, path: Path, feed: Feed) -> str:
     """
     import duckdb
 
-    columns = file_columns(con, path)
+    if columns is None:
+        columns = file_columns(con, path)
     mapping = map_columns(columns, feed, path)
     suffix = path.suffix.lower()
     location = sql_string(str(path))
@@ -607,13 +612,14 @@ def _near_key_sql(feed: Feed, column: str, alias: str) -> str:
 
 
 def near_duplicate_lines_sql(feed: Feed) -> str:
-    """SELECT ``_line`` of the ``_fresh`` rows that repeat an event under another key.
+    """SELECT ``_seq`` of the ``_fresh`` rows that repeat an event under another key.
 
     Such a row has the same values in ``feed.near_duplicate_columns`` (identifiers compared in
     a normal form, nulls equal, at least one identifier set) and a time within
-    ``feed.near_duplicate_seconds`` of an accepted row, or of an earlier line of the same file.
-    Accepted rows are read only inside the file's own time span (plus the tolerance), which
-    keeps the check cheap on a large staging table.
+    ``feed.near_duplicate_seconds`` of an accepted row, or of an earlier row of this batch
+    (``_seq`` orders the batch by file, then line). Accepted rows are read only inside the
+    batch's own time span (plus the tolerance), which keeps the check cheap on a large staging
+    table when a new month arrives.
     """
     key, time_column = sql_identifier(feed.key), sql_identifier(feed.time_column)
     compared = feed.near_duplicate_columns
@@ -627,21 +633,26 @@ def near_duplicate_lines_sql(feed: Feed) -> str:
         )
 
     equal = " AND ".join(f"f.{n} IS NOT DISTINCT FROM o.{n}" for n in names)
+    # Rows without any identifier never match (and would collide in the join's hash table).
+    has_identifier = f"coalesce({', '.join(identifiers) or 'NULL'}) IS NOT NULL"
     return f"""
         WITH span AS (SELECT min({time_column}) - {tolerance} AS lo,
                              max({time_column}) + {tolerance} AS hi FROM _fresh),
-        mine AS (SELECT {keyed("x")}, x.{time_column}, x.{key}, x._line FROM _fresh x),
+        mine AS (SELECT * FROM (
+                     SELECT {keyed("x")}, x.{time_column}, x.{key}, x._seq FROM _fresh x)
+                 WHERE {has_identifier}),
         others AS (
-            SELECT {keyed("s")}, s.{time_column}, s.{key}, NULL::BIGINT AS _line
-            FROM raw_{feed.name} s, span WHERE s.{time_column} BETWEEN span.lo AND span.hi
+            SELECT * FROM (
+                SELECT {keyed("s")}, s.{time_column}, s.{key}, NULL::BIGINT AS _seq
+                FROM raw_{feed.name} s, span WHERE s.{time_column} BETWEEN span.lo AND span.hi)
+            WHERE {has_identifier}
             UNION ALL SELECT * FROM mine)
-        SELECT DISTINCT f._line FROM mine f JOIN others o
+        SELECT DISTINCT f._seq FROM mine f JOIN others o
             ON {equal}
            AND o.{key} <> f.{key}
            AND o.{time_column} BETWEEN f.{time_column} - {tolerance}
                                    AND f.{time_column} + {tolerance}
-           AND (o._line IS NULL OR o._line < f._line)
-        WHERE coalesce({", ".join(f"f.{n}" for n in identifiers) or "NULL"}) IS NOT NULL"""
+           AND (o._seq IS NULL OR o._seq < f._seq)"""
 
 
 def _column_sql_type(table: str, column: str) -> str:
@@ -735,100 +746,174 @@ def update_category_codes(
 
 # ---- the ingest command ---------------------------------------------------------------------
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     return int(con.execute(sql).fetchall()[0][0])
 
 
-def ingest_file(
-    con: duckdb.DuckDBPyConnection,
-    feed: Feed,
-    path: Path,
-    file_name: str,
-    sha256: str,
-    now: datetime,
-) -> FileCounts:
-    """Validate one file and commit its rows, quarantine and bookkeeping in one transaction.
+@dataclass(frozen=True)
+class NewFile:
+    """A file to ingest: where it is, its name in the report, its digest and its columns."""
 
-    A valid row is accepted unless its key is already staged (an earlier file) or appeared on
-    an earlier line of this file; those are counted as duplicates.
+    path: Path
+    name: str  # relative to the source folder, as stored in ``_file`` and the quarantine
+    sha256: str
+    columns: list[str]
+
+
+_SEQ_FILE_SHIFT = 1 << 32  # ``_seq`` = file index * 2**32 + line: batch order, file by file
+
+
+def _stage_file(
+    con: duckdb.DuckDBPyConnection, feed: Feed, new_file: NewFile, index: int, now: datetime
+) -> FileCounts:
+    """Validate one file into the batch tables ``_valid`` and ``_quarantine_new``.
+
+    One vectorised pass: valid rows (typed, with ``_seq``) are appended to ``_valid``; failing
+    rows and lines the reader could not split go to ``_quarantine_new`` with their raw JSON.
+    Duplicates are decided later, for the whole batch at once.
+    """
+    raw_json = load_file(con, new_file.path, feed, new_file.columns)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS {validation_sql(feed, now)}")
+    checked, invalid = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE _reason <> '') FROM _checked"
+    ).fetchall()[0]
+    n_rejected = _count(con, "SELECT count(*) FROM _rejected")
+    names = [*feed.columns, *(["_attributes"] if feed.keeps_extra_columns else [])]
+    plain = ", ".join(sql_identifier(name) for name in names)
+    con.execute(
+        f"INSERT INTO _valid SELECT {plain}, _line, {index * _SEQ_FILE_SHIFT} + _line "
+        "FROM _checked WHERE _reason = ''"
+    )
+    if invalid or n_rejected:  # a clean file skips the join with its raw text
+        con.execute(
+            f"""
+            INSERT INTO _quarantine_new
+            SELECT {index}, c._line, c._reason, {raw_json}
+            FROM (SELECT _line, _reason FROM _checked WHERE _reason <> '') c
+            JOIN _read r USING (_line)
+            UNION ALL SELECT {index}, _line, _reason, _raw FROM _rejected"""
+        )
+    con.execute("DROP VIEW IF EXISTS _src")
+    for table in ("_read", "_rejected", "_checked"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    return FileCounts(
+        feed=feed.name,
+        file=new_file.name,
+        read=int(checked) + n_rejected,
+        quarantined=int(invalid) + n_rejected,
+    )
+
+
+def ingest_feed(
+    con: duckdb.DuckDBPyConnection, feed: Feed, new_files: Sequence[NewFile], now: datetime
+) -> list[FileCounts]:
+    """Validate the new files of one feed and commit them together in one transaction.
+
+    Each file is read and validated in one vectorised pass; duplicates, staging and the
+    bookkeeping then run once for the whole batch, in set-based SQL: the fixed costs of a
+    statement and of a commit are paid per feed, not per file. A valid row is accepted unless
+    its key is already staged, or appeared on an earlier line of the batch (earlier file, or
+    earlier line of the same file); those are counted as duplicates of the file they are in.
     """
     stamp = now.astimezone(UTC).replace(tzinfo=None)
+    names = [*feed.columns, *(["_attributes"] if feed.keeps_extra_columns else [])]
+    typed = ", ".join(
+        f"{sql_identifier(name)} {SQL_TYPES[column.type]}" for name, column in feed.columns.items()
+    )
+    if feed.keeps_extra_columns:
+        typed += ", _attributes VARCHAR"
     con.execute("BEGIN TRANSACTION")
     try:
-        raw_json = load_file(con, path, feed)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS {validation_sql(feed, now)}")
-        checked, invalid = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE _reason <> '') FROM _checked"
-        ).fetchall()[0]
-        n_rejected = _count(con, "SELECT count(*) FROM _rejected")
-        names = [*feed.columns, *(["_attributes"] if feed.keeps_extra_columns else [])]
-        columns = ", ".join(f"c.{sql_identifier(name)}" for name in names)
-        unique = feed.unique_columns
-        partition = ", ".join(f"c.{sql_identifier(name)}" for name in unique)
-        # Probe the staging table only for keys of this file (a semi join builds its hash
-        # table on the small side), instead of hashing the whole, growing staging table.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _valid ({typed}, _line BIGINT, _seq BIGINT)")
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _quarantine_new (_file_index BIGINT, _line BIGINT, "
+            "_reason VARCHAR, _raw VARCHAR)"
+        )
+        counts = [
+            _stage_file(con, feed, new_file, index, now) for index, new_file in enumerate(new_files)
+        ]
+        con.register(
+            "_batch_files",
+            pd.DataFrame(
+                {
+                    "_file_index": range(len(new_files)),
+                    "_file": [new_file.name for new_file in new_files],
+                }
+            ),
+        )
+        columns = ", ".join(sql_identifier(name) for name in names)
+        partition = ", ".join(sql_identifier(name) for name in feed.unique_columns)
+        # First occurrence of a key in the batch, then only keys not staged already. The anti
+        # join builds its hash table on the batch and probes the staging keys once.
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _fresh AS
-            SELECT {columns}, c._line FROM _checked c
-            WHERE c._reason = ''
-            QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY c._line) = 1""")
-        con.execute(f"""
-            DELETE FROM _fresh WHERE _line IN (
-                SELECT c._line FROM _fresh c SEMI JOIN raw_{feed.name} s
-                ON {_null_safe_equal(unique, "c", "s")})""")
-        near = 0
+            SELECT * FROM _valid
+            QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY _seq) = 1""")
+        con.execute("DROP TABLE _valid")
+        if _count(con, f"SELECT count(*) FROM (SELECT 1 FROM raw_{feed.name} LIMIT 1)"):
+            con.execute(f"""
+                CREATE OR REPLACE TEMP TABLE _fresh AS
+                SELECT * FROM _fresh c WHERE NOT EXISTS (
+                    SELECT 1 FROM raw_{feed.name} s
+                    WHERE {_null_safe_equal(feed.unique_columns, "c", "s")})""")
+        con.execute("CREATE OR REPLACE TEMP TABLE _near (_seq BIGINT)")
         if feed.near_duplicate_columns:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _near AS {near_duplicate_lines_sql(feed)}")
-            near = _count(con, "SELECT count(*) FROM _near")
-            con.execute("DELETE FROM _fresh WHERE _line IN (SELECT _line FROM _near)")
-            con.execute("DROP TABLE _near")
-        plain = ", ".join(sql_identifier(name) for name in names)
-        accepted = con.execute(
-            f"INSERT INTO raw_{feed.name} SELECT {plain}, ?, _line, ? FROM _fresh",
-            [file_name, stamp],
-        ).fetchall()[0][0]
-        counts = FileCounts(
-            feed=feed.name,
-            file=file_name,
-            read=int(checked) + n_rejected,
-            accepted=int(accepted),
-            quarantined=int(invalid) + n_rejected,
-            near_duplicates=int(near),
+            con.execute(f"INSERT INTO _near {near_duplicate_lines_sql(feed)}")
+        kept = "SELECT * FROM _fresh WHERE _seq NOT IN (SELECT _seq FROM _near)"
+        con.execute(
+            f"""
+            INSERT INTO raw_{feed.name}
+            SELECT {columns}, b._file, f._line, ?::TIMESTAMP
+            FROM ({kept}) f JOIN _batch_files b ON b._file_index = f._seq // {_SEQ_FILE_SHIFT}
+            ORDER BY f._seq""",
+            [stamp],
         )
-        counts.duplicates = counts.read - counts.accepted - counts.quarantined - near
-        if counts.quarantined:  # a clean file skips the join with its raw text
-            con.execute(
-                f"""
-                INSERT INTO quarantine
-                SELECT ?, ?, c._line, c._reason, {raw_json}, ?
-                FROM (SELECT _line, _reason FROM _checked WHERE _reason <> '') c
-                JOIN _read r USING (_line)
-                UNION ALL SELECT ?, ?, _line, _reason, _raw, ? FROM _rejected""",
-                [feed.name, file_name, stamp] * 2,
+        per_file = con.execute(f"""
+            SELECT _seq // {_SEQ_FILE_SHIFT} AS i,
+                   count(*) FILTER (WHERE _seq NOT IN (SELECT _seq FROM _near)) AS accepted,
+                   count(*) FILTER (WHERE _seq IN (SELECT _seq FROM _near)) AS near
+            FROM _fresh GROUP BY i""").fetchall()
+        for index, accepted, near in per_file:
+            counts[index].accepted = int(accepted)
+            counts[index].near_duplicates = int(near)
+        for file_counts in counts:
+            file_counts.duplicates = (
+                file_counts.read
+                - file_counts.accepted
+                - file_counts.quarantined
+                - file_counts.near_duplicates
             )
         con.execute(
+            """
+            INSERT INTO quarantine
+            SELECT ?, b._file, q._line, q._reason, q._raw, ?::TIMESTAMP
+            FROM _quarantine_new q JOIN _batch_files b USING (_file_index)
+            ORDER BY q._file_index, q._line""",
+            [feed.name, stamp],
+        )
+        con.executemany(
             "INSERT INTO ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                feed.name,
-                file_name,
-                sha256,
-                counts.read,
-                counts.accepted,
-                counts.quarantined,
-                counts.duplicates,
-                stamp,
-                counts.near_duplicates,
+                [
+                    feed.name,
+                    new_file.name,
+                    new_file.sha256,
+                    file_counts.read,
+                    file_counts.accepted,
+                    file_counts.quarantined,
+                    file_counts.duplicates,
+                    stamp,
+                    file_counts.near_duplicates,
+                ]
+                for new_file, file_counts in zip(new_files, counts, strict=True)
             ],
         )
-        con.execute("DROP VIEW IF EXISTS _src")
-        for table in ("_read", "_rejected", "_checked", "_fresh"):
+        con.unregister("_batch_files")
+        for table in ("_fresh", "_near", "_quarantine_new"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         con.execute("COMMIT")
     except BaseException:
@@ -907,20 +992,27 @@ def ingest(
     con = connect_warehouse(Path(settings.warehouse_path))
     try:
         known = {row[0] for row in con.execute("SELECT sha256 FROM ingested_files").fetchall()}
-        todo: list[tuple[Feed, Path, str]] = []
+        todo: dict[str, list[NewFile]] = {}
+        queued: set[str] = set()
         for feed_name, paths in files.items():
             for path in paths:
                 digest = file_sha256(path)
-                if digest in known or any(digest == queued for _, _, queued in todo):
+                if digest in known or digest in queued:
                     report.feeds[feed_name].files_skipped += 1
                     continue
                 # Fail before writing anything when a file is not its folder's feed.
-                map_columns(file_columns(con, path), FEEDS[feed_name], path)
-                todo.append((FEEDS[feed_name], path, digest))
-        for feed, path, digest in tqdm(todo, desc="ingest", unit="file", disable=not progress):
-            counts = ingest_file(con, feed, path, path.relative_to(source).as_posix(), digest, now)
-            report.files.append(counts)
-            report.feeds[feed.name].add(counts)
+                columns = file_columns(con, path)
+                map_columns(columns, FEEDS[feed_name], path)
+                queued.add(digest)
+                todo.setdefault(feed_name, []).append(
+                    NewFile(path, path.relative_to(source).as_posix(), digest, columns)
+                )
+        for feed_name, new_files in tqdm(
+            todo.items(), desc="ingest", unit="feed", disable=not progress
+        ):
+            for counts in ingest_feed(con, FEEDS[feed_name], new_files, now):
+                report.files.append(counts)
+                report.feeds[feed_name].add(counts)
 
         n_files = _count(con, "SELECT count(*) FROM ingested_files")
         if _state(con, "identity_files") != str(n_files) or not _unified_tables_present(con):
