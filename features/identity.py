@@ -289,16 +289,55 @@ def assign_customer_ids(
 
 
 # ---- DuckDB edge ----------------------------------------------------------------------------
+def _record_expression(feed_name: str) -> str:
+    """An integer that identifies a record (all rows sharing the feed's key) in its table.
+
+    Most feeds keep one row per key, so the row id is the record; a feed whose rows are unique
+    only with more columns (CRM history) numbers its keys. Integers make the grouping and joins
+    below several times cheaper than the ``(source_feed, source_id)`` strings.
+    """
+    feed = FEEDS[feed_name]
+    if feed.unique_columns == (feed.key,):
+        return "rowid"
+    return f'dense_rank() OVER (ORDER BY "{feed.key}")'
+
+
 def _record_identifier_sql() -> str:
-    """One row per (record, raw identifier) over every staging table."""
+    """One row per (record, raw identifier) over every staging table.
+
+    ``feed_index`` is the feed's position in :data:`FEEDS`; ``record`` see
+    :func:`_record_expression`.
+    """
     parts = []
-    for feed in FEEDS.values():
+    for index, feed in enumerate(FEEDS.values()):
         for column, id_type in feed.id_columns.items():
             parts.append(
-                f"SELECT '{feed.name}' AS source_feed, \"{feed.key}\" AS source_id, "
+                f"SELECT {index}::USMALLINT AS feed_index, record, "
                 f"\"{feed.time_column}\" AS occurred_at, '{id_type}' AS id_type, "
-                f'"{column}" AS raw_value FROM raw_{feed.name} WHERE "{column}" IS NOT NULL'
+                f'"{column}" AS raw_value FROM (SELECT {_record_expression(feed.name)} AS record, '
+                f'"{feed.time_column}", "{column}" FROM raw_{feed.name}) '
+                f'WHERE "{column}" IS NOT NULL'
             )
+    return "\nUNION ALL\n".join(parts)
+
+
+def _record_customers_sql() -> str:
+    """``record_customers`` from ``_record_anchors`` and ``_node_customers``, feed by feed."""
+    parts = []
+    for index, feed in enumerate(FEEDS.values()):
+        if not feed.id_columns:
+            continue
+        records = (
+            f'SELECT {_record_expression(feed.name)} AS record, "{feed.key}" AS source_id '
+            f"FROM raw_{feed.name}"
+        )
+        if feed.unique_columns != (feed.key,):
+            records = f"SELECT DISTINCT * FROM ({records})"
+        parts.append(
+            f"SELECT '{feed.name}' AS source_feed, s.source_id, nc.customer_id "
+            f"FROM ({records}) s JOIN _record_anchors a ON a.feed_index = {index} "
+            f"AND a.record = s.record JOIN _node_customers nc ON nc.node = a.anchor"
+        )
     return "\nUNION ALL\n".join(parts)
 
 
@@ -327,11 +366,12 @@ CREATE TABLE IF NOT EXISTS record_customers (
 def _normalise_new_raw_values(con: duckdb.DuckDBPyConnection, default_region: str) -> int:
     """Normalise the raw identifier strings never seen before; cached in a table.
 
-    Only distinct, new strings go through Python (``phonenumbers`` costs tens of microseconds a
-    call), which keeps a re-run over millions of records cheap.
+    Reads ``_raw_ids`` (distinct raw strings). Only new strings go through Python
+    (``phonenumbers`` costs tens of microseconds a call), which keeps a re-run over millions of
+    records cheap.
     """
     new_values = con.execute(
-        "SELECT DISTINCT id_type, raw_value FROM _record_raw_ids "
+        "SELECT id_type, raw_value FROM _raw_ids "
         "EXCEPT SELECT id_type, raw_value FROM identifier_normalisation"
     ).df()
     if new_values.empty:
@@ -361,28 +401,40 @@ def resolve_identities(
     """
     con.execute(IDENTITY_DDL)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _record_raw_ids AS {_record_identifier_sql()}")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _raw_ids AS
+        SELECT id_type, raw_value, min(occurred_at) AS first_seen_at
+        FROM _record_raw_ids GROUP BY id_type, raw_value""")
     _normalise_new_raw_values(con, default_region)
     con.execute("""
-        CREATE OR REPLACE TEMP TABLE _record_ids AS
-        SELECT r.source_feed, r.source_id, r.occurred_at, r.id_type, n.id_value
-        FROM _record_raw_ids r JOIN identifier_normalisation n USING (id_type, raw_value)
+        CREATE OR REPLACE TEMP TABLE _raw_normalised AS
+        SELECT r.id_type, r.raw_value, n.id_value, r.first_seen_at
+        FROM _raw_ids r JOIN identifier_normalisation n USING (id_type, raw_value)
         WHERE n.id_value IS NOT NULL""")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _identifiers AS
         SELECT (row_number() OVER (ORDER BY id_type, id_value) - 1)::BIGINT AS node,
                id_type, id_value, first_seen_at
-        FROM (SELECT id_type, id_value, min(occurred_at) AS first_seen_at
-              FROM _record_ids GROUP BY id_type, id_value)""")
+        FROM (SELECT id_type, id_value, min(first_seen_at) AS first_seen_at
+              FROM _raw_normalised GROUP BY id_type, id_value)""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _raw_nodes AS
+        SELECT r.id_type, r.raw_value, i.node
+        FROM _raw_normalised r JOIN _identifiers i USING (id_type, id_value)""")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _record_nodes AS
-        SELECT DISTINCT r.source_feed, r.source_id, i.node
-        FROM _record_ids r JOIN _identifiers i USING (id_type, id_value)""")
+        SELECT DISTINCT r.feed_index, r.record, n.node
+        FROM _record_raw_ids r JOIN _raw_nodes n USING (id_type, raw_value)""")
+    con.execute("DROP TABLE _record_raw_ids")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _record_anchors AS
+        SELECT feed_index, record, min(node) AS anchor FROM _record_nodes
+        GROUP BY feed_index, record""")
     # Star edges: each identifier of a record to the record's smallest identifier.
     edges = con.execute("""
-        WITH anchored AS (
-            SELECT node, min(node) OVER (PARTITION BY source_feed, source_id) AS anchor
-            FROM _record_nodes)
-        SELECT DISTINCT node, anchor FROM anchored WHERE node <> anchor""").fetchnumpy()
+        SELECT DISTINCT n.node, a.anchor
+        FROM _record_nodes n JOIN _record_anchors a USING (feed_index, record)
+        WHERE n.node <> a.anchor""").fetchnumpy()
     n_nodes = con.execute("SELECT count(*) FROM _identifiers").fetchall()[0][0]
     labels = connected_components(int(n_nodes), edges["node"], edges["anchor"])
 
@@ -409,11 +461,7 @@ def resolve_identities(
         SELECT nc.customer_id, i.id_type, i.id_value, i.first_seen_at
         FROM _identifiers i JOIN _node_customers nc USING (node)
         ORDER BY nc.customer_id, i.id_type, i.id_value""")
-    con.execute("""
-        CREATE OR REPLACE TABLE record_customers AS
-        SELECT rn.source_feed, rn.source_id, any_value(nc.customer_id) AS customer_id
-        FROM _record_nodes rn JOIN _node_customers nc USING (node)
-        GROUP BY rn.source_feed, rn.source_id""")
+    con.execute(f"CREATE OR REPLACE TABLE record_customers AS {_record_customers_sql()}")
     con.execute("""
         CREATE OR REPLACE TABLE customers AS
         SELECT l.customer_id, l.first_seen_at, l.n_source_ids, coalesce(r.n_records, 0) AS n_records
@@ -432,7 +480,14 @@ def resolve_identities(
     n_records = con.execute(f"SELECT count(*) FROM ({_all_records_sql()})").fetchall()[0][0]
     n_linked = con.execute("SELECT count(*) FROM record_customers").fetchall()[0][0]
     n_links = con.execute("SELECT count(*) FROM _record_nodes").fetchall()[0][0]
-    for table in ("_record_raw_ids", "_record_ids", "_identifiers", "_record_nodes"):
+    for table in (
+        "_raw_ids",
+        "_raw_normalised",
+        "_identifiers",
+        "_raw_nodes",
+        "_record_nodes",
+        "_record_anchors",
+    ):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     return {
         "customers": int(assigned["customer_id"].nunique()) if len(assigned) else 0,
