@@ -864,14 +864,24 @@ def ingest_feed(
             ),
         )
         columns = ", ".join(sql_identifier(name) for name in names)
+        file_names = "[" + ", ".join(sql_string(new_file.name) for new_file in new_files) + "]"
         partition = ", ".join(sql_identifier(name) for name in feed.unique_columns)
-        # First occurrence of a key in the batch, then only keys not staged already. The anti
-        # join builds its hash table on the batch and probes the staging keys once.
+        # Keep the first occurrence of a key in the batch. Repeated keys are rare: find them
+        # with a hash aggregate, then delete their later rows, instead of a window over the
+        # whole batch.
+        keys = ", ".join(sql_identifier(name) for name in feed.unique_columns)
         con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _fresh AS
-            SELECT * FROM _valid
-            QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY _seq) = 1""")
-        con.execute("DROP TABLE _valid")
+            CREATE OR REPLACE TEMP TABLE _repeated AS
+            SELECT {keys} FROM _valid GROUP BY ALL HAVING count(*) > 1""")
+        if _count(con, "SELECT count(*) FROM _repeated"):
+            con.execute(f"""
+                DELETE FROM _valid WHERE _seq IN (
+                    SELECT _seq FROM (SELECT v.* FROM _valid v SEMI JOIN _repeated r
+                                      ON {_null_safe_equal(feed.unique_columns, "v", "r")})
+                    QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY _seq) > 1)""")
+        con.execute("DROP TABLE _repeated")
+        con.execute("ALTER TABLE _valid RENAME TO _fresh")
+        # Then only keys not staged already (the anti join probes the staging keys once).
         if _count(con, f"SELECT count(*) FROM (SELECT 1 FROM raw_{feed.name} LIMIT 1)"):
             con.execute(f"""
                 CREATE OR REPLACE TEMP TABLE _fresh AS
@@ -885,9 +895,8 @@ def ingest_feed(
         con.execute(
             f"""
             INSERT INTO raw_{feed.name}
-            SELECT {columns}, b._file, f._line, ?::TIMESTAMP
-            FROM ({kept}) f JOIN _batch_files b ON b._file_index = f._seq // {_SEQ_FILE_SHIFT}
-            ORDER BY f._seq""",
+            SELECT {columns}, {file_names}[_seq // {_SEQ_FILE_SHIFT} + 1], _line, ?::TIMESTAMP
+            FROM ({kept})""",
             [stamp],
         )
         per_file = con.execute(f"""
