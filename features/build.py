@@ -47,10 +47,15 @@ FEATURE_SOURCE_TABLES: tuple[str, ...] = (
     "social",
     "surveys",
     "consents",
+    "price_observations",
 )
 EVENT_TABLES: tuple[str, ...] = FEATURE_SOURCE_TABLES[1:]
-# Tables of profile records rather than behaviour: they do not start the snapshot grid.
-PROFILE_TABLES: frozenset[str] = frozenset({"consents", "loyalty"})
+# Tables of profile records rather than behaviour: they do not start the snapshot grid. Price
+# observations are mostly shelf labels and price feeds; the customer's own ones are side facts.
+PROFILE_TABLES: frozenset[str] = frozenset({"consents", "loyalty", "price_observations"})
+# Price observations of one product on two channels this close in time are compared.
+PRICE_GAP_DAYS = 7
+PRICE_GAP_MIN = 0.005  # prices closer than half a cent are the same price
 # Optional: the CRM attributes (unified table) and the stored codes of their categories, both
 # written by ingestion. Without them every CRM feature takes its missing value.
 CRM_TABLE = "crm_attributes"
@@ -216,6 +221,19 @@ def feature_specs(
         "int64",
         "store purchases in 90 days whose product was seen on web/app at a different price "
         "within 7 days",
+    )
+    add(
+        "price_gap_products_90d",
+        "int64",
+        "distinct products the customer was shown (price observations tied to the customer, "
+        f"last 90 days) at a price that differs from the price of another channel within "
+        f"{PRICE_GAP_DAYS} days",
+    )
+    add(
+        "max_price_gap_90d",
+        "float64",
+        "largest such price difference relative to the higher of the two prices, 0..1 "
+        "(0 when none)",
     )
     add(
         "promo_share_365d",
@@ -468,6 +486,7 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
             "abandoned_carts_90d",
             "ignored_abandoned_carts_90d",
             "price_inconsistency_exposure_90d",
+            "price_gap_products_90d",
             "contacts_30d",
             "contacts_90d",
             "repeat_contacts_7d",
@@ -500,6 +519,7 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
         "return_rate_365d": "least(1.0, coalesce(pa.returns_365d, 0)"
         " / greatest(coalesce(pa.purchases_365d, 0), 1))",
         "mean_handle_minutes_90d": "coalesce(co.mean_handle_minutes_90d, 0)",
+        "max_price_gap_90d": "coalesce(pg.max_price_gap_90d, 0)",
         "last_nps": "su.last_nps",
         "nps_change": "su.last_nps - su.previous_nps",
         "last_ces": "su.last_ces",
@@ -528,6 +548,7 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
         "abandoned_carts_90d": "ca",
         "ignored_abandoned_carts_90d": "ca",
         "price_inconsistency_exposure_90d": "px",
+        "price_gap_products_90d": "pg",
         "contacts_30d": "co",
         "contacts_90d": "co",
         "repeat_contacts_7d": "co",
@@ -711,6 +732,32 @@ exposure_agg AS (
         ON e.exposed_at < k.cutoff AND e.purchased_at >= k.since_90d
     GROUP BY e.customer_key, k.cutoff
 ),
+customer_prices AS (
+    SELECT customer_key, occurred_at, channel, product_id, CAST(price AS DOUBLE) AS price
+    FROM keyed_price_observations
+    WHERE product_id IS NOT NULL AND price IS NOT NULL
+),
+price_gaps AS (
+    -- one of the customer's observations against any observation (a shelf label, a price
+    -- feed, another customer's view) of the product on another channel close in time; known
+    -- once both were seen
+    SELECT o.customer_key, o.product_id, o.occurred_at AS seen_at,
+        greatest(o.occurred_at, x.occurred_at) AS known_at,
+        abs(o.price - CAST(x.price AS DOUBLE)) / greatest(o.price, CAST(x.price AS DOUBLE))
+            AS relative_gap
+    FROM customer_prices o JOIN price_observations x
+        ON x.product_id = o.product_id AND x.channel <> o.channel
+       AND x.occurred_at >= o.occurred_at - {_days(PRICE_GAP_DAYS)}
+       AND x.occurred_at <= o.occurred_at + {_days(PRICE_GAP_DAYS)}
+       AND abs(o.price - CAST(x.price AS DOUBLE)) >= {PRICE_GAP_MIN}
+),
+price_gap_agg AS (
+    SELECT e.customer_key, k.cutoff,
+        count(DISTINCT e.product_id) AS price_gap_products_90d,
+        max(e.relative_gap) AS max_price_gap_90d
+    FROM price_gaps e JOIN cutoffs k ON e.known_at < k.cutoff AND {in_window(90, "e.seen_at")}
+    GROUP BY e.customer_key, k.cutoff
+),
 contact_events AS MATERIALIZED (
     SELECT customer_key, occurred_at, case_id, contact_channel,
         coalesce(resolved, false) AS resolved, handle_minutes,
@@ -812,6 +859,7 @@ LEFT JOIN cart_agg ca USING (customer_key, cutoff)
 LEFT JOIN transition_agg tr USING (customer_key, cutoff)
 LEFT JOIN breadth_agg br USING (customer_key, cutoff)
 LEFT JOIN exposure_agg px USING (customer_key, cutoff)
+LEFT JOIN price_gap_agg pg USING (customer_key, cutoff)
 LEFT JOIN contact_agg co USING (customer_key, cutoff)
 LEFT JOIN case_agg cc USING (customer_key, cutoff)
 LEFT JOIN survey_agg su USING (customer_key, cutoff)

@@ -43,6 +43,7 @@ _COLUMN_TYPES = {
     "is_return": "BOOLEAN",
     "unit_price": "DOUBLE",
     "price_seen": "DOUBLE",
+    "price": "DOUBLE",
     "resolved": "BOOLEAN",
     "handle_minutes": "DOUBLE",
     "sentiment": "DOUBLE",
@@ -67,6 +68,16 @@ def create_unified_tables(con: duckdb.DuckDBPyConnection, rows: dict[str, list[d
 
 def ts(text: str) -> datetime:
     return datetime.fromisoformat(text)
+
+
+def _price(customer: str | None, day: str, channel: str, product: str, price: float) -> dict:
+    return {
+        "customer_id": customer,
+        "occurred_at": ts(day),
+        "channel": channel,
+        "product_id": product,
+        "price": price,
+    }
 
 
 def hand_made_rows() -> dict[str, list[dict]]:
@@ -283,6 +294,19 @@ def hand_made_rows() -> dict[str, list[dict]]:
                 "resolved": False,
                 "handle_minutes": 99.0,
             },
+        ],
+        "price_observations": [
+            # a scans P7 at 10.0 in store; the web shows 12.0 three days later, the app 10.0
+            _price("a", "2025-05-20", "store", "P7", 10.0),
+            _price(None, "2025-05-23", "web", "P7", 12.0),
+            _price(None, "2025-05-21", "app", "P7", 10.0),
+            _price("a", "2025-05-01", "web", "P8", 5.0),  # same price in store: no gap
+            _price(None, "2025-05-02", "store", "P8", 5.0),
+            _price("a", "2025-02-01", "web", "P9", 20.0),  # a gap, but before the 90 days
+            _price(None, "2025-02-02", "store", "P9", 10.0),
+            _price("a", "2025-05-30", "app", "P10", 8.0),  # the web price comes after the cutoff
+            _price(None, "2025-06-02", "web", "P10", 10.0),
+            _price("b", "2025-05-31", "web", "P7", 12.0),  # 11 days from the store label
         ],
         "social": [
             {
@@ -512,6 +536,17 @@ def test_price_inconsistency_exposure(at_cutoff) -> None:
     assert at_cutoff["a"]["price_inconsistency_exposure_90d"] == 1
 
 
+def test_price_gaps_between_channels(at_cutoff, con) -> None:
+    a, b = at_cutoff["a"], at_cutoff["b"]
+    assert a["price_gap_products_90d"] == 1  # P7 only
+    assert a["max_price_gap_90d"] == pytest.approx(2.0 / 12.0)
+    assert (b["price_gap_products_90d"], b["max_price_gap_90d"]) == (0, 0.0)
+    # two months on, the P10 gap (8.0 in the app, 10.0 on the web) is known too
+    later = compute_features(con, [CUTOFF + timedelta(days=60)]).set_index("customer_id")
+    assert later.loc["a", "price_gap_products_90d"] == 2
+    assert later.loc["a", "max_price_gap_90d"] == pytest.approx(0.2)
+
+
 def test_service_friction(at_cutoff) -> None:
     a = at_cutoff["a"]
     assert a["contacts_30d"] == 3 and a["contacts_90d"] == 4
@@ -554,7 +589,16 @@ def test_windows_move_with_the_cutoff(con) -> None:
 
 # ---- point in time ------------------------------------------------------------------------------
 
-_EVENT_TABLES = ["purchases", "web_events", "messages", "contacts", "social", "surveys", "consents"]
+_EVENT_TABLES = [
+    "purchases",
+    "web_events",
+    "messages",
+    "contacts",
+    "social",
+    "surveys",
+    "consents",
+    "price_observations",
+]
 
 
 def _future_event(table: str, customer: str, moment: datetime, pick: int, value: float) -> dict:
@@ -594,6 +638,15 @@ def _future_event(table: str, customer: str, moment: datetime, pick: int, value:
         return base | {"interaction_type": "complaint", "sentiment": min(1.0, value / 500)}
     if table == "surveys":
         return base | {"survey_type": ["nps", "ces"][pick % 2], "score": value % 10}
+    if table == "price_observations":
+        # products the hand-made customers saw before the cutoff, on every channel, at new
+        # prices; a quarter of them are anonymous shelf or feed prices
+        return base | {
+            "customer_id": None if pick % 4 == 0 else customer,
+            "channel": ["store", "web", "app"][pick % 3],
+            "product_id": ["P7", "P8", "P9", "P10"][pick % 4],
+            "price": value,
+        }
     return base | {
         "channel": ["email", "sms", "app", "call_center"][pick % 4],
         "granted": pick % 2 == 0,
@@ -625,6 +678,7 @@ future_events = st.lists(
 )
 @given(events=future_events)
 @example(events=[("purchases", "a", 0, 1, 5.0), ("consents", "a", 0, 1, 0.0)])
+@example(events=[("price_observations", "a", 0, 3, 9.0)])  # a store price for a's P10 view
 def test_events_at_or_after_the_cutoff_never_change_features(events) -> None:
     baseline_rows = hand_made_rows()
     expected = _baseline_features()
