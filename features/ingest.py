@@ -127,6 +127,7 @@ class IngestReport(BaseModel):
     unknown_folders: list[str] = Field(default_factory=list)
     ignored_files: list[str] = Field(default_factory=list)
     seconds: float = 0.0
+    identity_seconds: float = 0.0  # identity resolution + unified tables, inside ``seconds``
 
     def totals(self) -> FeedCounts:
         total = FeedCounts()
@@ -1043,6 +1044,7 @@ def ingest(
 
         n_files = _count(con, "SELECT count(*) FROM ingested_files")
         if _state(con, "identity_files") != str(n_files) or not _unified_tables_present(con):
+            identity_started = time.perf_counter()
             con.execute("BEGIN TRANSACTION")
             try:
                 stats = resolve_identities(con, settings.identity.default_phone_region, now)
@@ -1055,6 +1057,7 @@ def ingest(
                 con.execute("ROLLBACK")
                 raise
             report.identity_rebuilt = True
+            report.identity_seconds = round(time.perf_counter() - identity_started, 3)
         update_category_codes(con, settings.crm.attributes)
         stored = _state(con, "identity_summary")
         if stored:
