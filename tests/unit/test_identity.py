@@ -386,7 +386,7 @@ phone_text = st.one_of(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # timing varies on a loaded shared machine
 @given(st.lists(phone_text, max_size=8), st.sampled_from(["GB", "US", "DE", "IT", "AR"]))
 def test_batch_phone_normaliser_agrees_with_the_scalar_one(values: list[str], region: str) -> None:
     assert normalise_phones(values, region) == [normalise_phone(v, region) for v in values]
