@@ -10,8 +10,11 @@ was already accepted are counted as duplicates. Nothing is dropped silently: for
 Why this shape:
     * Text first, then ``TRY_CAST`` in SQL: one vectorised pass validates millions of rows, and a
       bad value becomes a quarantine reason instead of a parser error that loses the whole file.
-    * One DuckDB transaction per file, keyed by the file's sha256 in ``ingested_files``: a crash
-      leaves the previous good state, and re-running adds nothing (a new month adds only itself).
+    * One DuckDB transaction per feed for all its new files, each file keyed by its sha256 in
+      ``ingested_files``: a crash leaves the previous good state, and re-running adds nothing (a
+      new month adds only itself). Files are validated one by one into a batch; duplicates,
+      near duplicates, staging and bookkeeping then run once per feed, set-based: per-file
+      statements and commits (each a disk sync) dominated the time on large histories.
     * Identity resolution and the unified tables are rebuilt from the staging tables whenever
       the staging tables changed: simple, idempotent, and a fix to the resolver applies to all
       history.
