@@ -305,3 +305,22 @@ def test_unreadable_parquet_raises_not_a_feed(settings: Settings) -> None:
     write(settings.raw_dir, "social/social_2025-01.parquet", "this is not parquet")
     with pytest.raises(NotAFeedError, match=r"social_2025-01\.parquet: unreadable"):
         ingest(settings, progress=False, now=NOW)
+
+
+def test_two_new_files_of_a_feed_in_one_run_count_repeats_in_the_later_file(
+    settings: Settings,
+) -> None:
+    """One batch per feed: a key repeated in the next month's file is that file's duplicate."""
+    write(settings.raw_dir, "pos_sales/pos_sales_2025-02.csv", POS_FEBRUARY)
+    report = ingest(settings, progress=False, now=NOW)
+    by_file = {counts.file: counts for counts in report.files}
+    january = by_file["pos_sales/pos_sales_2025-01.csv"]
+    february = by_file["pos_sales/pos_sales_2025-02.csv"]
+    assert (january.read, january.accepted, january.quarantined, january.duplicates) == (5, 2, 2, 1)
+    assert (february.read, february.accepted, february.duplicates) == (2, 1, 1)
+    staged = query(settings, "SELECT transaction_id, _file, _line FROM raw_pos_sales ORDER BY 1")
+    assert staged == [
+        ("T1", "pos_sales/pos_sales_2025-01.csv", 1),
+        ("T4", "pos_sales/pos_sales_2025-01.csv", 5),
+        ("T5", "pos_sales/pos_sales_2025-02.csv", 2),
+    ]
