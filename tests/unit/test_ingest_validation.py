@@ -68,6 +68,27 @@ def test_offsets_become_naive_utc_and_allowed_values_are_lower_cased() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2025-03-01T14:05:00", datetime(2025, 3, 1, 14, 5)),  # the fast naive path
+        ("\t2025-03-01T14:05:00\r", datetime(2025, 3, 1, 14, 5)),  # trimmed first
+        ("2025-03-01 14:05:00", datetime(2025, 3, 1, 14, 5)),
+        ("2025-03-01T14:05:00-05:00", datetime(2025, 3, 1, 19, 5)),  # not the naive shape
+        ("2025-03-01T14:05:00Z", datetime(2025, 3, 1, 14, 5)),
+        ("2025-03-01", datetime(2025, 3, 1)),
+        ("2025-02-30T10:00:00", None),  # no such day on either path
+    ],
+)
+def test_timestamp_shapes_and_surrounding_whitespace(text: str, expected: datetime | None) -> None:
+    result = check("web_orders", GOOD_ORDER | {"ordered_at": text, "order_id": " \tO1\n"})
+    assert result["order_id"] == "O1"
+    if expected is None:
+        assert "ordered_at" in result["_reason"] and "is not a timestamp" in result["_reason"]
+    else:
+        assert result["_reason"] == "" and result["ordered_at"] == expected
+
+
+@pytest.mark.parametrize(
     ("change", "reason"),
     [
         ({"amount": "-3.5"}, "amount: -3.5 below minimum 0"),
