@@ -175,6 +175,26 @@ def demo(
     )
 
 
+@app.command()
+def erase(
+    customer: Annotated[str, typer.Option("--customer", help="The resolved customer id.")],
+    requested_by: Annotated[
+        str | None, typer.Option(help="Who asked (for the audit log); default: the OS user.")
+    ] = None,
+) -> None:
+    """Right to be forgotten: remove a customer from every store, and audit the erasure."""
+    from omniretain.erase import AUDIT_FILE, erase_customer
+
+    settings = cli_settings()
+    with stage("erase: the customer, from every store"):
+        report = guarded("erase", lambda: erase_customer(settings, customer, requested_by))
+        for where, count in sorted(report.removed.items()):
+            console.print(f"  {where}: {count} removed")
+        if not report.total:
+            console.print("  nothing left to erase (already erased, or never known)")
+        console.print(f"audit: erasure {report.erasure_id} in {settings.state_dir / AUDIT_FILE}")
+
+
 for _module in STAGE_CLIS:
     importlib.import_module(_module).register(app)
 

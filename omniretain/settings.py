@@ -8,6 +8,7 @@ variables ``OMNIRETAIN_<KEY>`` / ``OMNIRETAIN_<SECTION>__<KEY>``. Every generate
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import date
 from functools import cached_property
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +101,24 @@ class ServingSettings(BaseModel):
     max_batch_ids: int = Field(10_000, ge=1)  # POST /recommend/batch limit (413 above)
     reload_poll_seconds: float = Field(30.0, gt=0.0)  # champion alias poll, off the request path
     api_keys: list[ApiKey] = Field(default_factory=list)  # none configured: the API is open
+    # more keys from a JSON file outside the repo (a secret store's mount), added to api_keys
+    api_keys_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _keys_from_file(self) -> ServingSettings:
+        if self.api_keys_file is None:
+            return self
+        path = self.api_keys_file.expanduser().resolve()
+        if path.is_relative_to(PROJECT_ROOT):
+            raise ValueError(
+                f"serving.api_keys_file: {path} is inside the project; keep secrets outside it"
+            )
+        try:
+            keys = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"serving.api_keys_file: cannot read {path}: {error}") from None
+        self.api_keys = [*self.api_keys, *TypeAdapter(list[ApiKey]).validate_python(keys)]
+        return self
 
 
 class DriftSettings(BaseModel):

@@ -9,12 +9,21 @@ Scopes: ``recommend`` (``/recommend``, ``/recommend/batch``, ``/profile``), ``fe
 (``/feedback``, ``/events``), ``admin`` (everything). Probes (``/healthz``, ``/livez``,
 ``/readyz``), ``/metrics`` and the API docs stay open. With no key configured the API is open
 (a local demo); production configures keys.
+
+Secrets come only from the environment or from a file outside the repository:
+``OMNIRETAIN_SERVING__API_KEYS_FILE=/etc/omniretain/keys.json`` (a JSON list shaped like
+``api_keys``; a file inside the project is refused, so no key file is ever committed).
+
+:func:`redact_logs` keeps keys and contact addresses out of every log line of the server: the
+access log prints paths, and a client may put an email address in one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -116,3 +125,40 @@ def authorize(path: str, headers: Mapping[str, str], keys: Sequence[ApiKey]) -> 
     if scope not in caller.scopes and ADMIN_SCOPE not in caller.scopes:
         raise AuthError(403, f"API key {caller.name!r} lacks the {scope!r} scope needed for {path}")
     return caller
+
+
+# What never reaches a log: a presented key, an email address, a phone number (``+44 ...``).
+PRESENTED_KEY = re.compile(r"(?i)(bearer\s+|x-api-key[\"']?\s*[:=,]\s*[\"']?)[^\s\"',;)]+")
+CONTACT_ADDRESSES = re.compile(
+    r"[^\s@/\"'(),;=]+(?:@|%40)[^\s@/\"'(),;]+\.[A-Za-z]{2,}"  # email, raw or URL-encoded
+    r"|(?:\+|%2B)\d(?:[\d ().-]|%20){7,}\d"  # international phone number
+)
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` with presented keys, email addresses and international phone numbers replaced."""
+    text = PRESENTED_KEY.sub(r"\1" + REDACTED, text)
+    return CONTACT_ADDRESSES.sub(REDACTED, text)
+
+
+def redact_logs() -> None:
+    """Redact every log record of this process as it is made (all loggers, all handlers).
+
+    A record factory rather than a handler filter: BentoML configures its handlers after our
+    import, and a factory applies to all of them. Idempotent.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacts", False):
+        return
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)

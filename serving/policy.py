@@ -173,6 +173,13 @@ CREATE TABLE IF NOT EXISTS contacts (
     PRIMARY KEY (source, source_id)
 );
 CREATE INDEX IF NOT EXISTS contacts_by_customer ON contacts (customer_id, contacted_at);
+CREATE TABLE IF NOT EXISTS consent_changes (  -- the latest consent change per customer and channel
+    customer_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    granted INTEGER NOT NULL,
+    changed_at TEXT NOT NULL,      -- ISO 8601 UTC
+    PRIMARY KEY (customer_id, channel)
+);
 """
 
 
@@ -249,6 +256,38 @@ class ContactStore:
                 [(s, i, c, ch, a, _utc(at).isoformat()) for s, i, c, ch, a, at in rows],
             )
         return cursor.rowcount
+
+    def record_consent(
+        self, customer_id: str, channel: str, granted: bool, changed_at: datetime
+    ) -> None:
+        """A consent change (``POST /events``): it binds from the next decision on.
+
+        The feature snapshot catches up at the next build; until then this overrides it. An
+        older change than the stored one is ignored.
+        """
+        connection = self._connection()
+        with connection:
+            connection.execute(
+                """
+                INSERT INTO consent_changes VALUES (?, ?, ?, ?)
+                ON CONFLICT (customer_id, channel) DO UPDATE SET
+                    granted = excluded.granted, changed_at = excluded.changed_at
+                WHERE excluded.changed_at >= consent_changes.changed_at
+                """,
+                (customer_id, channel, int(granted), _utc(changed_at).isoformat()),
+            )
+
+    def withdrawn_channels(self, customer_id: str) -> frozenset[str]:
+        """Channels whose consent the customer withdrew through an event."""
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT channel FROM consent_changes WHERE customer_id = ? AND granted = 0",
+                (customer_id,),
+            )
+            .fetchall()
+        )
+        return frozenset(channel for (channel,) in rows)
 
     def history(self, customer_id: str, since: datetime) -> list[Contact]:
         """The customer's contacts at or after ``since``, oldest first."""

@@ -6,10 +6,22 @@ importing BentoML.
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from starlette.types import Message, Scope, Send
 
 from serving.decision import Alternative, RiskBand
 from serving.policy import OUTCOMES
@@ -19,12 +31,53 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 MAX_CART_ITEMS = 500
 Outcome = Literal["sent", "opened", "clicked", "converted", "ignored", "complained"]
 assert set(OUTCOMES) == set(Outcome.__args__)  # one list of outcomes: serving.policy's
-EventType = Literal["cart_abandoned", "case_opened"]
+EventType = Literal["cart_abandoned", "case_opened", "consent_withdrawn", "consent_granted"]
+ConsentChannel = Literal["email", "sms", "app", "call_center"]  # the channels that need consent
 
+EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
+FUTURE_TOLERANCE = timedelta(days=1)  # clock skew between the CRM and us, not more
+MAX_AMOUNT = 1_000_000_000.0  # currency; far above any basket, far below float overflow
+
+
+def _plausible_moment(moment: datetime) -> datetime:
+    """An event time the stores can hold: 2000 or later, at most a day ahead, UTC if naive."""
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    if aware < EARLIEST_EVENT:
+        raise ValueError(f"must be on or after {EARLIEST_EVENT:%Y-%m-%d}")
+    if aware > datetime.now(UTC) + FUTURE_TOLERANCE:
+        raise ValueError("must not be more than a day in the future")
+    return aware
+
+
+def _not_a_contact_address(value: str) -> str:
+    """A resolved customer id, never an email address or phone number (kept out of the logs).
+
+    A bare run of digits stays a valid id (some shops number their customers); a number written
+    as a phone number (``+44 ...``, or digits in groups) is refused.
+    """
+    digits = sum(char.isdigit() for char in value)
+    phone_like = set(value) <= PHONE_CHARACTERS and digits >= 8
+    if EMAIL.search(value) or (phone_like and (value.startswith("+") or not value.isdigit())):
+        raise ValueError(
+            "looks like an email address or phone number; send the resolved customer id "
+            "(contact addresses are never accepted, so they never reach a log)"
+        )
+    return value
+
+
+EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
+PHONE_CHARACTERS = frozenset("0123456789+ ().-/")
 CustomerId = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=CUSTOMER_ID_MAX_LENGTH),
+    StringConstraints(
+        strip_whitespace=True,
+        min_length=1,
+        max_length=CUSTOMER_ID_MAX_LENGTH,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+    ),
+    AfterValidator(_not_a_contact_address),
 ]
+EventTime = Annotated[datetime, AfterValidator(_plausible_moment)]
 
 
 class CartItem(BaseModel):
@@ -83,14 +136,16 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision_id: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+        AfterValidator(_not_a_contact_address),
     ]
     customer_id: CustomerId
     action: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     channel: Literal["email", "sms", "app", "web", "store", "call_center", "social"]
     outcome: Outcome
-    occurred_at: datetime | None = Field(None, description="When it happened; now if omitted.")
-    revenue: float | None = Field(None, ge=0.0)
+    occurred_at: EventTime | None = Field(None, description="When it happened; now if omitted.")
+    revenue: float | None = Field(None, ge=0.0, le=MAX_AMOUNT)
 
 
 class EventRequest(BaseModel):
@@ -100,8 +155,19 @@ class EventRequest(BaseModel):
 
     customer_id: CustomerId
     event_type: EventType
-    occurred_at: datetime | None = Field(None, description="When it happened; now if omitted.")
-    cart_value: float | None = Field(None, ge=0.0, description="For cart_abandoned.")
+    occurred_at: EventTime | None = Field(None, description="When it happened; now if omitted.")
+    cart_value: float | None = Field(None, ge=0.0, le=MAX_AMOUNT, description="For cart_abandoned.")
+    channel: ConsentChannel | None = Field(
+        None, description="For consent_withdrawn / consent_granted: the channel concerned."
+    )
+
+    @model_validator(mode="after")
+    def _consent_names_its_channel(self) -> EventRequest:
+        if self.event_type.startswith("consent_") and self.channel is None:
+            raise ValueError(f"channel: required for {self.event_type}")
+        if not self.event_type.startswith("consent_") and self.channel is not None:
+            raise ValueError(f"channel: only for consent events, not {self.event_type}")
+        return self
 
 
 class NextBestAction(BaseModel):
@@ -223,3 +289,86 @@ def parse_body(model: type[ModelT], body: bytes, content_type: str | None) -> Mo
         raise RequestBodyError(
             422, f"invalid request body ({problems}); {expected}", detail
         ) from None
+
+
+_CUSTOMER_ID_ADAPTER: TypeAdapter[str] = TypeAdapter(CustomerId)
+
+
+def parse_customer_id(raw: str) -> str:
+    """A customer id from a URL path, held to the same rules as in a body.
+
+    Raises:
+        RequestBodyError: 422 naming ``customer_id``.
+    """
+    try:
+        return _CUSTOMER_ID_ADAPTER.validate_python(raw)
+    except ValidationError as error:
+        problems = "; ".join(item["msg"] for item in error.errors(include_url=False))
+        raise RequestBodyError(
+            422,
+            f"customer_id: {problems}",
+            [{"loc": ["customer_id"], "msg": problems, "type": "value_error"}],
+        ) from None
+
+
+def error_message(status: int, method: str, path: str, body: bytes) -> str:
+    """Words for an error answered by the framework itself (no route, wrong method...)."""
+    if status == 404:
+        return f"no such route: {method} {path}; the API is described at /docs.json"
+    if status == 405:
+        return f"method {method} is not allowed on {path}; see /docs.json for its method"
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = text
+    if isinstance(payload, dict) and isinstance(payload.get("detail"), list):
+        fields = [
+            ".".join(str(part) for part in item.get("loc", []) if part not in ("body", "path"))
+            for item in payload["detail"]
+            if isinstance(item, dict)
+        ]
+        return f"invalid request ({', '.join(filter(None, fields)) or 'body'}): {text[:300]}"
+    detail = payload.get("detail") if isinstance(payload, dict) else payload
+    return f"{method} {path} failed with status {status}: {str(detail)[:300] or 'no detail'}"
+
+
+def json_errors(scope: Scope, send: Send) -> Send:
+    """Wrap an ASGI ``send`` so that every error (4xx/5xx) goes out as ``{"error": "..."}``.
+
+    BentoML's and Starlette's own answers (404 of an unknown route, 405, a mounted app's
+    ``{"detail": ...}``) are plain text or lack ``error``; rewritten here, so a client always
+    finds a JSON body with a message. An error body that already has ``error`` passes unchanged.
+    """
+    held: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def send_with_json_errors(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            held["start"] = message
+            return
+        if "start" not in held or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        start, body = held.pop("start"), b"".join(chunks)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        if not (isinstance(payload, dict) and isinstance(payload.get("error"), str)):
+            status = start["status"]
+            method, path = scope.get("method", ""), scope.get("path", "")
+            body = json.dumps({"error": error_message(status, method, path, body)}).encode()
+        headers = [
+            (name, value)
+            for name, value in start.get("headers", [])
+            if name.lower() not in (b"content-length", b"content-type")
+        ]
+        headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return send_with_json_errors

@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omniretain.settings import Settings, load_settings
-from serving.auth import AuthError, authorize
+from serving.auth import AuthError, authorize, redact_logs
 from serving.decision import (
     CONSENT_FEATURE_BY_CHANNEL,
     DecisionContext,
@@ -70,10 +70,13 @@ from serving.schemas import (
     RecommendRequest,
     RequestBodyError,
     RequestContext,
+    json_errors,
     parse_body,
+    parse_customer_id,
 )
 
 logger = logging.getLogger(__name__)
+redact_logs()  # no API key, email address or phone number in any log line of this process
 
 RECOMMEND_ROUTE = "/recommend"
 BODY_MODELS: dict[str, type] = {
@@ -114,6 +117,7 @@ class ApiGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = json_errors(scope, send)
         request = Request(scope, receive)
         try:
             authorize(scope["path"], request.headers, self.keys)
@@ -308,7 +312,10 @@ class OmniRetain:
             self.settings.actions,
             decision_context,
             customer_value=customer_value,
-            blocked_channels=verdict.blocked_channels,
+            blocked_channels={
+                **verdict.blocked_channels,
+                **dict.fromkeys(self.contacts.withdrawn_channels(customer_id), "consent withdrawn"),
+            },
             blocked_actions=verdict.blocked_actions,
             current_channel=current_channel,
             control_group=control,
@@ -439,10 +446,20 @@ class OmniRetain:
         event_type: str,
         occurred_at: datetime | None = None,
         cart_value: float | None = None,
+        channel: str | None = None,
     ) -> EventAck:
-        """Push a real-time event online; a cart abandonment answers with the triggered decision."""
+        """Push a real-time event online; a cart abandonment answers with the triggered decision.
+
+        A consent change is stored in the contact store and binds from the next decision on.
+        """
         import pandas as pd
 
+        if event_type in ("consent_withdrawn", "consent_granted"):
+            granted = event_type == "consent_granted"
+            self.contacts.record_consent(
+                customer_id, str(channel), granted, occurred_at or datetime.now(UTC)
+            )
+            return EventAck(customer_id=customer_id, event_type=event_type, pushed=False)
         pusher = self._realtime_pusher()
         if pusher is None:
             error = {"error": f"events are not available: {self._pusher_error}"}
@@ -479,12 +496,10 @@ class OmniRetain:
     @app.get("/{customer_id}", response_model=None)
     def profile(self, customer_id: str) -> Any:
         """The unified profile of a customer (``GET /profile/{customer_id}``)."""
-        customer_id = customer_id.strip()
-        if not customer_id or len(customer_id) > 128:
-            return JSONResponse(
-                {"error": "customer_id: 1 to 128 characters", "customer_id": customer_id},
-                status_code=422,
-            )
+        try:
+            customer_id = parse_customer_id(customer_id)
+        except RequestBodyError as error:
+            return JSONResponse(error.to_json(), status_code=error.status_code)
         models = self.models
         row = self.features.get([customer_id])[0]
         warehouse, warehouse_error = None, None
@@ -519,6 +534,8 @@ class OmniRetain:
             band,
             models.versions,
         )
+        for channel in self.contacts.withdrawn_channels(customer_id):
+            profile.consents[channel] = False  # a withdrawal binds before the next snapshot
         if not profile.known:
             error = ErrorResponse(
                 error=f"unknown customer_id {customer_id!r}", customer_id=customer_id
