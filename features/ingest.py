@@ -129,6 +129,7 @@ class IngestReport(BaseModel):
     identity_rebuilt: bool = False
     unknown_folders: list[str] = Field(default_factory=list)
     ignored_files: list[str] = Field(default_factory=list)
+    empty_files: list[str] = Field(default_factory=list)
     seconds: float = 0.0
     identity_seconds: float = 0.0  # identity resolution + unified tables, inside ``seconds``
 
@@ -168,6 +169,8 @@ class IngestReport(BaseModel):
                 f"ignored files (not {'/'.join(SUPPORTED_SUFFIXES)}): "
                 f"{', '.join(self.ignored_files)}"
             )
+        if self.empty_files:
+            lines.append(f"empty files (nothing to load): {', '.join(self.empty_files)}")
         return Group(table, *(Text(line) for line in lines))
 
 
@@ -767,6 +770,12 @@ def update_category_codes(
 
 
 # ---- the ingest command ---------------------------------------------------------------------
+def is_empty_file(path: Path) -> bool:
+    """No bytes, or only blanks: nothing to load, and no header to check either."""
+    size = path.stat().st_size
+    return size == 0 or (size < 4096 and not path.read_bytes().strip())
+
+
 def file_sha256(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
@@ -1030,6 +1039,9 @@ def ingest(
                 digest = file_sha256(path)
                 if digest in known or digest in queued:
                     report.feeds[feed_name].files_skipped += 1
+                    continue
+                if is_empty_file(path):  # an export of a day without data: nothing to load
+                    report.empty_files.append(path.relative_to(source).as_posix())
                     continue
                 # Fail before writing anything when a file is not its folder's feed.
                 columns = file_columns(con, path)

@@ -1,0 +1,179 @@
+"""``omniretain erase``: after it, no store holds a trace of the customer (issue 8).
+
+A small simulated retailer goes through the real ingest and feature build (warehouse, identity
+graph, quarantine, raw files, features parquet, Feast SQLite online store); decisions, feedback,
+a consent change, a campaign export and a demo answer are written with the product's own writers.
+Before erasing, the test reads from the warehouse itself (its own SQL, not the erase module's)
+every id merged into the customer, every identifier raw and normalised, every record key. After
+erasing, it searches every DuckDB table, every parquet file, every SQLite file byte by byte and
+every text file of the state for each of them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from omniretain.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="module")
+def erase_state(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    from features.build import build_features
+    from features.ingest import ingest
+    from omniretain.simulator import simulate
+
+    settings = load_settings(state_dir=tmp_path_factory.mktemp("erase_state"))
+    settings.ensure_dirs()
+    simulate(settings, 40, 3, 11, progress=False)
+    ingest(settings, progress=False)
+    build_features(settings, progress=False)
+    return settings
+
+
+def busiest_customer(settings: Settings) -> str:
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        return con.execute(
+            "SELECT customer_id FROM record_customers GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"
+        ).fetchone()[0]
+
+
+def traces_of(settings: Settings, customer_id: str) -> set[str]:
+    """Every string that identifies the customer, read straight from the warehouse."""
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        ids = {customer_id}
+        merges = con.execute("SELECT merged_customer_id, into_customer_id FROM customer_merges")
+        for merged, into in merges.fetchall():
+            if into == customer_id or merged == customer_id:
+                ids |= {merged, into}
+        marks = ",".join("?" * len(ids))
+        identifiers = con.execute(
+            f"SELECT id_type, id_value FROM identity_links WHERE customer_id IN ({marks})",
+            sorted(ids),
+        ).fetchall()
+        raw = con.execute(
+            "SELECT n.raw_value FROM identifier_normalisation n JOIN identity_links l "
+            f"USING (id_type, id_value) WHERE l.customer_id IN ({marks})",
+            sorted(ids),
+        ).fetchall()
+        records = con.execute(
+            f"SELECT source_id FROM record_customers WHERE customer_id IN ({marks})", sorted(ids)
+        ).fetchall()
+    traces = ids | {value for _, value in identifiers} | {value for (value,) in raw}
+    traces |= {source_id for (source_id,) in records}
+    assert any(kind == "email" for kind, _ in identifiers), "pick a customer with an email"
+    return {trace.strip().lower() for trace in traces if trace and trace.strip()}
+
+
+def write_serving_traces(settings: Settings, customer_id: str, other_id: str) -> None:
+    """What serving and campaigns leave behind, written by their own code."""
+    from monitoring.logs import DecisionLogger, DecisionRecord, FeedbackLogger, FeedbackRecord
+    from serving.policy import ContactStore, contacts_path
+
+    with DecisionLogger(settings) as decisions, FeedbackLogger(settings) as feedback:
+        for who in (customer_id, other_id):
+            record = DecisionRecord(
+                customer_id=who,
+                churn_probability=0.4,
+                repurchase_probability=0.3,
+                action="retention_discount",
+                channel="email",
+                churn_model_version="1",
+                repurchase_model_version="1",
+            )
+            decisions.log(record)
+            feedback.log(
+                FeedbackRecord(decision_id=record.decision_id, outcome="sent", customer_id=who)
+            )
+    contacts = ContactStore(contacts_path(settings))
+    now = datetime.now(UTC)
+    for who in (customer_id, other_id):
+        contacts.record_feedback(f"d-{who}", who, "retention_discount", "email", "sent", now)
+        contacts.record_consent(who, "sms", False, now)
+    campaign = settings.state_dir / "campaigns" / "winback-1"
+    campaign.mkdir(parents=True)
+    (campaign / "export.csv").write_text(
+        f"customer_id,action,channel\n{customer_id},retention_discount,email\n"
+        f"{other_id},free_shipping,app\n"
+    )
+    demo = settings.state_dir / "demo" / "recommendation.json"
+    demo.parent.mkdir(parents=True)
+    demo.write_text(json.dumps({"customer_id": customer_id, "risk_band": "high"}))
+
+
+def find_traces(settings: Settings, traces: set[str]) -> list[str]:
+    """Where any trace is still found: DuckDB tables, parquet rows, any other file's bytes."""
+    found: list[str] = []
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        tables = [row[0] for row in con.execute("SHOW TABLES").fetchall()]
+        for table in tables:
+            for row in con.execute(f'SELECT * FROM "{table}"').fetchall():
+                text = " ".join(str(value) for value in row).lower()
+                found += [f"{table}: {t}" for t in traces if t in text]
+    for path in sorted(Path(settings.state_dir).rglob("*")):
+        relative = path.relative_to(settings.state_dir)
+        if not path.is_file() or relative.parts[0] in {"truth", "mlflow"}:
+            continue  # the simulator's ground truth; MLflow holds models, not rows
+        if path.suffix == ".duckdb" or path.name.endswith(".wal"):
+            continue  # searched above, through SQL
+        if path.suffix == ".parquet":
+            text = json.dumps(pq.read_table(path).to_pylist(), default=str).lower()
+        else:
+            text = path.read_bytes().decode("utf-8", errors="replace").lower()
+        found += [f"{relative}: {t}" for t in traces if t in text]
+    return found
+
+
+def test_erase_leaves_no_trace_and_is_idempotent(erase_state: Settings) -> None:
+    from omniretain.erase import AUDIT_FILE, erase_customer
+
+    customer_id = busiest_customer(erase_state)
+    with duckdb.connect(str(erase_state.warehouse_path), read_only=True) as con:
+        other_id = con.execute(
+            "SELECT customer_id FROM customers WHERE customer_id <> ? ORDER BY 1 LIMIT 1",
+            [customer_id],
+        ).fetchone()[0]
+        customers_before = con.execute("SELECT count(*) FROM customers").fetchone()[0]
+    write_serving_traces(erase_state, customer_id, other_id)
+    traces = traces_of(erase_state, customer_id)
+    assert len(find_traces(erase_state, traces)) > 20  # the search does find them, before
+
+    report = erase_customer(erase_state, customer_id, requested_by="dpo-ticket-17")
+
+    assert find_traces(erase_state, traces) == []
+    removed = report.removed
+    assert removed["warehouse.customers"] == 1 and removed["raw_files.lines"] > 0
+    assert removed["parquet.features"] > 0 and removed["contacts.sqlite.contacts"] == 1
+    assert removed["contacts.sqlite.consent_changes"] == 1
+    assert any(name.startswith("online.db.") for name in removed), removed
+    with duckdb.connect(str(erase_state.warehouse_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM customers").fetchone()[0] == customers_before - 1
+        assert con.execute(
+            "SELECT count(*) FROM identity_links WHERE customer_id = ?", [other_id]
+        ).fetchone()[0]
+    others = traces_of(erase_state, other_id)  # the others are untouched, everywhere
+    assert len(find_traces(erase_state, {other_id.lower()})) > 5
+    assert others
+
+    again = erase_customer(erase_state, customer_id, requested_by="dpo-ticket-17")
+    assert again.total == 0
+    audit_lines = (erase_state.state_dir / AUDIT_FILE).read_text().splitlines()
+    audits = [json.loads(line) for line in audit_lines]
+    assert [a["total"] for a in audits] == [report.total, 0]
+    assert audits[0]["requested_by"] == "dpo-ticket-17" and audits[0]["removed"]
+    audit_text = "\n".join(audit_lines).lower()
+    assert not [t for t in traces if t in audit_text], "the audit log holds no personal data"
+
+
+def test_a_rerun_of_ingest_after_erase_does_not_bring_the_customer_back(
+    erase_state: Settings,
+) -> None:
+    from features.ingest import ingest
+
+    report = ingest(erase_state, progress=False)
+    assert sum(feed.files_ingested for feed in report.feeds.values()) == 0, report
