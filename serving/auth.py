@@ -130,7 +130,7 @@ def authorize(path: str, headers: Mapping[str, str], keys: Sequence[ApiKey]) -> 
 # What never reaches a log: a presented key, an email address, a phone number (``+44 ...``).
 PRESENTED_KEY = re.compile(r"(?i)(bearer\s+|x-api-key[\"']?\s*[:=,]\s*[\"']?)[^\s\"',;)]+")
 CONTACT_ADDRESSES = re.compile(
-    r"[^\s@/\"'(),;=]+(?:@|%40)[^\s@/\"'(),;]+\.[A-Za-z]{2,}"  # email, raw or URL-encoded
+    r"[^\s@/\"(),;=]*[^\s@\"(),;](?:@|%40)[^\s@/\"'(),;]+\.[A-Za-z]{2,}"  # email (or %40)
     r"|(?:\+|%2B)\d(?:[\d ().-]|%20){7,}\d"  # international phone number
 )
 REDACTED = "[redacted]"

@@ -54,3 +54,67 @@ def test_presented_key_reads_both_headers() -> None:
     assert presented_key({"authorization": "Bearer abc"}) == "abc"
     assert presented_key({"x-api-key": " xyz "}) == "xyz"
     assert presented_key({"authorization": "Basic abc"}) is None
+
+
+def test_every_configured_hash_is_compared_in_constant_time(monkeypatch) -> None:
+    """``hmac.compare_digest`` for each configured key, whether or not an earlier one matched."""
+    import hmac
+
+    import serving.auth as auth
+
+    calls: list[tuple[str, str]] = []
+    compare = hmac.compare_digest
+
+    def spy(a: str, b: str) -> bool:
+        calls.append((a, b))
+        return compare(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    assert authorize("/recommend", {"x-api-key": CRM_KEY}, KEYS).name == "crm"
+    assert [b for _, b in calls] == [key.sha256 for key in KEYS]  # no early exit
+    assert all(a == CRM_HASH for a, _ in calls)  # the presented key is hashed first
+
+
+def test_the_key_and_its_hash_never_appear_in_an_error_message() -> None:
+    for headers in ({"x-api-key": "not-a-key-123"}, {"authorization": f"Bearer {CRM_KEY}"}):
+        with pytest.raises(AuthError) as refused:
+            authorize("/feedback", headers, KEYS)
+        secret = next(iter(headers.values())).removeprefix("Bearer ")
+        assert secret not in refused.value.message
+        assert hash_key(secret) not in refused.value.message
+
+
+def test_keys_file_outside_the_repo_is_read(tmp_path, monkeypatch) -> None:
+    import json
+
+    from omniretain.settings import load_settings
+
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(
+        json.dumps([{"name": "ops", "sha256": hash_key("k"), "scopes": ["admin"]}])
+    )
+    monkeypatch.setenv("OMNIRETAIN_SERVING__API_KEYS_FILE", str(keys_file))
+    settings = load_settings(state_dir=tmp_path / "state")
+    assert [key.name for key in settings.serving.api_keys] == ["ops"]
+
+
+def test_keys_file_inside_the_repo_is_refused(tmp_path, monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from omniretain.settings import PROJECT_ROOT, load_settings
+
+    monkeypatch.setenv("OMNIRETAIN_SERVING__API_KEYS_FILE", str(PROJECT_ROOT / "keys.json"))
+    with pytest.raises(ValidationError, match="inside the project"):
+        load_settings(state_dir=tmp_path / "state")
+    monkeypatch.setenv("OMNIRETAIN_SERVING__API_KEYS_FILE", str(tmp_path / "missing.json"))
+    with pytest.raises(ValidationError, match="cannot read"):
+        load_settings(state_dir=tmp_path / "state")
+
+
+def test_no_key_hash_or_clear_key_is_committed_in_the_configs() -> None:
+    from omniretain.settings import PROJECT_ROOT
+
+    for path in (PROJECT_ROOT / "configs").rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert "sha256:" not in text.replace(" ", "") or "api_keys: []" in text, path
