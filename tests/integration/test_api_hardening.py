@@ -27,7 +27,7 @@ from omniretain.settings import Settings
 ADMIN_KEY = "hardening-admin-key-7f3a9c"
 RECOMMEND_KEY = "hardening-recommend-key-42be"
 FEEDBACK_KEY = "hardening-feedback-key-c0de"
-EXAMPLES_PER_OPERATION = 125  # x 9 operations: over 1,000 generated cases, each sent twice
+EXAMPLES_PER_OPERATION = 210  # x 5 operations with inputs (+ 4 probes): over 1,000 cases
 CASES_SENT: list[str] = []
 
 

@@ -12,6 +12,7 @@ every text file of the state for each of them.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -107,14 +108,20 @@ def write_serving_traces(settings: Settings, customer_id: str, other_id: str) ->
 
 
 def find_traces(settings: Settings, traces: set[str]) -> list[str]:
-    """Where any trace is still found: DuckDB tables, parquet rows, any other file's bytes."""
+    """Where any trace is still found: DuckDB tables, parquet rows, any other file's bytes.
+
+    A trace counts as a whole token (``C000000022`` is not found inside ``CC000000022``).
+    """
+    pattern = re.compile(
+        "|".join(rf"(?<![a-z0-9]){re.escape(trace)}(?![a-z0-9])" for trace in sorted(traces))
+    )
     found: list[str] = []
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         tables = [row[0] for row in con.execute("SHOW TABLES").fetchall()]
         for table in tables:
             for row in con.execute(f'SELECT * FROM "{table}"').fetchall():
-                text = " ".join(str(value) for value in row).lower()
-                found += [f"{table}: {t}" for t in traces if t in text]
+                text = " | ".join(str(value) for value in row).lower()
+                found += [f"{table}: {match}" for match in pattern.findall(text)]
     for path in sorted(Path(settings.state_dir).rglob("*")):
         relative = path.relative_to(settings.state_dir)
         if not path.is_file() or relative.parts[0] in {"truth", "mlflow"}:
@@ -125,7 +132,7 @@ def find_traces(settings: Settings, traces: set[str]) -> list[str]:
             text = json.dumps(pq.read_table(path).to_pylist(), default=str).lower()
         else:
             text = path.read_bytes().decode("utf-8", errors="replace").lower()
-        found += [f"{relative}: {t}" for t in traces if t in text]
+        found += [f"{relative}: {match}" for match in pattern.findall(text)]
     return found
 
 
