@@ -184,3 +184,30 @@ def test_a_rerun_of_ingest_after_erase_does_not_bring_the_customer_back(
 
     report = ingest(erase_state, progress=False)
     assert sum(feed.files_ingested for feed in report.feeds.values()) == 0, report
+
+
+def test_erase_removes_the_customer_from_the_redis_online_store(
+    redis_connection_string: str,
+) -> None:
+    """Feast's Redis layout (entity key + project): the customer's hash goes, others stay."""
+    from features.online_writer import OnlineTarget, entity_key_encoder, redis_client
+    from omniretain.erase import erase_redis
+
+    target = OnlineTarget(
+        kind="redis",
+        project="omniretain_erase_test",
+        entity_key_serialization_version=3,
+        redis_connection_string=redis_connection_string,
+    )
+    encode = entity_key_encoder("customer_id", 3)
+    suffix = target.project.encode()
+    client = redis_client(redis_connection_string)
+    try:
+        for customer_id in ("C000000001", "C000000002"):
+            client.hset(encode(customer_id) + suffix, mapping={"_ts:view": b"1", "f": b"2"})
+        assert erase_redis(target, [encode("C000000001")]) == 1
+        assert not client.exists(encode("C000000001") + suffix)
+        assert client.exists(encode("C000000002") + suffix)
+        assert erase_redis(target, [encode("C000000001")]) == 0  # idempotent
+    finally:
+        client.close()
