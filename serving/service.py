@@ -25,7 +25,6 @@ import random
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,18 +35,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from omniretain.settings import Settings, load_settings
+from omniretain.settings import load_settings
 from serving.auth import AuthError, authorize
 from serving.decision import (
     CONSENT_FEATURE_BY_CHANNEL,
-    DecisionContext,
     Exploration,
     apply_realtime_fields,
     apply_request_context,
     decide,
+    decision_table,
     in_control_group,
     risk_band,
+    uplift_matrix,
 )
+from serving.models import ModelSet, load_model_set
 from serving.policy import (
     ContactStore,
     contacts_path,
@@ -56,6 +57,7 @@ from serving.policy import (
     import_feed_contacts,
 )
 from serving.profile import WarehouseUnavailableError, build_profile, read_warehouse_profile
+from serving.reasons import ContributionCache
 from serving.schemas import (
     BatchRecommendation,
     BatchRecommendRequest,
@@ -156,56 +158,6 @@ class ApiGate:
             )
 
 
-@dataclass(frozen=True)
-class ModelSet:
-    """The champions served together; replaced whole, never mutated."""
-
-    churn: Any
-    repurchase: Any
-    value: Any | None
-    uplift: Any | None
-
-    @property
-    def versions(self) -> dict[str, str | None]:
-        return {
-            "churn": str(self.churn.version),
-            "repurchase": str(self.repurchase.version),
-            "value": str(self.value.version) if self.value else None,
-            "uplift": str(self.uplift.version) if self.uplift else None,
-        }
-
-
-def load_model_set(settings: Settings) -> ModelSet:
-    """Churn and repurchase champions (required); value and uplift when they have a champion."""
-    from training.registry import ModelNotFoundError, load_champion
-
-    optional: dict[str, Any] = {}
-    for kind in ("value", "uplift"):
-        try:
-            optional[kind] = load_champion(settings, kind)
-        except (ModelNotFoundError, ValueError):
-            optional[kind] = None  # no champion (or no such kind yet): documented fallback
-    return ModelSet(
-        churn=load_champion(settings, "churn"),
-        repurchase=load_champion(settings, "repurchase"),
-        value=optional["value"],
-        uplift=optional["uplift"],
-    )
-
-
-def uplift_function(models: ModelSet, row: Mapping[str, float]):  # -> UpliftFunction
-    """The uplift model's reduction of P(churn) per (action, channel), else the catalogue's."""
-    if models.uplift is None:
-        return None
-    effects = models.uplift.model.predict(feature_vector(row, models.uplift.model.feature_names))
-
-    def uplift(action: Any, channel: str, features: Mapping[str, float]) -> float:
-        effect = effects.get((action.name, channel))
-        return action.base_uplift if effect is None else -float(effect)
-
-    return uplift
-
-
 app = FastAPI(title="omniretain profile")
 
 
@@ -221,6 +173,7 @@ class OmniRetain:
         self.settings = load_settings()
         self.models = load_model_set(self.settings)
         self.features = OnlineFeatureReader(self.settings)
+        self.contributions = ContributionCache()
         self.contacts = ContactStore(contacts_path(self.settings))
         self.decision_log = DecisionLogger(self.settings)
         self.feedback_log = FeedbackLogger(self.settings)
@@ -278,16 +231,19 @@ class OmniRetain:
         repurchase_row = feature_vector(features, repurchase_model.feature_names)
         repurchase_probability = float(repurchase_model.predict_proba(repurchase_row)[0, 1])
         contributions: dict[str, float] = {}
-        if explain and not cold_start:
-            values = churn_model.contributions(churn_row)[0, :-1]  # last column: the bias
-            contributions = dict(zip(churn_model.feature_names, values.tolist(), strict=True))
+        if explain and not cold_start:  # TreeSHAP: the costliest step, only where it is shown
+            contributions = self.contributions.get(models.churn, churn_row)
 
         customer_value = None
         if models.value is not None and not cold_start:
             value_row = feature_vector(features, models.value.model.feature_names)
             customer_value = float(models.value.model.predict(value_row)[0])
-        uplift = uplift_function(models, features)
-        decision_context = DecisionContext(uplift=uplift) if uplift else DecisionContext()
+        uplift = None
+        if models.uplift is not None:
+            uplift_model = models.uplift.model
+            effects = uplift_model.effects(feature_vector(features, uplift_model.feature_names))
+            table = decision_table(self.settings.actions)
+            uplift = uplift_matrix(effects, uplift_model.arms, table)
 
         policy = self.settings.contact_policy
         history = self.contacts.history(
@@ -306,8 +262,8 @@ class OmniRetain:
             repurchase_probability,
             contributions,
             self.settings.actions,
-            decision_context,
             customer_value=customer_value,
+            uplift=uplift,
             blocked_channels=verdict.blocked_channels,
             blocked_actions=verdict.blocked_actions,
             current_channel=current_channel,

@@ -149,15 +149,26 @@ def served_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]
     materialize(settings)
     train(settings, progress=False)
 
-    previous = os.environ.get("OMNIRETAIN_STATE_DIR")
-    os.environ["OMNIRETAIN_STATE_DIR"] = str(state_dir)
+    # The service reads its settings from the environment. Two of them would make answers
+    # depend on luck and on the wall clock: exploration (a random 5% of decisions) and quiet
+    # hours (SMS and app closed from 21:00 to 08:00 London time). Both are switched off here so
+    # that every run sees the same decisions; the unit tests cover both rules.
+    env = {
+        "OMNIRETAIN_STATE_DIR": str(state_dir),
+        "OMNIRETAIN_SERVING__EXPLORATION_SHARE": "0",
+        "OMNIRETAIN_CONTACT_POLICY__QUIET_HOURS_START": "0",
+        "OMNIRETAIN_CONTACT_POLICY__QUIET_HOURS_END": "0",
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
         yield settings
     finally:
-        if previous is None:
-            os.environ.pop("OMNIRETAIN_STATE_DIR", None)
-        else:
-            os.environ["OMNIRETAIN_STATE_DIR"] = previous
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
@@ -267,18 +278,22 @@ def test_batch_over_the_limit_is_a_413_naming_the_field(client: Any) -> None:
 
 def test_the_request_context_changes_the_decision(client: Any, serving_rows: pd.DataFrame) -> None:
     """A low-risk customer with no cart gets nothing; with a cart in hand, a cart reminder."""
-    changed = 0
+    policy = load_settings().contact_policy  # what the service reads: no quiet hours
+    assert policy.quiet_hours_start == policy.quiet_hours_end
+    changed, seen = 0, []
     for customer_id in serving_rows.index[:40]:
         plain = client.post("/recommend", json={"customer_id": customer_id}).json()
         cart = {"cart": [{"product_id": "P1", "quantity": 2, "unit_price": 80.0}]}
         with_cart = client.post(
             "/recommend", json={"customer_id": customer_id, "context": cart}
         ).json()
-        if plain["explored"] or with_cart["explored"] or plain["control_group"]:
+        assert not plain["explored"] and not with_cart["explored"]  # exploration is off here
+        if plain["control_group"]:
             continue
         actions = plain["next_best_action"]["action"], with_cart["next_best_action"]["action"]
         changed += actions[0] != actions[1]
-    assert changed > 0
+        seen.append(actions)
+    assert changed > 0, seen
 
 
 def test_feedback_is_stored_and_counted_by_the_contact_policy(
