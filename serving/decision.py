@@ -404,6 +404,9 @@ class DecisionTable:
     candidate_actions: tuple[Action, ...]
     action_names: np.ndarray  # per column, plus no_action at index -1
     channel_names: np.ndarray  # per column, plus "none" at index -1
+    action_starts: np.ndarray  # first column of each candidate action (columns are grouped)
+    channels: tuple[str, ...]  # the distinct channels of the columns
+    channel_index: np.ndarray  # column -> index into ``channels``
 
     @property
     def width(self) -> int:
@@ -425,7 +428,7 @@ def decision_table(actions: Sequence[Action]) -> DecisionTable:
     if table is not None and all(a is b for a, b in zip(table.actions, actions, strict=True)):
         return table
     columns = tuple(action_channel_columns(actions))
-    candidate_actions = tuple(a for a in actions if a.name != NO_ACTION)
+    candidate_actions = tuple(a for a in actions if a.name != NO_ACTION and a.channels)
     action_position = {id(a): i for i, a in enumerate(candidate_actions)}
     tie_order = np.array(
         sorted(
@@ -441,6 +444,8 @@ def decision_table(actions: Sequence[Action]) -> DecisionTable:
     )
     tie_rank = np.empty(len(columns), dtype=np.intp)
     tie_rank[tie_order] = np.arange(len(columns))
+    channels = tuple(dict.fromkeys(c.channel for c in columns))
+    starts = np.cumsum([0, *(len(a.channels) for a in candidate_actions)])[:-1]
     table = DecisionTable(
         actions=tuple(actions),
         columns=columns,
@@ -453,6 +458,9 @@ def decision_table(actions: Sequence[Action]) -> DecisionTable:
         candidate_actions=candidate_actions,
         action_names=np.array([c.action.name for c in columns] + [NO_ACTION], dtype=object),
         channel_names=np.array([c.channel for c in columns] + [NO_CHANNEL], dtype=object),
+        action_starts=starts.astype(np.intp),
+        channels=channels,
+        channel_index=np.array([channels.index(c.channel) for c in columns], dtype=np.intp),
     )
     _TABLES[key] = table
     return table
@@ -490,30 +498,27 @@ def allowed_matrix(
     (:func:`channel_allowed`), before the contact policy."""
     n = len(churn_probability)
     at_risk = churn_probability >= context.at_risk_threshold
-    by_action: list[np.ndarray] = []
-    for action in table.candidate_actions:
-        eligible = np.ones(n, dtype=bool)
+    by_action = np.ones((n, len(table.candidate_actions)), dtype=bool)
+    for index, action in enumerate(table.candidate_actions):
         for rule in action.eligibility:  # a missing feature or NaN never passes (fail closed)
             values = feature_column(features, rule.feature, math.nan, n)
             with np.errstate(invalid="ignore"):
-                eligible &= _COMPARISONS[rule.op](values, rule.value) & ~np.isnan(values)
+                by_action[:, index] &= _COMPARISONS[rule.op](values, rule.value)
+            if rule.op == "!=":  # the only comparison a NaN passes
+                by_action[:, index] &= ~np.isnan(values)
         if action.goal == "retention":
-            eligible &= at_risk
-        by_action.append(eligible)
-    by_channel: dict[str, np.ndarray] = {}
-    allowed = np.empty((n, table.width), dtype=bool)
-    for index, column in enumerate(table.columns):
-        channel = column.channel
-        if channel not in by_channel:
-            if channel in CHANNELS_WITHOUT_CONSENT:
-                by_channel[channel] = np.ones(n, dtype=bool)
-            elif channel in CONSENT_FEATURE_BY_CHANNEL:
-                consent = feature_column(features, CONSENT_FEATURE_BY_CHANNEL[channel], 0.0, n)
-                by_channel[channel] = consent == 1.0
-            else:
-                by_channel[channel] = np.zeros(n, dtype=bool)  # fail closed
-        allowed[:, index] = by_action[table.action_index[index]] & by_channel[channel]
-    return allowed
+            by_action[:, index] &= at_risk
+    by_channel = np.empty((n, len(table.channels)), dtype=bool)
+    for index, channel in enumerate(table.channels):
+        if channel in CHANNELS_WITHOUT_CONSENT:
+            by_channel[:, index] = True
+        elif channel in CONSENT_FEATURE_BY_CHANNEL:
+            by_channel[:, index] = (
+                feature_column(features, CONSENT_FEATURE_BY_CHANNEL[channel], 0.0, n) == 1.0
+            )
+        else:
+            by_channel[:, index] = False  # fail closed
+    return by_action[:, table.action_index] & by_channel[:, table.channel_index]
 
 
 @dataclass
@@ -528,7 +533,8 @@ class ArrayDecisions:
         propensity: probability that the policy made this choice.
         explored: chosen at random. control: held out.
         customer_value: the value at stake used per customer.
-        uplift: (customers x columns) uplift used (after the in-session factor).
+        uplift: (customers x columns) uplift used (after the in-session factor); one row
+            for everyone when it is the catalogue's.
     """
 
     table: DecisionTable
@@ -558,17 +564,14 @@ class ArrayDecisions:
 
 
 def _best_per_action(values: np.ndarray, table: DecisionTable) -> tuple[np.ndarray, np.ndarray]:
-    """(customers x actions) best value and its column (ties by ``tie_order``)."""
+    """(customers x actions) best value and its column (ties: the first channel listed; the
+    columns of an action are contiguous and share cost and priority)."""
     n = len(values)
-    best_value = np.full((n, len(table.candidate_actions)), -np.inf)
-    best_column = np.zeros((n, len(table.candidate_actions)), dtype=np.intp)
-    for action_index in range(len(table.candidate_actions)):
-        own = table.tie_order[table.action_index[table.tie_order] == action_index]
-        if len(own) == 0:
-            continue
-        position = np.argmax(values[:, own], axis=1)
-        best_column[:, action_index] = own[position]
-        best_value[:, action_index] = values[np.arange(n), own[position]]
+    best_value = np.maximum.reduceat(values, table.action_starts, axis=1)
+    best_column = np.empty((n, len(table.candidate_actions)), dtype=np.intp)
+    ends = [*table.action_starts[1:].tolist(), table.width]
+    for index, (start, end) in enumerate(zip(table.action_starts.tolist(), ends, strict=True)):
+        best_column[:, index] = start + np.argmax(values[:, start:end], axis=1)
     return best_value, best_column
 
 
@@ -637,7 +640,7 @@ def decide_arrays(
         value = np.where(np.isnan(customer_value), spend, customer_value)
     value = np.maximum(value, 0.0)
     if uplift is None:
-        uplift = np.broadcast_to(table.base_uplift, (n, table.width))
+        uplift = table.base_uplift[None, :]
     elif uplift.shape != (n, table.width):
         raise ValueError(f"uplift must have shape {(n, table.width)}, got {uplift.shape}")
     if in_session is not None:
@@ -676,7 +679,7 @@ def decide_arrays(
             propensity[explored] = picked_propensity
         stays = active & ~explored
         if stays.any():
-            best_value, _ = _best_per_action(values[stays], table)
+            best_value = np.maximum.reduceat(values[stays], table.action_starts, axis=1)
             propensity[stays] = (1.0 - share) + share / (1 + np.isfinite(best_value).sum(axis=1))
     chosen = column >= 0
     expected = (
