@@ -116,7 +116,7 @@ def main() -> None:
     requests = {1: 100, 16: 400, 64: 640} if args.quick else {1: 1000, 16: 4000, 64: 6400}
 
     results: dict[int, dict] = {}
-    with running_server(settings) as base_url:
+    with running_server(settings, timeout_s=600) as base_url:
         asyncio.run(load(base_url, ids, 4, 40))  # warm-up
         for concurrency, count in requests.items():
             results[concurrency] = asyncio.run(load(base_url, ids, concurrency, count))

@@ -203,6 +203,14 @@ def predict_probability(
     return np.clip(model.calibrator.transform(raw), 0.0, 1.0)
 
 
+def predict_value(
+    model: CustomerValueModel, matrix: np.ndarray, threads: int = BATCH_THREADS
+) -> np.ndarray:
+    """:meth:`CustomerValueModel.predict` with every core (its own pins one thread)."""
+    window = model.booster.predict(matrix, num_iteration=model.best_iteration, num_threads=threads)
+    return window * model.scale
+
+
 def risk_bands(
     churn_probability: np.ndarray, context: DecisionContext = DEFAULT_CONTEXT
 ) -> np.ndarray:
@@ -299,16 +307,22 @@ def score_frame(
     """
     seconds = {} if seconds is None else seconds
     started = time.perf_counter()
-    churn_matrix = feature_matrix(frame, churn.feature_names)
+    matrices: dict[tuple[str, ...], np.ndarray] = {}  # the models mostly share one feature list
+
+    def matrix_of(feature_names: Sequence[str]) -> np.ndarray:
+        key = tuple(feature_names)
+        if key not in matrices:
+            matrices[key] = feature_matrix(frame, feature_names)
+        return matrices[key]
+
+    churn_matrix = matrix_of(churn.feature_names)
     churn_probability = predict_probability(churn, churn_matrix)
-    repurchase_probability = predict_probability(
-        repurchase, feature_matrix(frame, repurchase.feature_names)
-    )
+    repurchase_probability = predict_probability(repurchase, matrix_of(repurchase.feature_names))
     customer_value = None
     if value_model is not None:
-        customer_value = value_model.predict(feature_matrix(frame, value_model.feature_names))
+        customer_value = predict_value(value_model, matrix_of(value_model.feature_names))
     if uplift is None and uplift_model is not None:
-        effects = uplift_model.effects(feature_matrix(frame, uplift_model.feature_names))
+        effects = uplift_model.effects(matrix_of(uplift_model.feature_names))
         uplift = uplift_matrix(effects, uplift_model.arms, decision_table(actions))
     seconds["predict"] = round(time.perf_counter() - started, 3)
 

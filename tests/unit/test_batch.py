@@ -248,11 +248,13 @@ def test_score_frame_uses_the_value_and_uplift_models_like_recommend(tiny_models
         }
     )
 
-    class FixedValue:
-        feature_names = ["spend_365d"]
+    class FixedBooster:
+        def predict(self, matrix: np.ndarray, **_: object) -> np.ndarray:
+            return np.full(len(matrix), 2500.0)
 
-        def predict(self, matrix: np.ndarray) -> np.ndarray:
-            return np.full(len(matrix), 5000.0)
+    class FixedValue:  # the parts of training.value.CustomerValueModel that scoring reads
+        feature_names = ["spend_365d"]
+        booster, best_iteration, scale = FixedBooster(), 0, 2.0
 
     class LoyaltyWorks:
         feature_names = ["spend_365d"]
