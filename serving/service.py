@@ -24,6 +24,7 @@ import math
 import random
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,20 +100,70 @@ def feature_vector(row: Mapping[str, float | None], feature_names: Sequence[str]
     )
 
 
-class _Vectors:
-    """:func:`feature_vector` per model, built once when models share their feature list."""
+def feature_rows(rows: Sequence[Mapping[str, float | None]], names: Sequence[str]) -> np.ndarray:
+    """:func:`feature_vector` of many rows at once: (rows x names) float64, NaN for missing."""
+    return np.array(
+        [
+            [math.nan if (v := row.get(name)) is None else float(v) for name in names]
+            for row in rows
+        ],
+        dtype=np.float64,
+    ).reshape(len(rows), len(names))
 
-    def __init__(self, features: Mapping[str, float | None]) -> None:
-        self.features = features
-        self._built: list[tuple[Sequence[str], np.ndarray]] = []
 
-    def of(self, feature_names: Sequence[str]) -> np.ndarray:
-        for names, vector in self._built:
-            if names is feature_names or names == feature_names:
-                return vector
-        vector = feature_vector(self.features, feature_names)
-        self._built.append((feature_names, vector))
-        return vector
+@dataclass(frozen=True)
+class Scored:
+    """One customer's model outputs, ready for the decision."""
+
+    features: dict[str, float]
+    cold_start: bool
+    churn_row: np.ndarray  # (1 x churn features): what TreeSHAP explains
+    churn_probability: float
+    repurchase_probability: float
+    customer_value: float | None
+    uplift: np.ndarray | None  # (1 x decision columns)
+
+
+def score_rows(
+    models: ModelSet,
+    features: Sequence[dict[str, float]],
+    cold_start: Sequence[bool],
+    actions: Sequence[Any],
+) -> list[Scored]:
+    """Every champion on all rows in one call each (one row for /recommend, a chunk for batch):
+    LightGBM's per-call overhead is paid once per model, not once per customer."""
+    matrices: dict[tuple[str, ...], np.ndarray] = {}
+
+    def matrix_of(names: Sequence[str]) -> np.ndarray:
+        key = tuple(names)
+        if key not in matrices:
+            matrices[key] = feature_rows(features, names)
+        return matrices[key]
+
+    churn_matrix = matrix_of(models.churn.model.feature_names)
+    churn = models.churn.model.predict_proba(churn_matrix)[:, 1]
+    repurchase_model = models.repurchase.model
+    repurchase = repurchase_model.predict_proba(matrix_of(repurchase_model.feature_names))[:, 1]
+    values = None
+    if models.value is not None:
+        values = models.value.model.predict(matrix_of(models.value.model.feature_names))
+    uplift = None
+    if models.uplift is not None:
+        uplift_model = models.uplift.model
+        effects = uplift_model.effects(matrix_of(uplift_model.feature_names))
+        uplift = uplift_matrix(effects, uplift_model.arms, decision_table(actions))
+    return [
+        Scored(
+            features=row,
+            cold_start=cold,
+            churn_row=churn_matrix[index : index + 1],
+            churn_probability=float(churn[index]),
+            repurchase_probability=float(repurchase[index]),
+            customer_value=None if values is None or cold else float(values[index]),
+            uplift=None if uplift is None else uplift[index : index + 1],
+        )
+        for index, (row, cold) in enumerate(zip(features, cold_start, strict=True))
+    ]
 
 
 class ApiGate:
@@ -227,6 +278,13 @@ class OmniRetain:
                 logger.exception("champion reload failed; still serving %s", self.models.versions)
 
     # ---- the decision for one customer ---------------------------------------------------
+    def _features(
+        self, row: dict[str, float] | None, context: RequestContext | None, now: datetime
+    ) -> dict[str, float]:
+        """The stored features with the pushed real-time fields and the request's cart."""
+        features = apply_realtime_fields(row or {}, now.timestamp())
+        return apply_request_context(features, context.cart_value if context else None)
+
     def _recommend(
         self,
         customer_id: str,
@@ -236,34 +294,20 @@ class OmniRetain:
         explain: bool = True,
         source: str = "single",
         log: bool = True,
+        scored: Scored | None = None,
     ) -> Recommendation:
         now = datetime.now(UTC)
-        cold_start = row is None
-        features = apply_realtime_fields(row or {}, now.timestamp())
-        cart_value = context.cart_value if context else None
-        features = apply_request_context(features, cart_value)
+        if scored is None:
+            features = self._features(row, context, now)
+            scored = score_rows(models, [features], [row is None], self.settings.actions)[0]
+        features, cold_start = scored.features, scored.cold_start
+        churn_probability = scored.churn_probability
+        repurchase_probability = scored.repurchase_probability
+        customer_value, uplift = scored.customer_value, scored.uplift
         current_channel = context.current_channel if context else None
-
-        churn_model, repurchase_model = models.churn.model, models.repurchase.model
-        rows = _Vectors(features)  # one float64 row per distinct feature list of the models
-        churn_row = rows.of(churn_model.feature_names)
-        churn_probability = float(churn_model.predict_proba(churn_row)[0, 1])
-        repurchase_row = rows.of(repurchase_model.feature_names)
-        repurchase_probability = float(repurchase_model.predict_proba(repurchase_row)[0, 1])
         contributions: dict[str, float] = {}
         if explain and not cold_start:  # TreeSHAP: the costliest step, only where it is shown
-            contributions = self.contributions.get(models.churn, churn_row)
-
-        customer_value = None
-        if models.value is not None and not cold_start:
-            value_row = rows.of(models.value.model.feature_names)
-            customer_value = float(models.value.model.predict(value_row)[0])
-        uplift = None
-        if models.uplift is not None:
-            uplift_model = models.uplift.model
-            effects = uplift_model.effects(rows.of(uplift_model.feature_names))
-            table = decision_table(self.settings.actions)
-            uplift = uplift_matrix(effects, uplift_model.arms, table)
+            contributions = self.contributions.get(models.churn, scored.churn_row)
 
         policy = self.settings.contact_policy
         history = self.contacts.history(
@@ -371,9 +415,17 @@ class OmniRetain:
         results: list[Recommendation] = []
         for start in range(0, len(customer_ids), BATCH_READ_CHUNK):
             chunk = customer_ids[start : start + BATCH_READ_CHUNK]
-            for customer_id, row in zip(chunk, self.features.get(chunk), strict=True):
+            rows = self.features.get(chunk)
+            now = datetime.now(UTC)
+            features = [self._features(row, None, now) for row in rows]
+            scored = score_rows(
+                models, features, [row is None for row in rows], self.settings.actions
+            )
+            for customer_id, row, one in zip(chunk, rows, scored, strict=True):
                 results.append(
-                    self._recommend(customer_id, row, None, models, explain=explain, source="batch")
+                    self._recommend(
+                        customer_id, row, None, models, explain=explain, source="batch", scored=one
+                    )
                 )
         return BatchRecommendation(
             count=len(results), cold_start=sum(r.cold_start for r in results), results=results
