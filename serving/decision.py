@@ -361,7 +361,7 @@ def apply_realtime_fields(features: Mapping[str, float], now_epoch_s: float) -> 
 
 
 # ---- the vectorised core: one decision function for one customer and for a million ----------
-FeatureColumns = Mapping[str, "np.ndarray"]
+FeatureColumns = Mapping[str, np.ndarray]
 """Feature name -> values, one per customer (a DataFrame works as is; NaN = unknown)."""
 
 
