@@ -50,7 +50,11 @@ async def load(
             for index in queue:
                 body = {"customer_id": ids[(offset + index) % len(ids)]}
                 started = time.perf_counter()
-                response = await client.post("/recommend", json=body)
+                try:
+                    response = await client.post("/recommend", json=body)
+                except httpx.TransportError:  # e.g. a keep-alive connection closed under load
+                    errors += 1
+                    continue
                 latencies.append((time.perf_counter() - started) * 1000)
                 errors += response.status_code != 200
 
