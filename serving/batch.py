@@ -1,27 +1,28 @@
 """Batch scoring: scores and decisions for every customer of the latest snapshot, in one pass.
 
-Why not call the HTTP service (or :func:`serving.decision.decide`) per customer: online reads of
-many entities cost tens of milliseconds per hundred (see the dependency notes) and ``decide`` is
-a Python loop per customer. Here the *offline* features (the parquet snapshot that Feast serves
-from) are read once, both champions predict on the whole matrix, and the arbitration of
-:mod:`serving.decision` runs as array operations over (customer x action-channel) matrices. The
-rules are the same as ``decide``'s (eligibility, consent, expected value, ties to the cheaper
-action then catalogue order); ``tests/unit/test_batch.py`` checks the two agree row by row.
+Why not call the HTTP service per customer: online reads of many entities cost tens of
+milliseconds per hundred (see the dependency notes). Here the *offline* features (the parquet
+snapshot that Feast serves from) are read once, the champions (churn, repurchase, and value and
+uplift when they have one) predict on the whole matrix, and the one decision function of
+:mod:`serving.decision` (:func:`~serving.decision.decide_arrays`, which ``/recommend`` calls with
+one customer) runs as array operations over (customer x action-channel) matrices, with the same
+global control group and the same contact policy as ``/recommend`` at the time of the run (quiet
+hours, and caps and cooldowns from the contact history). ``tests/unit/test_batch.py`` checks the
+batch and ``decide`` agree row by row.
 
 Reasons (TreeSHAP, about 2 ms a row) are computed only where they are shown: for the
 ``reasons_for`` customers with the highest expected value.
 
-What the batch does not apply: the per-customer contact policy of the online path (caps and
-cooldowns from the contact history, exploration, the global control group). A campaign export
-(:mod:`serving.campaign`) adds its own control group.
+What the batch does not do: exploration (its rows are not served decisions, nothing logs their
+propensity). A campaign export (:mod:`serving.campaign`) adds its own random control group.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,14 +34,21 @@ from serving.decision import (
     CHANNELS_WITHOUT_CONSENT,
     CONSENT_FEATURE_BY_CHANNEL,
     DEFAULT_CONTEXT,
-    NO_ACTION,
-    NO_CHANNEL,
+    ActionChannel,
     DecisionContext,
+    action_channel_columns,  # noqa: F401 - re-exported: campaigns and tests use it here
+    decide_arrays,
+    decision_table,
+    feature_column,
+    in_control_group,
+    uplift_matrix,
 )
 from serving.reasons import top_churn_drivers
 
 if TYPE_CHECKING:
     from training.model import CalibratedClassifier
+    from training.uplift import UpliftModel
+    from training.value import CustomerValueModel
 
 ENTITY_KEY = "customer_id"
 SNAPSHOT_COLUMN = "event_timestamp"
@@ -53,32 +61,9 @@ class BatchScoringError(RuntimeError):
     """Batch scoring cannot run (no features, no champion, a feature the model needs is absent)."""
 
 
-@dataclass(frozen=True)
-class ActionChannel:
-    """One column of the decision matrices: an action of the catalogue on one of its channels."""
-
-    action: Action
-    channel: str
-    catalogue_index: int
-    channel_index: int
-
-
-def action_channel_columns(actions: Sequence[Action]) -> list[ActionChannel]:
-    """Every (action, channel) that may be chosen, in catalogue then channel order."""
-    return [
-        ActionChannel(action, channel, catalogue_index, channel_index)
-        for catalogue_index, action in enumerate(actions)
-        if action.name != NO_ACTION
-        for channel_index, channel in enumerate(action.channels)
-    ]
-
-
 def _column(features: pd.DataFrame, name: str, default: float) -> np.ndarray:
     """A feature as float64; absent or NaN becomes ``default`` (as ``decision._value``)."""
-    if name not in features.columns:
-        return np.full(len(features), default, dtype=np.float64)
-    values = features[name].to_numpy(dtype=np.float64, na_value=np.nan)
-    return np.where(np.isnan(values), default, values)
+    return feature_column(features, name, default, len(features))
 
 
 def channel_allowed_matrix(features: pd.DataFrame, columns: Sequence[ActionChannel]) -> np.ndarray:
@@ -99,69 +84,6 @@ def channel_allowed_matrix(features: pd.DataFrame, columns: Sequence[ActionChann
     return allowed
 
 
-def action_eligible_matrix(
-    features: pd.DataFrame,
-    churn_probability: np.ndarray,
-    columns: Sequence[ActionChannel],
-    context: DecisionContext = DEFAULT_CONTEXT,
-) -> np.ndarray:
-    """(customers x columns) business rules, as :func:`serving.decision.action_eligible`."""
-    open_cases = _column(features, "open_cases", 0.0)
-    cart_hours = _column(features, "hours_since_last_abandoned_cart", math.inf)
-    at_risk = churn_probability >= context.at_risk_threshold
-    eligible = np.ones((len(features), len(columns)), dtype=bool)
-    for index, column in enumerate(columns):
-        action = column.action
-        if action.name == "service_callback":
-            eligible[:, index] &= open_cases > 0
-        if action.name == "cart_reminder":
-            eligible[:, index] &= cart_hours <= context.cart_window_hours
-        if action.goal == "retention":
-            eligible[:, index] &= at_risk
-        for rule in getattr(action, "eligibility", ()):  # catalogue rules: all must hold
-            eligible[:, index] &= rule_holds(features, rule.feature, rule.op, rule.value)
-    return eligible
-
-
-_COMPARISONS = {
-    "<": np.less,
-    "<=": np.less_equal,
-    ">": np.greater,
-    ">=": np.greater_equal,
-    "==": np.equal,
-    "!=": np.not_equal,
-}
-
-
-def rule_holds(features: pd.DataFrame, feature: str, op: str, value: float) -> np.ndarray:
-    """``feature op value`` per row; a missing feature or NaN never passes (fail closed)."""
-    values = _column(features, feature, math.nan)
-    with np.errstate(invalid="ignore"):
-        return _COMPARISONS[op](values, value) & ~np.isnan(values)
-
-
-def catalogue_uplift_matrix(n_customers: int, columns: Sequence[ActionChannel]) -> np.ndarray:
-    """The catalogue's prior ``base_uplift`` for every customer and column."""
-    priors = np.array([column.action.base_uplift for column in columns], dtype=np.float64)
-    return np.broadcast_to(priors, (n_customers, len(columns)))
-
-
-def expected_value_matrix(
-    churn_probability: np.ndarray,
-    repurchase_probability: np.ndarray,
-    customer_value: np.ndarray,
-    uplift: np.ndarray,
-    columns: Sequence[ActionChannel],
-) -> np.ndarray:
-    """(customers x columns) value minus cost, as :func:`serving.decision.expected_value`."""
-    is_retention = np.array([c.action.goal == "retention" for c in columns])
-    cost = np.array([c.action.cost for c in columns], dtype=np.float64)
-    movable = np.where(
-        is_retention[None, :], churn_probability[:, None], 1.0 - repurchase_probability[:, None]
-    )
-    return movable * uplift * customer_value[:, None] - cost[None, :]
-
-
 @dataclass
 class BatchDecisions:
     """The chosen (action, channel) per customer; ``column`` is -1 for no action."""
@@ -171,6 +93,8 @@ class BatchDecisions:
     channel: np.ndarray
     expected_value: np.ndarray
     candidate_values: np.ndarray = field(repr=False)  # (customers x columns), -inf = not allowed
+    customer_value: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    control_group: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
 
 
 def decide_batch(
@@ -180,8 +104,14 @@ def decide_batch(
     actions: Sequence[Action],
     uplift: np.ndarray | None = None,
     context: DecisionContext = DEFAULT_CONTEXT,
+    *,
+    customer_value: np.ndarray | None = None,
+    blocked: np.ndarray | None = None,
+    control: np.ndarray | None = None,
 ) -> BatchDecisions:
     """The decision of :func:`serving.decision.decide` for many customers at once.
+
+    A frame-shaped face of :func:`serving.decision.decide_arrays` (the one decision function).
 
     Args:
         features: one row per customer, feature columns by name.
@@ -189,43 +119,30 @@ def decide_batch(
         actions: the action catalogue.
         uplift: (customers x :func:`action_channel_columns`) absolute uplift; the catalogue's
             prior when omitted (what ``decide`` uses with the default context).
-        context: thresholds (at-risk, cart window).
+        context: thresholds.
+        customer_value: a value model's prediction per row; ``spend_365d`` when omitted.
+        blocked: (customers x columns) held back by the contact policy.
+        control: True for the control group (no action).
     """
-    columns = action_channel_columns(actions)
-    n = len(features)
-    churn_probability = np.asarray(churn_probability, dtype=np.float64)
-    repurchase_probability = np.asarray(repurchase_probability, dtype=np.float64)
-    if uplift is None:
-        uplift = catalogue_uplift_matrix(n, columns)
-    if uplift.shape != (n, len(columns)):
-        raise ValueError(f"uplift must have shape {(n, len(columns))}, got {uplift.shape}")
-    customer_value = np.maximum(_column(features, "spend_365d", 0.0), 0.0)
-    values = expected_value_matrix(
-        churn_probability, repurchase_probability, customer_value, uplift, columns
+    result = decide_arrays(
+        features,
+        churn_probability,
+        repurchase_probability,
+        actions,
+        context,
+        customer_value=customer_value,
+        uplift=uplift,
+        blocked=blocked,
+        control=control,
     )
-    allowed = action_eligible_matrix(features, churn_probability, columns, context)
-    allowed &= channel_allowed_matrix(features, columns)
-    values = np.where(allowed, values, -np.inf)
-
-    if columns:
-        best_value = values.max(axis=1)
-        # Ties: the cheaper action first, then catalogue and channel order (the column order).
-        cost = np.array([c.action.cost for c in columns], dtype=np.float64)
-        tie_cost = np.where(values == best_value[:, None], cost[None, :], np.inf)
-        best_column = np.argmin(tie_cost, axis=1)
-    else:
-        best_value = np.full(n, -np.inf)
-        best_column = np.zeros(n, dtype=np.int64)
-    chosen = best_value > 0
-    column = np.where(chosen, best_column, -1)
-    action_names = np.array([c.action.name for c in columns] + [NO_ACTION], dtype=object)
-    channel_names = np.array([c.channel for c in columns] + [NO_CHANNEL], dtype=object)
     return BatchDecisions(
-        column=column,
-        action=action_names[column],  # -1 picks the appended no_action
-        channel=channel_names[column],
-        expected_value=np.where(chosen, np.round(best_value, 2), 0.0),
-        candidate_values=values,
+        column=result.column,
+        action=result.action,  # -1 picks the appended no_action
+        channel=result.channel,
+        expected_value=np.round(result.expected_value, 2),
+        candidate_values=result.values,
+        customer_value=result.customer_value,
+        control_group=result.control,
     )
 
 
@@ -284,6 +201,14 @@ def predict_probability(
         matrix, raw_score=True, num_iteration=model.best_iteration, num_threads=threads
     )
     return np.clip(model.calibrator.transform(raw), 0.0, 1.0)
+
+
+def predict_value(
+    model: CustomerValueModel, matrix: np.ndarray, threads: int = BATCH_THREADS
+) -> np.ndarray:
+    """:meth:`CustomerValueModel.predict` with every core (its own pins one thread)."""
+    window = model.booster.predict(matrix, num_iteration=model.best_iteration, num_threads=threads)
+    return window * model.scale
 
 
 def risk_bands(
@@ -364,25 +289,54 @@ def score_frame(
     uplift: np.ndarray | None = None,
     context: DecisionContext = DEFAULT_CONTEXT,
     seconds: dict[str, float] | None = None,
+    *,
+    value_model: CustomerValueModel | None = None,
+    uplift_model: UpliftModel | None = None,
+    blocked: np.ndarray | None = None,
+    control: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Scores, risk band and decision per row of ``frame`` (pure: frames in, frame out).
 
     Args:
         reasons_for: compute the churn drivers in words for this many customers, those with
             the highest expected value (the ones a team will look at); the others get null.
+        uplift: (customers x columns) uplift; else the uplift model's, else the catalogue's.
+        value_model / uplift_model: the optional champions, as ``/recommend`` uses them.
+        blocked: (customers x columns) held back by the contact policy.
+        control: True for the control group.
     """
     seconds = {} if seconds is None else seconds
     started = time.perf_counter()
-    churn_matrix = feature_matrix(frame, churn.feature_names)
+    matrices: dict[tuple[str, ...], np.ndarray] = {}  # the models mostly share one feature list
+
+    def matrix_of(feature_names: Sequence[str]) -> np.ndarray:
+        key = tuple(feature_names)
+        if key not in matrices:
+            matrices[key] = feature_matrix(frame, feature_names)
+        return matrices[key]
+
+    churn_matrix = matrix_of(churn.feature_names)
     churn_probability = predict_probability(churn, churn_matrix)
-    repurchase_probability = predict_probability(
-        repurchase, feature_matrix(frame, repurchase.feature_names)
-    )
+    repurchase_probability = predict_probability(repurchase, matrix_of(repurchase.feature_names))
+    customer_value = None
+    if value_model is not None:
+        customer_value = predict_value(value_model, matrix_of(value_model.feature_names))
+    if uplift is None and uplift_model is not None:
+        effects = uplift_model.effects(matrix_of(uplift_model.feature_names))
+        uplift = uplift_matrix(effects, uplift_model.arms, decision_table(actions))
     seconds["predict"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
     decisions = decide_batch(
-        frame, churn_probability, repurchase_probability, actions, uplift, context
+        frame,
+        churn_probability,
+        repurchase_probability,
+        actions,
+        uplift,
+        context,
+        customer_value=customer_value,
+        blocked=blocked,
+        control=control,
     )
     seconds["decide"] = round(time.perf_counter() - started, 3)
 
@@ -393,10 +347,11 @@ def score_frame(
             "churn_probability": np.round(churn_probability, 4),
             "repurchase_probability": np.round(repurchase_probability, 4),
             "risk_band": risk_bands(churn_probability, context),
-            "customer_value": np.maximum(_column(frame, "spend_365d", 0.0), 0.0),
+            "customer_value": np.round(decisions.customer_value, 2),
             "action": decisions.action,
             "channel": decisions.channel,
             "expected_value": decisions.expected_value,
+            "control_group": decisions.control_group,
             "churn_drivers": pd.Series([None] * len(frame), dtype=object),
         }
     )
@@ -410,6 +365,53 @@ def score_frame(
     return scored
 
 
+def control_group_mask(customer_ids: Sequence[str], settings: Settings) -> np.ndarray:
+    """The stable hash-based control group of ``/recommend``, per customer."""
+    share, salt = settings.serving.control_share, settings.serving.control_salt
+    return np.fromiter(
+        (in_control_group(str(i), share, salt) for i in customer_ids),
+        dtype=bool,
+        count=len(customer_ids),
+    )
+
+
+def contact_policy_blocks(
+    customer_ids: pd.Series, settings: Settings, now: datetime, actions: Sequence[Action]
+) -> np.ndarray:
+    """(customers x columns) what the contact policy of ``/recommend`` holds back at ``now``:
+    quiet hours for everyone, caps and cooldowns for the customers with a contact history."""
+    from serving.policy import (
+        ContactStore,
+        contacts_path,
+        evaluate_contact_policy,
+        history_horizon,
+        in_quiet_hours,
+    )
+
+    table = decision_table(actions)
+    policy = settings.contact_policy
+    blocked = np.zeros((len(customer_ids), table.width), dtype=bool)
+    if in_quiet_hours(now, policy):
+        quiet = set(policy.quiet_channels)
+        blocked[:, [c.channel in quiet for c in table.columns]] = True
+    path = contacts_path(settings)
+    if not path.exists():
+        return blocked
+    histories = ContactStore(path).histories(now - history_horizon(policy, actions))
+    if not histories:
+        return blocked
+    rows = pd.Index(customer_ids.astype(str)).get_indexer(list(histories))
+    for row, history in zip(rows, histories.values(), strict=True):
+        if row < 0:
+            continue
+        verdict = evaluate_contact_policy(history, now, policy, actions)
+        blocked[row] |= [
+            c.channel in verdict.blocked_channels or c.action.name in verdict.blocked_actions
+            for c in table.columns
+        ]
+    return blocked
+
+
 def score_latest(
     settings: Settings, out: Path | None = None, reasons_for: int = 1000
 ) -> ScoreReport:
@@ -419,28 +421,39 @@ def score_latest(
         BatchScoringError: no feature table. ``ModelNotFoundError``: no champion.
     """
     from features.build import write_features_atomically
-    from training.registry import load_champion
+    from serving.models import load_model_set
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    churn = load_champion(settings, "churn")
-    repurchase = load_champion(settings, "repurchase")
+    models = load_model_set(settings)
     seconds["load_models"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
     frame = read_latest_snapshot(features_path(settings))
     seconds["read"] = round(time.perf_counter() - started, 3)
 
+    started = time.perf_counter()
+    control = control_group_mask(frame[ENTITY_KEY].tolist(), settings)
+    blocked = contact_policy_blocks(
+        frame[ENTITY_KEY], settings, datetime.now(UTC), settings.actions
+    )
+    seconds["policy"] = round(time.perf_counter() - started, 3)
+
     scored = score_frame(
         frame,
-        churn.model,
-        repurchase.model,
+        models.churn.model,
+        models.repurchase.model,
         settings.actions,
         reasons_for=reasons_for,
         seconds=seconds,
+        value_model=models.value.model if models.value else None,
+        uplift_model=models.uplift.model if models.uplift else None,
+        blocked=blocked,
+        control=control,
     )
-    scored["churn_model_version"] = churn.version
-    scored["repurchase_model_version"] = repurchase.version
+    versions = {kind: v for kind, v in models.versions.items() if v is not None}
+    for kind, version in versions.items():
+        scored[f"{kind}_model_version"] = version
 
     started = time.perf_counter()
     path = out or settings.state_dir / "scores" / SCORES_FILE
@@ -455,5 +468,5 @@ def score_latest(
         expected_value_total=float(scored["expected_value"].sum()),
         path=path,
         seconds=seconds,
-        model_versions={"churn": churn.version, "repurchase": repurchase.version},
+        model_versions=versions,
     )

@@ -304,6 +304,24 @@ class ContactStore:
             Contact(channel, action, datetime.fromisoformat(at)) for channel, action, at in rows
         ]
 
+    def histories(self, since: datetime) -> dict[str, list[Contact]]:
+        """Every customer's contacts at or after ``since``, oldest first (batch scoring)."""
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT customer_id, channel, action, contacted_at FROM contacts"
+                " WHERE contacted_at >= ? ORDER BY contacted_at",
+                (_utc(since).isoformat(),),
+            )
+            .fetchall()
+        )
+        by_customer: dict[str, list[Contact]] = {}
+        for customer_id, channel, action, at in rows:
+            by_customer.setdefault(customer_id, []).append(
+                Contact(channel, action, datetime.fromisoformat(at))
+            )
+        return by_customer
+
     def recent(self, customer_id: str, limit: int = 10) -> list[dict[str, object]]:
         """The customer's latest contacts with their outcome, newest first (for the profile)."""
         rows = (

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
 
 from features.contract import PURCHASE_CHANNELS
 
@@ -141,3 +146,40 @@ def top_churn_drivers(
     ]
     positive.sort(key=lambda item: (-item[1], item[0]))
     return [describe_feature(name, features.get(name), wording) for name, _ in positive[:limit]]
+
+
+class ContributionCache:
+    """The churn model's TreeSHAP contributions per (model version, feature vector), LRU.
+
+    TreeSHAP (LightGBM ``pred_contrib``) costs about 2 ms per row, more than the rest of a
+    decision; the same customer asked again with unchanged features (a page reload, the call
+    centre and the app in the same minute) gets the same contributions from here, exactly.
+    The key is the model version and the raw bytes of the float64 row the model scores, so a
+    changed feature or a new champion always recomputes. Thread-safe (a lock around the dict).
+    """
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, bytes], dict[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, champion: Any, row: np.ndarray) -> dict[str, float]:
+        """Feature name -> contribution (bias excluded) of ``champion.model`` for ``row``."""
+        key = (str(champion.version), row.tobytes())
+        with self._lock:
+            cached = self._entries.get(key)
+            if cached is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return cached
+        model = champion.model
+        values = model.contributions(row)[0, :-1]  # the last column is the bias
+        contributions = dict(zip(model.feature_names, values.tolist(), strict=True))
+        with self._lock:
+            self.misses += 1
+            self._entries[key] = contributions
+            if len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return contributions

@@ -23,7 +23,6 @@ import logging
 import math
 import random
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,18 +35,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from omniretain.settings import Settings, load_settings
+from omniretain.settings import load_settings
 from serving.auth import AuthError, authorize, redact_logs
 from serving.decision import (
     CONSENT_FEATURE_BY_CHANNEL,
-    DecisionContext,
     Exploration,
     apply_realtime_fields,
     apply_request_context,
     decide,
+    decision_table,
     in_control_group,
     risk_band,
+    uplift_matrix,
 )
+from serving.models import ModelSet, load_model_set
 from serving.policy import (
     ContactStore,
     contacts_path,
@@ -56,6 +57,7 @@ from serving.policy import (
     import_feed_contacts,
 )
 from serving.profile import WarehouseUnavailableError, build_profile, read_warehouse_profile
+from serving.reasons import ContributionCache
 from serving.schemas import (
     BatchRecommendation,
     BatchRecommendRequest,
@@ -85,6 +87,7 @@ BODY_MODELS: dict[str, type] = {
     "/feedback": FeedbackRequest,
     "/events": EventRequest,
 }
+SERVER_WORKERS = 2  # the cores of the reference machine (see the decorator below)
 BATCH_READ_CHUNK = 500  # online reads per call: Feast's cost grows fast with the entity count
 
 
@@ -98,6 +101,72 @@ def feature_vector(row: Mapping[str, float | None], feature_names: Sequence[str]
     return np.array(
         [[math.nan if value is None else float(value) for value in values]], dtype=np.float64
     )
+
+
+def feature_rows(rows: Sequence[Mapping[str, float | None]], names: Sequence[str]) -> np.ndarray:
+    """:func:`feature_vector` of many rows at once: (rows x names) float64, NaN for missing."""
+    return np.array(
+        [
+            [math.nan if (v := row.get(name)) is None else float(v) for name in names]
+            for row in rows
+        ],
+        dtype=np.float64,
+    ).reshape(len(rows), len(names))
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One customer's model outputs, ready for the decision."""
+
+    features: dict[str, float]
+    cold_start: bool
+    churn_row: np.ndarray  # (1 x churn features): what TreeSHAP explains
+    churn_probability: float
+    repurchase_probability: float
+    customer_value: float | None
+    uplift: np.ndarray | None  # (1 x decision columns)
+
+
+def score_rows(
+    models: ModelSet,
+    features: Sequence[dict[str, float]],
+    cold_start: Sequence[bool],
+    actions: Sequence[Any],
+) -> list[Scored]:
+    """Every champion on all rows in one call each (one row for /recommend, a chunk for batch):
+    LightGBM's per-call overhead is paid once per model, not once per customer."""
+    matrices: dict[tuple[str, ...], np.ndarray] = {}
+
+    def matrix_of(names: Sequence[str]) -> np.ndarray:
+        key = tuple(names)
+        if key not in matrices:
+            matrices[key] = feature_rows(features, names)
+        return matrices[key]
+
+    churn_matrix = matrix_of(models.churn.model.feature_names)
+    churn = models.churn.model.predict_proba(churn_matrix)[:, 1]
+    repurchase_model = models.repurchase.model
+    repurchase = repurchase_model.predict_proba(matrix_of(repurchase_model.feature_names))[:, 1]
+    values = None
+    if models.value is not None:
+        values = models.value.model.predict(matrix_of(models.value.model.feature_names))
+    uplift = None
+    if models.uplift is not None:
+        uplift_model = models.uplift.model
+        effects = uplift_model.effects(matrix_of(uplift_model.feature_names))
+        uplift = uplift_matrix(effects, uplift_model.arms, decision_table(actions))
+    return [
+        Scored(
+            features=row,
+            cold_start=cold,
+            churn_row=churn_matrix[index : index + 1],
+            churn_probability=float(churn[index]),
+            repurchase_probability=float(repurchase[index]),
+            customer_value=None if values is None or cold else float(values[index]),
+            uplift=None if uplift is None else uplift[index : index + 1],
+        )
+        for index, (row, cold) in enumerate(zip(features, cold_start, strict=True))
+    ]
 
 
 class ApiGate:
@@ -160,60 +229,13 @@ class ApiGate:
             )
 
 
-@dataclass(frozen=True)
-class ModelSet:
-    """The champions served together; replaced whole, never mutated."""
-
-    churn: Any
-    repurchase: Any
-    value: Any | None
-    uplift: Any | None
-
-    @property
-    def versions(self) -> dict[str, str | None]:
-        return {
-            "churn": str(self.churn.version),
-            "repurchase": str(self.repurchase.version),
-            "value": str(self.value.version) if self.value else None,
-            "uplift": str(self.uplift.version) if self.uplift else None,
-        }
-
-
-def load_model_set(settings: Settings) -> ModelSet:
-    """Churn and repurchase champions (required); value and uplift when they have a champion."""
-    from training.registry import ModelNotFoundError, load_champion
-
-    optional: dict[str, Any] = {}
-    for kind in ("value", "uplift"):
-        try:
-            optional[kind] = load_champion(settings, kind)
-        except (ModelNotFoundError, ValueError):
-            optional[kind] = None  # no champion (or no such kind yet): documented fallback
-    return ModelSet(
-        churn=load_champion(settings, "churn"),
-        repurchase=load_champion(settings, "repurchase"),
-        value=optional["value"],
-        uplift=optional["uplift"],
-    )
-
-
-def uplift_function(models: ModelSet, row: Mapping[str, float]):  # -> UpliftFunction
-    """The uplift model's reduction of P(churn) per (action, channel), else the catalogue's."""
-    if models.uplift is None:
-        return None
-    effects = models.uplift.model.predict(feature_vector(row, models.uplift.model.feature_names))
-
-    def uplift(action: Any, channel: str, features: Mapping[str, float]) -> float:
-        effect = effects.get((action.name, channel))
-        return action.base_uplift if effect is None else -float(effect)
-
-    return uplift
-
-
 app = FastAPI(title="omniretain profile")
 
 
-@bentoml.service(name="omniretain", workers=1, traffic={"timeout": 60})
+# Two worker processes: a request is CPU-bound Python (BentoML's own ~4.6 ms, then features,
+# four models, the decision), so a second process on the second core is what adds throughput;
+# threads would share one GIL. Each worker loads its own models and polls the registry.
+@bentoml.service(name="omniretain", workers=SERVER_WORKERS, traffic={"timeout": 60})
 @bentoml.asgi_app(app, path="/profile")
 class OmniRetain:
     """Churn risk and the next best action per customer, from the champion models."""
@@ -225,6 +247,7 @@ class OmniRetain:
         self.settings = load_settings()
         self.models = load_model_set(self.settings)
         self.features = OnlineFeatureReader(self.settings)
+        self.contributions = ContributionCache()
         self.contacts = ContactStore(contacts_path(self.settings))
         self.decision_log = DecisionLogger(self.settings)
         self.feedback_log = FeedbackLogger(self.settings)
@@ -259,6 +282,13 @@ class OmniRetain:
                 logger.exception("champion reload failed; still serving %s", self.models.versions)
 
     # ---- the decision for one customer ---------------------------------------------------
+    def _features(
+        self, row: dict[str, float] | None, context: RequestContext | None, now: datetime
+    ) -> dict[str, float]:
+        """The stored features with the pushed real-time fields and the request's cart."""
+        features = apply_realtime_fields(row or {}, now.timestamp())
+        return apply_request_context(features, context.cart_value if context else None)
+
     def _recommend(
         self,
         customer_id: str,
@@ -268,30 +298,20 @@ class OmniRetain:
         explain: bool = True,
         source: str = "single",
         log: bool = True,
+        scored: Scored | None = None,
     ) -> Recommendation:
         now = datetime.now(UTC)
-        cold_start = row is None
-        features = apply_realtime_fields(row or {}, now.timestamp())
-        cart_value = context.cart_value if context else None
-        features = apply_request_context(features, cart_value)
+        if scored is None:
+            features = self._features(row, context, now)
+            scored = score_rows(models, [features], [row is None], self.settings.actions)[0]
+        features, cold_start = scored.features, scored.cold_start
+        churn_probability = scored.churn_probability
+        repurchase_probability = scored.repurchase_probability
+        customer_value, uplift = scored.customer_value, scored.uplift
         current_channel = context.current_channel if context else None
-
-        churn_model, repurchase_model = models.churn.model, models.repurchase.model
-        churn_row = feature_vector(features, churn_model.feature_names)
-        churn_probability = float(churn_model.predict_proba(churn_row)[0, 1])
-        repurchase_row = feature_vector(features, repurchase_model.feature_names)
-        repurchase_probability = float(repurchase_model.predict_proba(repurchase_row)[0, 1])
         contributions: dict[str, float] = {}
-        if explain and not cold_start:
-            values = churn_model.contributions(churn_row)[0, :-1]  # last column: the bias
-            contributions = dict(zip(churn_model.feature_names, values.tolist(), strict=True))
-
-        customer_value = None
-        if models.value is not None and not cold_start:
-            value_row = feature_vector(features, models.value.model.feature_names)
-            customer_value = float(models.value.model.predict(value_row)[0])
-        uplift = uplift_function(models, features)
-        decision_context = DecisionContext(uplift=uplift) if uplift else DecisionContext()
+        if explain and not cold_start:  # TreeSHAP: the costliest step, only where it is shown
+            contributions = self.contributions.get(models.churn, scored.churn_row)
 
         policy = self.settings.contact_policy
         history = self.contacts.history(
@@ -310,8 +330,8 @@ class OmniRetain:
             repurchase_probability,
             contributions,
             self.settings.actions,
-            decision_context,
             customer_value=customer_value,
+            uplift=uplift,
             blocked_channels={
                 **verdict.blocked_channels,
                 **dict.fromkeys(self.contacts.withdrawn_channels(customer_id), "consent withdrawn"),
@@ -336,7 +356,7 @@ class OmniRetain:
             value_used = 0.0
         versions = models.versions
         recommendation = Recommendation(
-            decision_id=uuid.uuid4().hex,
+            decision_id=f"{random.getrandbits(128):032x}",  # unique, not a secret: no urandom
             customer_id=customer_id,
             cold_start=cold_start,
             control_group=decision.control_group,
@@ -402,9 +422,17 @@ class OmniRetain:
         results: list[Recommendation] = []
         for start in range(0, len(customer_ids), BATCH_READ_CHUNK):
             chunk = customer_ids[start : start + BATCH_READ_CHUNK]
-            for customer_id, row in zip(chunk, self.features.get(chunk), strict=True):
+            rows = self.features.get(chunk)
+            now = datetime.now(UTC)
+            features = [self._features(row, None, now) for row in rows]
+            scored = score_rows(
+                models, features, [row is None for row in rows], self.settings.actions
+            )
+            for customer_id, row, one in zip(chunk, rows, scored, strict=True):
                 results.append(
-                    self._recommend(customer_id, row, None, models, explain=explain, source="batch")
+                    self._recommend(
+                        customer_id, row, None, models, explain=explain, source="batch", scored=one
+                    )
                 )
         return BatchRecommendation(
             count=len(results), cold_start=sum(r.cold_start for r in results), results=results

@@ -163,15 +163,26 @@ def served_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]
     materialize(settings)
     train(settings, progress=False)
 
-    previous = os.environ.get("OMNIRETAIN_STATE_DIR")
-    os.environ["OMNIRETAIN_STATE_DIR"] = str(state_dir)
+    # The service reads its settings from the environment. Two of them would make answers
+    # depend on luck and on the wall clock: exploration (a random 5% of decisions) and quiet
+    # hours (SMS and app closed from 21:00 to 08:00 London time). Both are switched off here so
+    # that every run sees the same decisions; the unit tests cover both rules.
+    env = {
+        "OMNIRETAIN_STATE_DIR": str(state_dir),
+        "OMNIRETAIN_SERVING__EXPLORATION_SHARE": "0",
+        "OMNIRETAIN_CONTACT_POLICY__QUIET_HOURS_START": "0",
+        "OMNIRETAIN_CONTACT_POLICY__QUIET_HOURS_END": "0",
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     try:
         yield settings
     finally:
-        if previous is None:
-            os.environ.pop("OMNIRETAIN_STATE_DIR", None)
-        else:
-            os.environ["OMNIRETAIN_STATE_DIR"] = previous
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -120,18 +120,22 @@ def test_batch_over_the_limit_is_a_413_naming_the_field(client: Any) -> None:
 
 def test_the_request_context_changes_the_decision(client: Any, serving_rows: pd.DataFrame) -> None:
     """A low-risk customer with no cart gets nothing; with a cart in hand, a cart reminder."""
-    changed = 0
+    policy = load_settings().contact_policy  # what the service reads: no quiet hours
+    assert policy.quiet_hours_start == policy.quiet_hours_end
+    changed, seen = 0, []
     for customer_id in serving_rows.index[:40]:
         plain = client.post("/recommend", json={"customer_id": customer_id}).json()
         cart = {"cart": [{"product_id": "P1", "quantity": 2, "unit_price": 80.0}]}
         with_cart = client.post(
             "/recommend", json={"customer_id": customer_id, "context": cart}
         ).json()
-        if plain["explored"] or with_cart["explored"] or plain["control_group"]:
+        assert not plain["explored"] and not with_cart["explored"]  # exploration is off here
+        if plain["control_group"]:
             continue
         actions = plain["next_best_action"]["action"], with_cart["next_best_action"]["action"]
         changed += actions[0] != actions[1]
-    assert changed > 0
+        seen.append(actions)
+    assert changed > 0, seen
 
 
 def test_feedback_is_stored_and_counted_by_the_contact_policy(

@@ -208,3 +208,68 @@ def test_score_frame_scores_everyone_and_explains_only_the_top(tiny_models) -> N
     assert (explained <= actioned).all()
     unexplained_values = scored.loc[~explained & actioned, "expected_value"].to_numpy()
     assert scored.loc[explained, "expected_value"].min() >= np.max(unexplained_values, initial=0)
+
+
+def test_control_group_and_policy_blocks_apply_to_the_batch_as_to_recommend() -> None:
+    frame, churn, repurchase = _frame(
+        [
+            {"spend_365d": 900.0, "churn": 0.9, "repurchase": 0.1, "consent_email": 1.0},
+            {"spend_365d": 900.0, "churn": 0.9, "repurchase": 0.1, "consent_email": 1.0},
+            {"spend_365d": 900.0, "churn": 0.9, "repurchase": 0.1, "consent_email": 1.0},
+        ]
+    )
+    columns = action_channel_columns(CATALOGUE)
+    free = decide_batch(frame, churn, repurchase, CATALOGUE)
+    assert list(free.channel) == ["email"] * 3
+    blocked = np.zeros((3, len(columns)), dtype=bool)
+    blocked[1] = [c.channel == "email" for c in columns]  # e.g. the weekly email cap is used
+    decided = decide_batch(
+        frame, churn, repurchase, CATALOGUE, blocked=blocked, control=np.array([0, 0, 1], bool)
+    )
+    assert decided.channel[0] == "email"
+    assert decided.channel[1] != "email"
+    assert (decided.action[2], decided.expected_value[2]) == (NO_ACTION, 0.0)
+    assert decided.control_group.tolist() == [False, False, True]
+
+
+def test_score_frame_uses_the_value_and_uplift_models_like_recommend(tiny_models) -> None:
+    """A value model replaces spend; an uplift model's arm replaces the catalogue prior."""
+    from serving.decision import decision_table
+
+    churn, repurchase = tiny_models
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["C1"],
+            "event_timestamp": pd.Timestamp("2025-06-01", tz="UTC"),
+            "spend_365d": [5.0],
+            "days_since_last_purchase": [290.0],
+            "open_cases": [0.0],
+            "consent_email": [1.0],
+        }
+    )
+
+    class FixedBooster:
+        def predict(self, matrix: np.ndarray, **_: object) -> np.ndarray:
+            return np.full(len(matrix), 2500.0)
+
+    class FixedValue:  # the parts of training.value.CustomerValueModel that scoring reads
+        feature_names = ["spend_365d"]
+        booster, best_iteration, scale = FixedBooster(), 0, 2.0
+
+    class LoyaltyWorks:
+        feature_names = ["spend_365d"]
+        arms = [("loyalty_points", "email")]
+
+        def effects(self, matrix: np.ndarray) -> np.ndarray:
+            return np.full((len(matrix), 1), -0.5)  # P(churn) down by 0.5
+
+    plain = score_frame(frame, churn, repurchase, CATALOGUE)
+    assert plain["action"].iloc[0] == NO_ACTION  # 5.0 of spend is worth no contact
+    valued = score_frame(frame, churn, repurchase, CATALOGUE, value_model=FixedValue())
+    assert valued["customer_value"].iloc[0] == 5000.0
+    assert valued["action"].iloc[0] != NO_ACTION
+    uplifted = score_frame(
+        frame, churn, repurchase, CATALOGUE, value_model=FixedValue(), uplift_model=LoyaltyWorks()
+    )
+    assert (uplifted["action"].iloc[0], uplifted["channel"].iloc[0]) == ("loyalty_points", "email")
+    assert len(decision_table(CATALOGUE).columns) == len(action_channel_columns(CATALOGUE))

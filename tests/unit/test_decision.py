@@ -474,3 +474,104 @@ def test_customer_value_from_a_value_model_overrides_spend() -> None:
     cheap = decide("c1", customer(spend_365d=10.0), 0.9, 0.2, {}, CATALOGUE)
     valued = decide("c1", customer(spend_365d=10.0), 0.9, 0.2, {}, CATALOGUE, customer_value=900)
     assert (cheap.action, valued.action) == ("no_action", "retention_discount")
+
+
+# ---- one vectorised decision function for the service and the batch -----------------------
+channels_of_catalogue = sorted({c for action in CATALOGUE for c in action.channels} - {"none"})
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            customers(),
+            probability,
+            probability,
+            st.sets(st.sampled_from(channels_of_catalogue), max_size=3),
+            st.sets(st.sampled_from([a.name for a in CATALOGUE]), max_size=2),
+            st.booleans(),
+            st.floats(0.0, 0.999),
+            st.floats(0.0, 0.999),
+            st.one_of(st.none(), st.sampled_from(channels_of_catalogue)),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_decide_arrays_for_many_equals_decide_for_each(rows: list[tuple]) -> None:
+    """Policy blocks, control group, exploration and the current channel, all at once: the
+    array path (batch) and the one-customer path (HTTP) make the same choice."""
+    from serving.decision import Exploration, decide_arrays, decision_table
+
+    table = decision_table(CATALOGUE)
+    features = {
+        name: np.array([row[0][name] for row in rows], dtype=np.float64) for name in rows[0][0]
+    }
+    blocked = np.array(
+        [[c.channel in row[3] or c.action.name in row[4] for c in table.columns] for row in rows]
+    )
+    in_session = np.array([[c.channel == row[8] for c in table.columns] for row in rows])
+    share = 0.3
+    result = decide_arrays(
+        features,
+        np.array([row[1] for row in rows]),
+        np.array([row[2] for row in rows]),
+        CATALOGUE,
+        blocked=blocked,
+        in_session=in_session,
+        control=np.array([row[5] for row in rows]),
+        exploration_share=share,
+        draw=np.array([row[6] for row in rows]),
+        pick=np.array([row[7] for row in rows]),
+    )
+    for index, row in enumerate(rows):
+        single = decide(
+            f"c{index}",
+            row[0],
+            row[1],
+            row[2],
+            {},
+            CATALOGUE,
+            blocked_channels={channel: "test" for channel in row[3]},
+            blocked_actions={action: "test" for action in row[4]},
+            current_channel=row[8],
+            control_group=row[5],
+            exploration=Exploration(share, row[6], row[7]),
+        )
+        assert (result.action[index], result.channel[index]) == (single.action, single.channel)
+        assert round(float(result.expected_value[index]), 2) == single.expected_value
+        assert result.propensity[index] == pytest.approx(single.propensity, abs=1e-6)
+        assert bool(result.explored[index]) == single.explored
+        if single.action != "no_action":
+            assert single.channel not in row[3] and single.action not in row[4]
+
+
+def test_contribution_cache_returns_treeshap_exactly_and_recomputes_on_change() -> None:
+    import lightgbm
+
+    from serving.reasons import ContributionCache
+    from training.model import fit_calibrated_classifier
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.uniform(0, 300, 400), rng.normal(0, 1, 400)])
+    y = (X[:, 0] + rng.normal(0, 30, 400) > 150).astype(int)
+    model = fit_calibrated_classifier(
+        X[:300], y[:300], X[300:], y[300:], ["days_since_last_purchase", "noise"], {}
+    )
+    assert isinstance(model.booster, lightgbm.Booster)
+
+    class Champion:
+        def __init__(self, version: str) -> None:
+            self.version, self.model = version, model
+
+    cache = ContributionCache(max_entries=2)
+    row = np.array([[280.0, 0.1]])
+    first = cache.get(Champion("1"), row)
+    exact = model.contributions(row)[0, :-1]
+    assert list(first.values()) == exact.tolist()
+    assert cache.get(Champion("1"), row.copy()) is first and cache.hits == 1
+    cache.get(Champion("2"), row)  # a new champion: recomputed
+    cache.get(Champion("1"), np.array([[10.0, 0.1]]))  # another customer: recomputed
+    assert cache.misses == 3
+    cache.get(Champion("1"), row)  # evicted (two entries at most): recomputed again
+    assert cache.misses == 4
