@@ -193,15 +193,31 @@ def load_model_set(settings: Settings) -> ModelSet:
     )
 
 
-def uplift_function(models: ModelSet, row: Mapping[str, float]):  # -> UpliftFunction
-    """The uplift model's reduction of P(churn) per (action, channel), else the catalogue's."""
+def uplift_function(
+    models: ModelSet,
+    row: Mapping[str, float],
+    churn_probability: float,
+    repurchase_probability: float,
+):  # -> UpliftFunction
+    """The uplift model's effect per (action, channel) as the engine's uplift, else None.
+
+    The model estimates the absolute reduction of P(churn); the engine multiplies its uplift by
+    the movable share (P(churn), or 1 - P(repurchase) for growth actions), so the reduction is
+    divided by that share (:func:`training.uplift.engine_uplift`). An arm the model has not
+    learned keeps the catalogue's prior.
+    """
     if models.uplift is None:
         return None
+    from training.uplift import engine_uplift
+
     effects = models.uplift.model.predict(feature_vector(row, models.uplift.model.feature_names))
 
     def uplift(action: Any, channel: str, features: Mapping[str, float]) -> float:
         effect = effects.get((action.name, channel))
-        return action.base_uplift if effect is None else -float(effect)
+        if effect is None:
+            return action.base_uplift
+        movable = churn_probability if action.goal == "retention" else 1 - repurchase_probability
+        return float(engine_uplift(np.array([-effect]), np.array([movable]))[0])
 
     return uplift
 
@@ -286,8 +302,12 @@ class OmniRetain:
         if models.value is not None and not cold_start:
             value_row = feature_vector(features, models.value.model.feature_names)
             customer_value = float(models.value.model.predict(value_row)[0])
-        uplift = uplift_function(models, features)
-        decision_context = DecisionContext(uplift=uplift) if uplift else DecisionContext()
+        uplift = uplift_function(models, features, churn_probability, repurchase_probability)
+        # A per-customer uplift model already says who can be moved: no at-risk gate on top
+        # (the gate protects the catalogue's flat prior; docs/models.md has the measurement).
+        decision_context = (
+            DecisionContext(uplift=uplift, at_risk_threshold=0.0) if uplift else DecisionContext()
+        )
 
         policy = self.settings.contact_policy
         history = self.contacts.history(
