@@ -96,7 +96,7 @@ def our_decisions(settings, frame, churn, repurchase, uplift):
     return decisions, churn_p
 
 
-def ips_estimate_ours(settings, churn, repurchase, uplift) -> tuple[float, float, int]:
+def ips_estimate_ours(settings, churn, repurchase, uplift) -> tuple[float, float, int, float]:
     """Inverse-propensity estimate (with a baseline) of our policy's incremental value per
     customer from the randomised monthly campaigns the simulated retailer logged
     (``campaigns`` in the warehouse).
@@ -123,8 +123,20 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> tuple[float, float
         data_end = con.execute("SELECT max(occurred_at) FROM purchases").fetchone()[0]
     features = pd.read_parquet(features_path(settings))
     features["event_timestamp"] = features["event_timestamp"].dt.tz_convert(None)
-    persons = pd.read_parquet(
-        settings.truth_dir / "persons.parquet", columns=["person_id", "churned_at"]
+    persons = pd.read_parquet(settings.truth_dir / "persons.parquet")
+    # The logger's support: the campaign drew among the pairs it could deliver (the simulator's
+    # rules, with the consents given at joining; later withdrawals are rare). A choice of ours
+    # outside it (say an offer on the web for a store-only customer) was never logged.
+    deliverable = {
+        "email": persons["consent_email_at_join"],
+        "sms": persons["consent_sms_at_join"],
+        "app": persons["consent_app_at_join"] & persons["prefers_app"],
+        "call_center": persons["consent_call_center_at_join"],
+        "store": persons["loyalty_card"].notna(),
+        "web": persons["prefers_web"] | persons["prefers_app"],
+    }
+    persons = persons[["person_id", "churned_at"]].assign(
+        **{f"deliverable_{channel}": mask.to_numpy() for channel, mask in deliverable.items()}
     )
     logged = logged.merge(customer_persons(settings), on="customer_id").merge(
         persons, on="person_id"
@@ -159,8 +171,15 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> tuple[float, float
     churned = units["churned_at"].notna() & (units["churned_at"] <= units["occurred_at"] + horizon)
     matches = (units["action"] == units["our_action"]) & (units["channel"] == units["our_channel"])
     matches |= units["is_control"] & (units["our_action"] == "no_action")
+    treats = (units["our_action"] != "no_action").to_numpy()
+    supported = np.zeros(len(units), dtype=bool)
+    for channel in deliverable:
+        on_channel = (units["our_channel"] == channel).to_numpy()
+        supported |= on_channel & units[f"deliverable_{channel}"].to_numpy(dtype=bool)
+    # Value where ours has logging support, extrapolated to all of its contacts.
+    support_share = float(supported[treats].mean()) if treats.any() else 1.0
     arrays = (
-        (units["our_action"] != "no_action").to_numpy(),
+        treats & supported,
         matches.to_numpy(),
         units["is_control"].to_numpy(dtype=bool),
         units["propensity"].to_numpy(dtype=float),
@@ -174,7 +193,7 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> tuple[float, float
         retained_value = ipw_incremental_value(
             treats, matched, control, propensity, retained, baseline
         )
-        return retained_value - float(cost.mean())
+        return retained_value / max(support_share, 1e-9) - float(cost.mean())
 
     value = estimate(*arrays)
     rng = np.random.default_rng(0)  # bootstrap over logged units: the estimate's noise
@@ -182,7 +201,7 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> tuple[float, float
         estimate(*(a[sample] for a in arrays))
         for sample in (rng.integers(0, len(units), len(units)) for _ in range(200))
     ]
-    return value, float(np.std(resamples)), len(units)
+    return value, float(np.std(resamples)), len(units), support_share
 
 
 def main() -> None:
@@ -304,7 +323,7 @@ def main() -> None:
     figures: dict[str, float | None] = {
         name: round(policy_value(net_gain, choice), 2) for name, choice in policies.items()
     }
-    ips_per_customer, ips_error, logged_units = ips_estimate_ours(
+    ips_per_customer, ips_error, logged_units, support_share = ips_estimate_ours(
         settings, churn, repurchase, uplift
     )
     figures["ips_estimate_ours"] = round(ips_per_customer * len(frame), 2)
@@ -341,7 +360,8 @@ def main() -> None:
         f"IPS estimate (churn-score baseline) of ours from {logged_units:,} logged "
         "randomised campaign units, "
         f"scaled to {len(frame):,} customers: {figures['ips_estimate_ours']:,.2f} "
-        f"+- {ips_error * len(frame):,.0f} (bootstrap s.e.; true: {figures['ours']:,.2f})"
+        f"+- {ips_error * len(frame):,.0f} (bootstrap s.e.; true: {figures['ours']:,.2f}); "
+        f"{support_share:.0%} of our contacts had logging support (the rest extrapolated)"
     )
     if figures["top_risk"]:
         print(f"ours / top_risk = {figures['ours'] / figures['top_risk']:.2f}")
