@@ -135,3 +135,28 @@ def test_engine_uplift_times_the_movable_share_is_the_models_reduction() -> None
     np.testing.assert_allclose((uplift * movable)[0], [0.02, -0.01])
     assert uplift[1, 0] == 1.0  # never more than the whole movable probability
     assert np.isfinite(engine_uplift(np.array([0.01]), np.array([0.0]))).all()
+
+
+def test_the_service_feeds_the_models_reduction_to_the_engine_without_counting_risk_twice(
+    planted,
+) -> None:
+    """movable share x engine uplift = the model's reduction, so expected_value is
+    reduction x value - cost; an arm the model never saw keeps the catalogue prior."""
+    from omniretain.settings import Action
+    from serving.decision import expected_value
+    from serving.service import ModelSet, uplift_function
+    from training.registry import LoadedModel
+
+    model = fit_uplift(planted, ["f", "noise"], "s_learner")
+    served = ModelSet(
+        churn=None, repurchase=None, value=None, uplift=LoadedModel("uplift", "1", model, "run")
+    )
+    row = {"f": 1.5, "noise": 0.0}
+    uplift = uplift_function(served, row, churn_probability=0.4, repurchase_probability=0.7)
+    discount = Action(name="discount", cost=2.0, channels=["sms"], goal="retention")
+    reduction = -model.predict(np.array([1.5, 0.0]))[("discount", "sms")]
+    value = expected_value(discount, uplift(discount, "sms", row), 0.4, 0.7, 100.0)
+    assert value == pytest.approx(reduction * 100.0 - 2.0)
+    other = Action(name="other", cost=1.0, channels=["app"], base_uplift=0.05)
+    assert uplift(other, "app", row) == 0.05
+    assert uplift_function(ModelSet(None, None, None, None), row, 0.4, 0.7) is None
