@@ -1,10 +1,15 @@
 """Decision quality on the simulator: incremental retained value of five targeting policies.
 
 Runs the pipeline (simulate, ingest, build-features, train) on a fresh simulated population in
-its own state folder, scores the latest snapshot in batch (:mod:`serving.batch`), then values
-each policy against the simulator's truth (:mod:`omniretain.policy_sim`): no action, random
-action, top-risk customers get the on-average best action, our engine, and the oracle that knows
-the true effects. The targeting policies contact as many customers as our engine does.
+its own state folder, decides for the latest snapshot as the service does (churn and repurchase
+champions, the uplift champion if there is one), then values each policy against the
+simulator's truth (:mod:`omniretain.policy_sim`): no action, random action, top-risk customers
+get the on-average best action, our engine, and the oracle that knows the true effects. Every
+policy faces the same consent and catalogue eligibility rules; the targeting policies contact
+as many customers as our engine does. The simulated retailer randomises more of its monthly
+campaigns than the default settings (50% random arms + 15% control instead of 25% + 10%: the
+documented ``simulation.campaign_*_share`` settings), so that there is enough randomised
+history to learn the uplift model from and to estimate policies offline.
 
     python benchmarks/policy_value.py [--quick] [--state-dir DIR] [--customers N]
 
@@ -29,8 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def run_pipeline(state_dir: Path, customers: int, months: int, seed: int) -> None:
+def run_pipeline(
+    state_dir: Path, customers: int, months: int, seed: int, treated: float, control: float
+) -> None:
     cli = [str(Path(sys.executable).with_name("omniretain")), "--state-dir", str(state_dir)]
+    env = os.environ | {  # the documented simulator settings (configs/omniretain.yaml)
+        "OMNIRETAIN_SIMULATION__CAMPAIGN_TREATED_SHARE": str(treated),
+        "OMNIRETAIN_SIMULATION__CAMPAIGN_CONTROL_SHARE": str(control),
+    }
     for step in (
         ["simulate", "--customers", str(customers), "--months", str(months), "--seed", str(seed)],
         ["ingest"],
@@ -38,24 +49,70 @@ def run_pipeline(state_dir: Path, customers: int, months: int, seed: int) -> Non
         ["train"],
     ):
         started = time.perf_counter()
-        subprocess.run(cli + step, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        subprocess.run(cli + step, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, env=env)
         print(f"  {step[0]}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
-def ips_estimate_ours(settings, churn, repurchase) -> tuple[float, float, int]:
-    """SNIPS estimate of our policy's incremental value per customer from the randomised
-    monthly campaigns the simulated retailer logged (``campaigns`` in the warehouse).
+def load_uplift(settings):
+    """The uplift champion as the service loads it, or None (the service then uses the
+    catalogue's priors)."""
+    from training.registry import ModelNotFoundError, load_champion
+
+    try:
+        return load_champion(settings, "uplift")
+    except (ModelNotFoundError, ValueError):
+        return None
+
+
+def our_decisions(settings, frame, churn, repurchase, uplift):
+    """The engine's choice per row, as the service makes it: the churn and repurchase
+    champions, and the uplift model's per-customer reductions when one is given (else the
+    catalogue's ``base_uplift`` with its at-risk gate). Returns (decisions, churn_p)."""
+    from serving.batch import (
+        action_channel_columns,
+        decide_batch,
+        feature_matrix,
+        predict_probability,
+    )
+    from serving.decision import DecisionContext
+    from training.uplift import engine_uplift
+
+    churn_p = predict_probability(churn, feature_matrix(frame, churn.feature_names))
+    repurchase_p = predict_probability(repurchase, feature_matrix(frame, repurchase.feature_names))
+    if uplift is None:
+        return decide_batch(frame, churn_p, repurchase_p, settings.actions), churn_p
+    columns = action_channel_columns(settings.actions)
+    reduction = uplift.reductions(
+        frame,
+        [(c.action.name, c.channel) for c in columns],
+        np.array([c.action.base_uplift for c in columns]),
+    )
+    retention = np.array([c.action.goal == "retention" for c in columns])
+    movable = np.where(retention[None, :], churn_p[:, None], 1.0 - repurchase_p[:, None])
+    # A per-customer uplift model already says who can be moved: no at-risk gate on top.
+    context = DecisionContext(at_risk_threshold=0.0)
+    uplift_matrix = engine_uplift(reduction, movable)
+    decisions = decide_batch(frame, churn_p, repurchase_p, settings.actions, uplift_matrix, context)
+    return decisions, churn_p
+
+
+def ips_estimate_ours(settings, churn, repurchase, uplift) -> tuple[float, float, int, float]:
+    """Inverse-propensity estimate (with a baseline) of our policy's incremental value per
+    customer from the randomised monthly campaigns the simulated retailer logged
+    (``campaigns`` in the warehouse).
 
     For each campaign with 90 days of follow-up: our choice from the newest snapshot before it
-    (point in time), the logged (action, channel) and propensity, and the reward
-    ``-(churned within 90 days) x spend_365d - cost`` (churn from the truth: the outcome, not a
-    model of it).
+    (point in time), the logged (action, channel) and propensity, and the retained-value reward
+    ``-(churned within 90 days) x spend_365d`` (churn from the truth: the outcome, not a model of
+    it) minus a baseline ``-P(churn) x spend_365d`` from the churn score (the same for every
+    action, so it removes variance, not value). The cost of our choice is known for every unit
+    and is subtracted exactly.
     """
     import duckdb
     import pandas as pd
 
-    from omniretain.policy_sim import customer_persons, snips_incremental_value
-    from serving.batch import decide_batch, feature_matrix, features_path, predict_probability
+    from omniretain.policy_sim import customer_persons, ipw_incremental_value
+    from serving.batch import features_path
 
     horizon = pd.Timedelta(days=settings.labels.churn_window_days)
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
@@ -66,8 +123,20 @@ def ips_estimate_ours(settings, churn, repurchase) -> tuple[float, float, int]:
         data_end = con.execute("SELECT max(occurred_at) FROM purchases").fetchone()[0]
     features = pd.read_parquet(features_path(settings))
     features["event_timestamp"] = features["event_timestamp"].dt.tz_convert(None)
-    persons = pd.read_parquet(
-        settings.truth_dir / "persons.parquet", columns=["person_id", "churned_at"]
+    persons = pd.read_parquet(settings.truth_dir / "persons.parquet")
+    # The logger's support: the campaign drew among the pairs it could deliver (the simulator's
+    # rules, with the consents given at joining; later withdrawals are rare). A choice of ours
+    # outside it (say an offer on the web for a store-only customer) was never logged.
+    deliverable = {
+        "email": persons["consent_email_at_join"],
+        "sms": persons["consent_sms_at_join"],
+        "app": persons["consent_app_at_join"] & persons["prefers_app"],
+        "call_center": persons["consent_call_center_at_join"],
+        "store": persons["loyalty_card"].notna(),
+        "web": persons["prefers_web"] | persons["prefers_app"],
+    }
+    persons = persons[["person_id", "churned_at"]].assign(
+        **{f"deliverable_{channel}": mask.to_numpy() for channel, mask in deliverable.items()}
     )
     logged = logged.merge(customer_persons(settings), on="customer_id").merge(
         persons, on="person_id"
@@ -85,39 +154,54 @@ def ips_estimate_ours(settings, churn, repurchase) -> tuple[float, float, int]:
         snapshot = snapshot[snapshot["customer_id"].isin(group["customer_id"])].reset_index(
             drop=True
         )
-        decisions = decide_batch(
-            snapshot,
-            predict_probability(churn, feature_matrix(snapshot, churn.feature_names)),
-            predict_probability(repurchase, feature_matrix(snapshot, repurchase.feature_names)),
-            settings.actions,
-        )
+        decisions, churn_p = our_decisions(settings, snapshot, churn, repurchase, uplift)
+        value = snapshot["spend_365d"].fillna(0.0).clip(lower=0.0)
         ours = pd.DataFrame(
             {
                 "customer_id": snapshot["customer_id"],
                 "our_action": decisions.action,
                 "our_channel": decisions.channel,
-                "value": snapshot["spend_365d"].fillna(0.0).clip(lower=0.0),
+                "our_cost": pd.Series(decisions.action).map(costs).fillna(0.0).to_numpy(),
+                "value": value,
+                "baseline": -churn_p * value.to_numpy(),  # control variate: the churn score
             }
         )
         parts.append(group.merge(ours, on="customer_id"))
     units = pd.concat(parts, ignore_index=True)
     churned = units["churned_at"].notna() & (units["churned_at"] <= units["occurred_at"] + horizon)
-    reward = -churned * units["value"] - units["action"].map(costs).fillna(0.0)
     matches = (units["action"] == units["our_action"]) & (units["channel"] == units["our_channel"])
     matches |= units["is_control"] & (units["our_action"] == "no_action")
+    treats = (units["our_action"] != "no_action").to_numpy()
+    supported = np.zeros(len(units), dtype=bool)
+    for channel in deliverable:
+        on_channel = (units["our_channel"] == channel).to_numpy()
+        supported |= on_channel & units[f"deliverable_{channel}"].to_numpy(dtype=bool)
+    # Value where ours has logging support, extrapolated to all of its contacts.
+    support_share = float(supported[treats].mean()) if treats.any() else 1.0
     arrays = (
+        treats & supported,
         matches.to_numpy(),
         units["is_control"].to_numpy(dtype=bool),
         units["propensity"].to_numpy(dtype=float),
-        reward.to_numpy(dtype=float),
+        (-churned * units["value"]).to_numpy(dtype=float),
+        units["baseline"].to_numpy(dtype=float),
+        units["our_cost"].to_numpy(dtype=float),
     )
-    value = snips_incremental_value(*arrays)
+
+    def estimate(treats, matched, control, propensity, retained, baseline, cost) -> float:
+        # Costs of our choices are known for every unit: only the churn part needs weighting.
+        retained_value = ipw_incremental_value(
+            treats, matched, control, propensity, retained, baseline
+        )
+        return retained_value / max(support_share, 1e-9) - float(cost.mean())
+
+    value = estimate(*arrays)
     rng = np.random.default_rng(0)  # bootstrap over logged units: the estimate's noise
     resamples = [
-        snips_incremental_value(*(a[sample] for a in arrays))
+        estimate(*(a[sample] for a in arrays))
         for sample in (rng.integers(0, len(units), len(units)) for _ in range(200))
     ]
-    return value, float(np.std(resamples)), len(units)
+    return value, float(np.std(resamples)), len(units), support_share
 
 
 def main() -> None:
@@ -126,6 +210,19 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=None)
     parser.add_argument("--months", type=int, default=15)
     parser.add_argument("--seed", type=int, default=101, help="a population unlike the default")
+    parser.add_argument(
+        "--campaign-treated-share",
+        type=float,
+        default=0.5,
+        help="share of known persons in each simulated monthly campaign's random arms "
+        "(simulation.campaign_treated_share; the product default is 0.25)",
+    )
+    parser.add_argument(
+        "--campaign-control-share",
+        type=float,
+        default=0.15,
+        help="share held out as control in each simulated campaign (default setting: 0.10)",
+    )
     parser.add_argument("--state-dir", type=Path, default=None, help="reuse a trained state")
     args = parser.parse_args()
     for name, value in {
@@ -149,13 +246,12 @@ def main() -> None:
     from omniretain.settings import load_settings
     from serving.batch import (
         action_channel_columns,
+        action_eligible_matrix,
         channel_allowed_matrix,
-        decide_batch,
-        feature_matrix,
         features_path,
-        predict_probability,
         read_latest_snapshot,
     )
+    from serving.decision import DecisionContext
     from training.registry import load_champion
 
     state_dir = args.state_dir
@@ -164,10 +260,19 @@ def main() -> None:
         months = 12 if args.quick else args.months
         state_dir = Path(tempfile.mkdtemp(prefix="omniretain_policy_value_"))
         print(
-            f"fresh population: {customers} persons, {months} months, seed {args.seed}",
+            f"fresh population: {customers} persons, {months} months, seed {args.seed}, "
+            f"campaigns {args.campaign_treated_share:.0%} random arms + "
+            f"{args.campaign_control_share:.0%} control",
             file=sys.stderr,
         )
-        run_pipeline(state_dir, customers, months, args.seed)
+        run_pipeline(
+            state_dir,
+            customers,
+            months,
+            args.seed,
+            args.campaign_treated_share,
+            args.campaign_control_share,
+        )
     settings = load_settings(state_dir=state_dir)
 
     started = time.perf_counter()
@@ -181,9 +286,9 @@ def main() -> None:
 
     churn = load_champion(settings, "churn").model
     repurchase = load_champion(settings, "repurchase").model
-    churn_p = predict_probability(churn, feature_matrix(frame, churn.feature_names))
-    repurchase_p = predict_probability(repurchase, feature_matrix(frame, repurchase.feature_names))
-    decisions = decide_batch(frame, churn_p, repurchase_p, settings.actions)
+    loaded_uplift = load_uplift(settings)
+    uplift = loaded_uplift.model if loaded_uplift else None
+    decisions, churn_p = our_decisions(settings, frame, churn, repurchase, uplift)
 
     columns = action_channel_columns(settings.actions)
     truth_column = {pair: i for i, pair in enumerate(end.pairs)}
@@ -193,24 +298,34 @@ def main() -> None:
     net_gain = net_gain_matrix(
         end.churn_probability_90d[rows], effects, end.alive[rows], value, costs
     )
-    consented = channel_allowed_matrix(frame, columns)
+    # Every policy faces the same hard constraints as ours: consent and the catalogue's
+    # eligibility rules (a call-back needs an open case, a cart reminder a recent cart...).
+    # The at-risk gate of the catalogue prior is our engine's own choice, not a constraint.
+    allowed = channel_allowed_matrix(frame, columns) & action_eligible_matrix(
+        frame, churn_p, columns, DecisionContext(at_risk_threshold=0.0)
+    )
 
     ours = np.where(decisions.column >= 0, decisions.column, NO_CHOICE)
+    if not allowed[np.flatnonzero(ours != NO_CHOICE), ours[ours != NO_CHOICE]].all():
+        raise AssertionError("our engine chose an action the constraints forbid")
     contacts = int((ours != NO_CHOICE).sum())
-    average_net_gain = np.where(consented, net_gain, np.nan)
-    average_net_gain = np.nanmean(np.where(consented.any(axis=0), average_net_gain, 0.0), axis=0)
+    average_net_gain = np.where(allowed, net_gain, np.nan)
+    average_net_gain = np.nanmean(np.where(allowed.any(axis=0), average_net_gain, 0.0), axis=0)
     rng = np.random.default_rng(0)
     policies = {
         "no_action": np.full(len(frame), NO_CHOICE),
-        "random": random_policy(consented, contacts, rng),
-        "top_risk": top_risk_policy(consented, churn_p, average_net_gain, contacts),
+        "random": random_policy(allowed, contacts, rng),
+        "top_risk": top_risk_policy(allowed, churn_p, average_net_gain, contacts),
         "ours": ours,
-        "oracle": oracle_policy(net_gain, consented, contacts),
+        "oracle": oracle_policy(net_gain, allowed, contacts),
     }
+    unlimited_oracle = oracle_policy(net_gain, allowed, len(frame))
     figures: dict[str, float | None] = {
         name: round(policy_value(net_gain, choice), 2) for name, choice in policies.items()
     }
-    ips_per_customer, ips_error, logged_units = ips_estimate_ours(settings, churn, repurchase)
+    ips_per_customer, ips_error, logged_units, support_share = ips_estimate_ours(
+        settings, churn, repurchase, uplift
+    )
     figures["ips_estimate_ours"] = round(ips_per_customer * len(frame), 2)
 
     print(
@@ -222,15 +337,31 @@ def main() -> None:
         f"every targeting policy contacts {contacts} (as many as ours); valued in "
         f"{time.perf_counter() - started:.1f} s"
     )
+    simulation = json.loads((settings.truth_dir / "simulation.json").read_text())
+    print(
+        f"simulated campaigns: {simulation.get('campaign_treated_share', 0.25):.0%} random arms, "
+        f"{simulation.get('campaign_control_share', 0.10):.0%} control"
+    )
+    print(
+        "ours decides with "
+        + (f"uplift model v{loaded_uplift.version}" if loaded_uplift else "catalogue priors")
+        + ("" if loaded_uplift else " (no uplift champion)")
+    )
     print(f"{'policy':<12}{'contacts':>10}{'incremental value':>20}{'vs oracle':>11}")
     oracle = figures["oracle"] or 0.0
     for name, choice in policies.items():
         share = f"{figures[name] / oracle:.0%}" if oracle > 0 else "-"
         print(f"{name:<12}{int((choice != NO_CHOICE).sum()):>10}{figures[name]:>20,.2f}{share:>11}")
     print(
-        f"IPS (SNIPS) estimate of ours from {logged_units:,} logged randomised campaign units, "
+        f"(oracle without the contact budget: {int((unlimited_oracle != NO_CHOICE).sum())} "
+        f"contacts, {policy_value(net_gain, unlimited_oracle):,.2f})"
+    )
+    print(
+        f"IPS estimate (churn-score baseline) of ours from {logged_units:,} logged "
+        "randomised campaign units, "
         f"scaled to {len(frame):,} customers: {figures['ips_estimate_ours']:,.2f} "
-        f"+- {ips_error * len(frame):,.0f} (bootstrap s.e.; true: {figures['ours']:,.2f})"
+        f"+- {ips_error * len(frame):,.0f} (bootstrap s.e.; true: {figures['ours']:,.2f}); "
+        f"{support_share:.0%} of our contacts had logging support (the rest extrapolated)"
     )
     if figures["top_risk"]:
         print(f"ours / top_risk = {figures['ours'] / figures['top_risk']:.2f}")

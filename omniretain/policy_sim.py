@@ -53,7 +53,7 @@ def replay_end_state(settings: Settings) -> EndState:
     summary = json.loads((settings.truth_dir / "simulation.json").read_text())
     seed, customers = int(summary["seed"]), int(summary["persons"])
     start, end = date.fromisoformat(summary["start"]), date.fromisoformat(summary["end"])
-    params = sim.WorldParameters()
+    params = sim.world_parameters(summary)
     actions = settings.actions
     person_rng, effect_rng, world_rng, _ = np.random.default_rng(seed).spawn(4)
     months = (end.year - start.year) * 12 + end.month - start.month
@@ -164,6 +164,7 @@ def snips_incremental_value(
     is_control: np.ndarray,
     propensity: np.ndarray,
     reward: np.ndarray,
+    baseline: np.ndarray | None = None,
 ) -> float:
     """Per-customer value of a policy over no action, from logged randomised data.
 
@@ -178,12 +179,54 @@ def snips_incremental_value(
         is_control: the unit was in the randomised control group (no action).
         propensity: probability of the logged assignment.
         reward: the unit's outcome in currency (e.g. -churned x value - cost).
+        baseline: optional prediction of the reward from the unit's features alone (the same
+            whatever the action: e.g. -P(churn) x value). Subtracted from the reward on both
+            sides (doubly robust with an action-independent outcome model): unbiased whatever
+            its quality, and the closer it is to the reward, the smaller the variance.
     """
     weights = 1.0 / np.asarray(propensity, dtype=np.float64)
     reward = np.asarray(reward, dtype=np.float64)
+    if baseline is not None:
+        reward = reward - np.asarray(baseline, dtype=np.float64)
 
     def snips(mask: np.ndarray) -> float:
         total = weights[mask].sum()
         return float((weights[mask] * reward[mask]).sum() / total) if total > 0 else 0.0
 
     return snips(np.asarray(matches_policy, bool)) - snips(np.asarray(is_control, bool))
+
+
+def ipw_incremental_value(
+    policy_treats: np.ndarray,
+    matches_policy: np.ndarray,
+    is_control: np.ndarray,
+    propensity: np.ndarray,
+    reward: np.ndarray,
+    baseline: np.ndarray | None = None,
+) -> float:
+    """Per-customer value of a policy over no action, from logged randomised data, counting
+    only the units the policy would treat (where it chooses no action the difference is 0).
+
+    For a unit the policy treats: ``+(reward - baseline) / propensity`` if the logged action is
+    the policy's, ``-(reward - baseline) / propensity`` if it was a control unit; the sum is
+    divided by the estimated population ``sum(1 / propensity)`` over the control units (the
+    logs need not say how many customers stayed out of the experiment). Less noisy than
+    :func:`snips_incremental_value` when the policy leaves many customers alone, and the
+    baseline (an action-independent prediction of the reward, e.g. ``-P(churn) x value``)
+    removes the customers' own variation without biasing the estimate.
+    """
+    treats = np.asarray(policy_treats, bool)
+    control = np.asarray(is_control, bool)
+    weights = 1.0 / np.asarray(propensity, dtype=np.float64)
+    residual = np.asarray(reward, dtype=np.float64)
+    if baseline is not None:
+        residual = residual - np.asarray(baseline, dtype=np.float64)
+    population = weights[control].sum()
+    if population <= 0:
+        return 0.0
+    treated_side = treats & np.asarray(matches_policy, bool) & ~control
+    control_side = treats & control
+    return float(
+        ((weights * residual)[treated_side].sum() - (weights * residual)[control_side].sum())
+        / population
+    )

@@ -33,6 +33,20 @@ class SimulationSettings(BaseModel):
     seed: int = 7
     start_date: date = date(2025, 1, 1)
     dirty_row_share: float = Field(0.01, ge=0.0, le=0.5)
+    # The simulated retailer's monthly randomised campaign: the share of known persons given a
+    # random eligible (action, channel) and the share held out as control. More randomised
+    # history = more to learn the uplift model from and to estimate policies offline (IPS).
+    campaign_treated_share: float = Field(0.25, gt=0.0, lt=1.0)
+    campaign_control_share: float = Field(0.10, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _campaign_shares_fit(self) -> SimulationSettings:
+        if self.campaign_treated_share + self.campaign_control_share > 1.0:
+            raise ValueError(
+                "simulation.campaign_treated_share + campaign_control_share must be at most 1, "
+                f"got {self.campaign_treated_share} + {self.campaign_control_share}"
+            )
+        return self
 
 
 class IdentitySettings(BaseModel):

@@ -31,7 +31,9 @@ Generative model (one day at a time, vectorised over persons; see :class:`WorldP
 * **Campaigns.** On the 10th of each month the retailer runs a randomised campaign over every
   person it knows (it cannot see who has silently churned): a share gets an action chosen uniformly
   among the (action, channel) pairs allowed for that person (consent, app user, card holder), with
-  its propensity recorded; another share is a control group (``no_action``/``none``). The effect in
+  its propensity recorded; another share is a control group (``no_action``/``none``); both shares
+  are settings (``simulation.campaign_treated_share``, ``campaign_control_share``; 25% and 10% by
+  default), recorded in ``simulation.json``. The effect in
   ``treatment_effects.parquet`` is the absolute change in the person's 90-day churn probability:
   at the send, the person's current hazard ``h`` (90-day probability ``p0 = 1 - exp(-90 h)``) is
   multiplied for 90 days so that the 90-day probability becomes ``clip(p0 + effect)``. Effects
@@ -62,7 +64,8 @@ from __future__ import annotations
 import json
 import shutil
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -76,7 +79,7 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from features.contract import FEEDS, Column, Feed
-from omniretain.settings import Action, Settings
+from omniretain.settings import Action, Settings, SimulationSettings
 
 SECONDS_PER_DAY = 86_400
 SEGMENTS: tuple[str, ...] = ("loyal", "regular", "bargain_hunter", "occasional")
@@ -201,6 +204,22 @@ class WorldParameters:
     # output noise
     duplicate_row_share: float = 0.004
     duplicate_next_month_share: float = 0.25
+
+
+def world_parameters(simulation: SimulationSettings | Mapping[str, Any]) -> WorldParameters:
+    """The generative model's knobs, with the campaign shares of the settings (or of a run's
+    ``simulation.json``, where older runs have none: the defaults)."""
+    values = simulation if isinstance(simulation, Mapping) else simulation.model_dump()
+    defaults = WorldParameters()
+    return replace(
+        defaults,
+        campaign_treated_share=float(
+            values.get("campaign_treated_share", defaults.campaign_treated_share)
+        ),
+        campaign_control_share=float(
+            values.get("campaign_control_share", defaults.campaign_control_share)
+        ),
+    )
 
 
 class SimulationSummary(BaseModel):
@@ -1575,7 +1594,7 @@ def simulate(
         raise ValueError("settings.actions has no deliverable action: check configs/actions.yaml")
     start = sim.start_date
     end = (pd.Timestamp(start) + pd.DateOffset(months=months)).date()
-    params = WorldParameters()
+    params = world_parameters(sim)
 
     for folder in (settings.raw_dir, settings.truth_dir):
         if folder.exists():
@@ -1639,6 +1658,8 @@ def simulate(
             | {
                 "dirty_row_share": sim.dirty_row_share,
                 "duplicate_row_share": params.duplicate_row_share,
+                "campaign_treated_share": params.campaign_treated_share,
+                "campaign_control_share": params.campaign_control_share,
             },
             indent=2,
             sort_keys=True,

@@ -34,6 +34,7 @@ from serving.decision import (
     CHANNELS_WITHOUT_CONSENT,
     CONSENT_FEATURE_BY_CHANNEL,
     DEFAULT_CONTEXT,
+    MODEL_UPLIFT_CONTEXT,
     ActionChannel,
     DecisionContext,
     action_channel_columns,  # noqa: F401 - re-exported: campaigns and tests use it here
@@ -321,9 +322,15 @@ def score_frame(
     customer_value = None
     if value_model is not None:
         customer_value = predict_value(value_model, matrix_of(value_model.feature_names))
+    decision_context = context
     if uplift is None and uplift_model is not None:
         effects = uplift_model.effects(matrix_of(uplift_model.feature_names))
-        uplift = uplift_matrix(effects, uplift_model.arms, decision_table(actions))
+        table = decision_table(actions)
+        uplift = uplift_matrix(
+            effects, uplift_model.arms, table, churn_probability, repurchase_probability
+        )
+        if context is DEFAULT_CONTEXT:
+            decision_context = MODEL_UPLIFT_CONTEXT
     seconds["predict"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
@@ -333,7 +340,7 @@ def score_frame(
         repurchase_probability,
         actions,
         uplift,
-        context,
+        decision_context,
         customer_value=customer_value,
         blocked=blocked,
         control=control,

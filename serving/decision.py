@@ -116,6 +116,10 @@ class DecisionContext:
 
 
 DEFAULT_CONTEXT = DecisionContext()
+# With a per-customer uplift model the at-risk gate goes: the model's reduction already says who
+# can be moved, and the gate (which protects the catalogue's flat prior) shuts out most of the
+# customers worth keeping (measured on the simulator: docs/models.md).
+MODEL_UPLIFT_CONTEXT = DecisionContext(at_risk_threshold=0.0)
 
 
 class Alternative(BaseModel):
@@ -737,15 +741,37 @@ def uplift_row(
     return row[None, :]
 
 
-def uplift_matrix(effects: np.ndarray, arms: Sequence[tuple[str, str]], table: DecisionTable):
-    """(customers x columns) uplift from an uplift model's (customers x arms) effects on
-    P(churn): ``-effect`` where the model has the arm, the catalogue's prior elsewhere."""
+def uplift_matrix(
+    effects: np.ndarray,
+    arms: Sequence[tuple[str, str]],
+    table: DecisionTable,
+    churn_probability: np.ndarray,
+    repurchase_probability: np.ndarray,
+) -> np.ndarray:
+    """(customers x columns) engine uplift from an uplift model's (customers x arms) effects on
+    P(churn), the catalogue's prior where the model lacks the arm.
+
+    The model's ``-effect`` is an *absolute* reduction of P(churn), which already says who can
+    be moved; the engine multiplies its uplift by the movable share (P(churn), or
+    1 - P(repurchase) for growth actions), so the reduction is divided by that share
+    (:func:`training.uplift.engine_uplift`) to make the product the model's reduction. Use it
+    with :data:`MODEL_UPLIFT_CONTEXT` (no at-risk gate: the model already says who is movable).
+    """
+    from training.uplift import engine_uplift
+
+    churn_probability = np.asarray(churn_probability, dtype=np.float64)
+    repurchase_probability = np.asarray(repurchase_probability, dtype=np.float64)
     matrix = np.tile(table.base_uplift, (len(effects), 1))
     arm_index = {tuple(arm): i for i, arm in enumerate(arms)}
     for index, column in enumerate(table.columns):
         position = arm_index.get((column.action.name, column.channel))
         if position is not None:
-            matrix[:, index] = -effects[:, position]
+            movable = (
+                churn_probability
+                if column.action.goal == "retention"
+                else 1.0 - repurchase_probability
+            )
+            matrix[:, index] = engine_uplift(-effects[:, position], movable)
     return matrix
 
 

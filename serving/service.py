@@ -39,6 +39,7 @@ from omniretain.settings import load_settings
 from serving.auth import AuthError, authorize, redact_logs
 from serving.decision import (
     CONSENT_FEATURE_BY_CHANNEL,
+    MODEL_UPLIFT_CONTEXT,
     Exploration,
     apply_realtime_fields,
     apply_request_context,
@@ -154,7 +155,8 @@ def score_rows(
     if models.uplift is not None:
         uplift_model = models.uplift.model
         effects = uplift_model.effects(matrix_of(uplift_model.feature_names))
-        uplift = uplift_matrix(effects, uplift_model.arms, decision_table(actions))
+        table = decision_table(actions)
+        uplift = uplift_matrix(effects, uplift_model.arms, table, churn, repurchase)
     return [
         Scored(
             features=row,
@@ -330,6 +332,7 @@ class OmniRetain:
             repurchase_probability,
             contributions,
             self.settings.actions,
+            MODEL_UPLIFT_CONTEXT if uplift is not None else None,
             customer_value=customer_value,
             uplift=uplift,
             blocked_channels={

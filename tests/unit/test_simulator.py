@@ -326,3 +326,25 @@ def test_churned_persons_stop_buying_and_activity_follows_the_model(medium) -> N
     treated = campaigns[campaigns["is_control"] == "false"]
     propensity = pd.to_numeric(treated["propensity"], errors="coerce").dropna()
     assert propensity.between(0, 1).all() and treated["action"].nunique() >= 4
+
+
+def test_campaign_shares_are_settings_recorded_for_the_replay(tmp_path: Path) -> None:
+    """More randomised history is a setting: the sends grow with it, the truth records it."""
+    import json
+
+    from omniretain.simulator import world_parameters
+
+    sends = {}
+    for treated, control in ((0.25, 0.10), (0.6, 0.2)):
+        settings = _settings(
+            tmp_path / str(treated), campaign_treated_share=treated, campaign_control_share=control
+        )
+        simulate(settings, customers=150, months=2, seed=5, progress=False)
+        summary = json.loads((settings.truth_dir / "simulation.json").read_text())
+        assert world_parameters(summary).campaign_treated_share == treated
+        assert world_parameters(summary).campaign_control_share == control
+        sends[treated] = summary["rows_per_feed"]["campaign_history"]
+    assert sends[0.6] > 1.8 * sends[0.25]
+    assert world_parameters({}).campaign_treated_share == 0.25  # runs from before the setting
+    with pytest.raises(ValueError, match="at most 1"):
+        _settings(tmp_path, campaign_treated_share=0.8, campaign_control_share=0.3)

@@ -10,6 +10,7 @@ from training.uplift import (
     CONTROL_ARM,
     UpliftDataError,
     compare_learners,
+    engine_uplift,
     features_at_sends,
     fit_evaluated,
     fit_uplift,
@@ -115,3 +116,50 @@ def test_no_control_group_is_refused(planted) -> None:
     treated_only = planted[planted["action"] != CONTROL_ARM[0]]
     with pytest.raises(UpliftDataError, match="control"):
         fit_uplift(treated_only, ["f"], "t_learner")
+
+
+def test_reductions_follow_the_requested_pairs_with_a_fallback(planted) -> None:
+    model = fit_uplift(planted, ["f", "noise"], "s_learner")
+    rows = np.array([[1.5, 0.0], [-1.5, 0.0]])
+    pairs = [("points", "email"), ("unknown", "app"), ("discount", "sms")]
+    reductions = model.reductions(rows, pairs, np.array([0.0, 0.07, 0.0]))
+    np.testing.assert_allclose(reductions[:, 2], -model.effects(rows)[:, 0])
+    np.testing.assert_allclose(reductions[:, 1], [0.07, 0.07])
+    assert reductions[0, 2] > 0.15  # retains the responsive customer: a positive reduction
+
+
+def test_engine_uplift_times_the_movable_share_is_the_models_reduction() -> None:
+    reduction = np.array([[0.02, -0.01], [0.5, 0.0]])
+    movable = np.array([[0.1, 0.1], [0.2, 0.2]])
+    uplift = engine_uplift(reduction, movable)
+    np.testing.assert_allclose((uplift * movable)[0], [0.02, -0.01])
+    assert uplift[1, 0] == 1.0  # never more than the whole movable probability
+    assert np.isfinite(engine_uplift(np.array([0.01]), np.array([0.0]))).all()
+
+
+def test_the_engine_gets_the_models_reduction_without_counting_risk_twice(planted) -> None:
+    """movable share x engine uplift = the model's reduction, so the engine's value is
+    reduction x value - cost; an arm the model never saw keeps the catalogue prior."""
+    from omniretain.settings import Action
+    from serving.decision import MODEL_UPLIFT_CONTEXT, decide_arrays, decision_table, uplift_matrix
+
+    model = fit_uplift(planted, ["f", "noise"], "s_learner")
+    discount = Action(name="discount", cost=2.0, channels=["sms"], goal="retention")
+    other = Action(name="other", cost=1.0, channels=["app"], base_uplift=0.05)
+    table = decision_table([discount, other])
+    rows = np.array([[1.5, 0.0], [-1.5, 0.0]])
+    churn, repurchase = np.array([0.4, 0.2]), np.array([0.7, 0.5])
+    uplift = uplift_matrix(model.effects(rows), model.arms, table, churn, repurchase)
+    reduction = -model.effects(rows)[:, model.arms.index(("discount", "sms"))]
+    decided = decide_arrays(
+        {"spend_365d": np.array([100.0, 100.0]), "consent_sms": np.array([1.0, 1.0])},
+        churn,
+        repurchase,
+        [discount, other],
+        MODEL_UPLIFT_CONTEXT,
+        uplift=uplift,
+    )
+    sms = next(i for i, c in enumerate(table.columns) if c.action.name == "discount")
+    app = next(i for i, c in enumerate(table.columns) if c.action.name == "other")
+    np.testing.assert_allclose(decided.values[:, sms], reduction * 100.0 - 2.0)
+    np.testing.assert_allclose(uplift[:, app], 0.05)  # the catalogue's prior
