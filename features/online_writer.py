@@ -302,8 +302,13 @@ class SqliteOnlineWriter:
         self._connection.close()
 
 
-def redis_client(connection_string: str) -> Any:
-    """A redis-py client from Feast's ``host:port[,key=value...]`` connection string."""
+def redis_client(connection_string: str, timeout_seconds: float | None = None) -> Any:
+    """A redis-py client from Feast's ``host:port[,key=value...]`` connection string.
+
+    With ``timeout_seconds`` (serving reads), connecting and every reply are bounded by it and
+    nothing is retried: redis-py's default retries a failed call three times with up to seconds
+    of backoff, far past a request's time budget.
+    """
     import redis
 
     nodes = [part for part in connection_string.split(",") if "=" not in part]
@@ -313,6 +318,13 @@ def redis_client(connection_string: str) -> Any:
             key, value = part.split("=", 1)
             options[key] = int(value) if value.isdigit() else value
     host, _, port = nodes[0].partition(":")
+    if timeout_seconds is not None:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        options.setdefault("socket_timeout", timeout_seconds)
+        options.setdefault("socket_connect_timeout", timeout_seconds)
+        options.setdefault("retry", Retry(NoBackoff(), 0))
     return redis.Redis(host=host, port=int(port or 6379), **options)
 
 
@@ -376,14 +388,21 @@ class DirectOnlineReader:
     id has no row in; values decode exactly as Feast's ``get_online_features`` returns them.
     """
 
-    def __init__(self, target: OnlineTarget, join_key: str, layouts: Sequence[ViewLayout]) -> None:
+    def __init__(
+        self,
+        target: OnlineTarget,
+        join_key: str,
+        layouts: Sequence[ViewLayout],
+        timeout_seconds: float | None = None,
+    ) -> None:
         self._target = target
+        self._timeout_seconds = timeout_seconds  # bounds a read (Redis socket, SQLite lock wait)
         self._layouts = list(layouts)
         self._encode_key = entity_key_encoder(join_key, target.entity_key_serialization_version)
         self._local = threading.local()
         if target.kind == "redis":
             assert target.redis_connection_string is not None
-            self._redis = redis_client(target.redis_connection_string)
+            self._redis = redis_client(target.redis_connection_string, timeout_seconds)
             self._suffix = target.project.encode("utf8")
             self._redis_fields: list[bytes] = []
             for layout in self._layouts:
@@ -399,8 +418,12 @@ class DirectOnlineReader:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             assert self._target.sqlite_path is not None
-            uri = f"file:{self._target.sqlite_path}?mode=ro"
-            connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            # read-write, though it only reads: after a load killed mid-transaction, SQLite
+            # restores the previous state from the hot journal on the next open, which a
+            # read-only connection cannot do ("attempt to write a readonly database").
+            uri = f"file:{self._target.sqlite_path}?mode=rw"
+            timeout = 5.0 if self._timeout_seconds is None else self._timeout_seconds
+            connection = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=timeout)
             self._local.connection = connection
         return connection
 

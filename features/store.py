@@ -512,7 +512,13 @@ class OnlineFeatureReader:
     known; the other views (``customer_realtime``) add their fields when the customer has them.
     """
 
-    def __init__(self, settings: Settings, service_name: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        service_name: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> None:
+        """``timeout_seconds`` bounds each read (serving: its time budget); errors propagate."""
         from features.online_writer import DirectOnlineReader
 
         self.service_name = service_name or settings.features.serving_feature_service
@@ -531,7 +537,9 @@ class OnlineFeatureReader:
         self.feature_names: list[str] = [
             name for layout in self._layouts for name in layout.features
         ]
-        self._reader = DirectOnlineReader(online_target(settings), ENTITY_KEY, self._layouts)
+        self._reader = DirectOnlineReader(
+            online_target(settings), ENTITY_KEY, self._layouts, timeout_seconds
+        )
 
     def get(self, customer_ids: list[str]) -> list[dict[str, float] | None]:
         """One feature dict per id, in order; ``None`` for an id the online store lacks.

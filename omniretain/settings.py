@@ -114,6 +114,11 @@ class ServingSettings(BaseModel):
     control_salt: str = "omniretain-control-v1"  # change it to draw a new control group
     max_batch_ids: int = Field(10_000, ge=1)  # POST /recommend/batch limit (413 above)
     reload_poll_seconds: float = Field(30.0, gt=0.0)  # champion alias poll, off the request path
+    # Online store faults (serving/fallback.py): a read waits at most this long; after a failed
+    # read, requests answer the flagged fallback at once and the store is tried again after
+    # ``online_retry_seconds`` (and by every /readyz).
+    online_read_timeout_seconds: float = Field(0.2, gt=0.0)
+    online_retry_seconds: float = Field(1.0, ge=0.0)
     api_keys: list[ApiKey] = Field(default_factory=list)  # none configured: the API is open
     # more keys from a JSON file outside the repo (a secret store's mount), added to api_keys
     api_keys_file: Path | None = None

@@ -193,6 +193,10 @@ class Recommendation(BaseModel):
         description="Unknown customer: scored as 'nothing known', store/web offers only."
     )
     control_group: bool
+    degraded: bool = Field(
+        False,
+        description="The online feature store failed: a no-contact fallback, not a scored one.",
+    )
     churn_probability: float = Field(ge=0.0, le=1.0)
     repurchase_probability: float = Field(ge=0.0, le=1.0)
     risk_band: RiskBand
@@ -208,6 +212,7 @@ class Recommendation(BaseModel):
 class BatchRecommendation(BaseModel):
     count: int
     cold_start: int
+    degraded: int = 0
     results: list[Recommendation]
 
 

@@ -57,10 +57,14 @@ def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s: float
 
 
 @contextmanager
-def running_server(
+def server_process(
     settings: Settings, port: int | None = None, timeout_s: float = 120
-) -> Iterator[str]:
-    """Start ``bentoml serve`` on loopback, yield its base URL, and always stop it."""
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start ``bentoml serve`` on loopback, yield its base URL and process, and always stop it.
+
+    The server runs in its own session (its workers included), stopped with SIGTERM, then
+    SIGKILL after 20 s.
+    """
     port = port or free_port()
     log_path = settings.state_dir / "serve.log"
     with open(log_path, "wb") as log:
@@ -75,7 +79,7 @@ def running_server(
         base_url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(base_url, process, timeout_s)
-            yield base_url
+            yield base_url, process
         except Exception as error:
             tail = log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{error}; server log ({log_path}):\n{tail}") from error
@@ -87,3 +91,30 @@ def running_server(
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
+
+
+@contextmanager
+def running_server(
+    settings: Settings, port: int | None = None, timeout_s: float = 120
+) -> Iterator[str]:
+    """Start ``bentoml serve`` on loopback, yield its base URL, and always stop it."""
+    with server_process(settings, port, timeout_s) as (base_url, _):
+        yield base_url
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (the server and its workers), MB."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 1_048_576

@@ -49,7 +49,13 @@ from serving.decision import (
     risk_band,
     uplift_matrix,
 )
-from serving.models import ModelSet, load_model_set
+from serving.fallback import (
+    HEALTH,
+    OnlineStoreBreaker,
+    OnlineStoreUnavailableError,
+    degraded_decision,
+)
+from serving.models import ModelSet, load_model_set, load_model_set_or_cache
 from serving.policy import (
     ContactStore,
     contacts_path,
@@ -82,6 +88,8 @@ logger = logging.getLogger(__name__)
 redact_logs()  # no API key, email address or phone number in any log line of this process
 
 RECOMMEND_ROUTE = "/recommend"
+READYZ_ROUTE = "/readyz"
+PROBE_ROUTES = frozenset({READYZ_ROUTE, "/healthz", "/livez", "/metrics"})
 BODY_MODELS: dict[str, type] = {
     RECOMMEND_ROUTE: RecommendRequest,
     "/recommend/batch": BatchRecommendRequest,
@@ -190,6 +198,16 @@ class ApiGate:
             return
         send = json_errors(scope, send)
         request = Request(scope, receive)
+        if scope["path"] == READYZ_ROUTE:  # JSON status and reason (serving/fallback.py)
+            import anyio
+
+            status, body = await anyio.to_thread.run_sync(HEALTH.readiness)
+            await JSONResponse(body, status_code=status)(scope, receive, send)
+            return
+        if HEALTH.models_error is not None and scope["path"] not in PROBE_ROUTES:
+            error = {"error": f"the service is not ready: {HEALTH.models_error}"}
+            await JSONResponse(error, status_code=503)(scope, receive, send)
+            return
         try:
             authorize(scope["path"], request.headers, self.keys)
         except AuthError as error:
@@ -246,9 +264,17 @@ class OmniRetain:
         from features.store import OnlineFeatureReader
         from monitoring.logs import DecisionLogger, FeedbackLogger
 
+        HEALTH.claim(self)
         self.settings = load_settings()
-        self.models = load_model_set(self.settings)
-        self.features = OnlineFeatureReader(self.settings)
+        serving = self.settings.serving
+        self.models: ModelSet | None = None
+        self._load_models()
+        self.features = OnlineFeatureReader(
+            self.settings, timeout_seconds=serving.online_read_timeout_seconds
+        )
+        self.store_breaker = OnlineStoreBreaker(serving.online_retry_seconds)
+        HEALTH.breaker = self.store_breaker
+        HEALTH.probe = lambda: self.features.get(["__readyz_probe__"])
         self.contributions = ContributionCache()
         self.contacts = ContactStore(contacts_path(self.settings))
         self.decision_log = DecisionLogger(self.settings)
@@ -258,6 +284,56 @@ class OmniRetain:
         self._stop = threading.Event()
         self._import_feed_contacts()
         threading.Thread(target=self._poll_registry, name="champion-poll", daemon=True).start()
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self._stop.set()
+
+    # ---- models: registry, else the local cache; the poll retries ------------------------
+    def _load_models(self) -> None:
+        """Load the champions into ``self.models``, or say in ``HEALTH`` why the service waits."""
+        from serving.model_cache import NoCachedModelsError
+        from training.registry import ModelNotFoundError
+
+        try:
+            models, note = load_model_set_or_cache(self.settings)
+        except (NoCachedModelsError, ModelNotFoundError) as error:
+            if HEALTH.owner is self:
+                HEALTH.models_error = str(error)
+            logger.error("not ready: %s", error)
+            return
+        self.models = models  # one atomic swap
+        if HEALTH.owner is self:
+            HEALTH.models_error, HEALTH.models_note = None, note
+            HEALTH.versions = models.versions
+
+    def _read_features(self, customer_ids: list[str]) -> list[dict[str, float] | None] | None:
+        """Online rows, or ``None`` when the store failed (now or within the retry interval)."""
+        try:
+            return self.store_breaker.call(lambda: self.features.get(customer_ids))
+        except OnlineStoreUnavailableError:
+            return None
+
+    def _degraded(
+        self, customer_id: str, models: ModelSet, context: RequestContext | None
+    ) -> Recommendation:
+        """The flagged no-contact answer of :mod:`serving.fallback` (scores: nothing known)."""
+        recommendation = self._recommend(
+            customer_id, None, context, models, explain=False, log=False
+        )
+        decision = degraded_decision(
+            self.store_breaker.error or "unavailable", self.settings.serving.online_retry_seconds
+        )
+        return recommendation.model_copy(
+            update={
+                "degraded": True,
+                "cold_start": False,
+                "next_best_action": NextBestAction(**decision),
+                "propensity": 1.0,
+                "explored": False,
+                "alternatives": [],
+            }
+        )
 
     # ---- background: hot reload and contact history from the feeds ----------------------
     def _import_feed_contacts(self) -> None:
@@ -273,11 +349,17 @@ class OmniRetain:
         from training.registry import champion_versions
 
         while not self._stop.wait(self.settings.serving.reload_poll_seconds):
+            if HEALTH.owner is not self:
+                return  # a newer service instance of this process took over (tests)
+            if self.models is None or HEALTH.models_note is not None:
+                self._load_models()  # not ready, or from the cache: try the registry again
+                continue
             try:
                 current = self.models.versions
                 served = {k: v for k, v in current.items() if v is not None}
                 if champion_versions(self.settings) != served:
                     self.models = load_model_set(self.settings)  # one atomic swap
+                    HEALTH.versions = self.models.versions
                     logger.info("champions reloaded: %s -> %s", current, self.models.versions)
                 self._import_feed_contacts()
             except Exception:  # keep serving the current set; try again next poll
@@ -413,8 +495,11 @@ class OmniRetain:
     def recommend(self, customer_id: str, context: RequestContext | None = None) -> Recommendation:
         """Score one customer with the champions and choose the next best action."""
         models = self.models
-        row = self.features.get([customer_id])[0]
-        return self._recommend(customer_id, row, context, models)
+        assert models is not None  # ApiGate answers 503 until the models are loaded
+        rows = self._read_features([customer_id])
+        if rows is None:
+            return self._degraded(customer_id, models, context)
+        return self._recommend(customer_id, rows[0], context, models)
 
     @bentoml.api(route="/recommend/batch", input_spec=BatchRecommendRequest)
     def recommend_batch(
@@ -422,10 +507,14 @@ class OmniRetain:
     ) -> BatchRecommendation:
         """Up to ``serving.max_batch_ids`` customers; unknown ids get the cold-start decision."""
         models = self.models
+        assert models is not None  # ApiGate answers 503 until the models are loaded
         results: list[Recommendation] = []
         for start in range(0, len(customer_ids), BATCH_READ_CHUNK):
             chunk = customer_ids[start : start + BATCH_READ_CHUNK]
-            rows = self.features.get(chunk)
+            rows = self._read_features(chunk)
+            if rows is None:
+                results.extend(self._degraded(customer_id, models, None) for customer_id in chunk)
+                continue
             now = datetime.now(UTC)
             features = [self._features(row, None, now) for row in rows]
             scored = score_rows(
@@ -438,7 +527,10 @@ class OmniRetain:
                     )
                 )
         return BatchRecommendation(
-            count=len(results), cold_start=sum(r.cold_start for r in results), results=results
+            count=len(results),
+            cold_start=sum(r.cold_start for r in results),
+            degraded=sum(r.degraded for r in results),
+            results=results,
         )
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
@@ -503,12 +595,21 @@ class OmniRetain:
             fields["cart_value"] = [float(cart_value) if cart_value is not None else math.nan]
         else:
             fields["last_case_opened_at"] = [int(moment.timestamp())]
-        pusher.push(pd.DataFrame(fields))
+        try:
+            self.store_breaker.call(lambda: pusher.push(pd.DataFrame(fields)))
+        except OnlineStoreUnavailableError as error:
+            error_body = {"error": f"the online store is unavailable, event not stored: {error}"}
+            return JSONResponse(error_body, status_code=503)  # type: ignore[return-value]
         decision = None
         if event_type == "cart_abandoned":
             models = self.models
-            row = self.features.get([customer_id])[0]
-            decision = self._recommend(customer_id, row, None, models, source="single")
+            assert models is not None
+            rows = self._read_features([customer_id])
+            decision = (
+                self._degraded(customer_id, models, None)
+                if rows is None
+                else self._recommend(customer_id, rows[0], None, models, source="single")
+            )
         return EventAck(
             customer_id=customer_id, event_type=event_type, pushed=True, decision=decision
         )
@@ -532,7 +633,9 @@ class OmniRetain:
         except RequestBodyError as error:
             return JSONResponse(error.to_json(), status_code=error.status_code)
         models = self.models
-        row = self.features.get([customer_id])[0]
+        assert models is not None
+        rows = self._read_features([customer_id])
+        row = rows[0] if rows is not None else None  # store down: the warehouse profile only
         warehouse, warehouse_error = None, None
         try:
             warehouse = read_warehouse_profile(self.settings.warehouse_path, customer_id)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +48,14 @@ CHANCE_ROC_AUC = 0.5
 
 class ModelNotFoundError(LookupError):
     """No champion is registered for a model: train first."""
+
+
+class RegistryUnavailableError(RuntimeError):
+    """The registry did not answer (server down, network, locked database): not "no champion"."""
+
+
+# MLflow error codes that mean "no such model or alias"; anything else is the registry failing.
+NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
 
 
 class RegistryChangeError(ValueError):
@@ -92,9 +102,14 @@ def _champion_version(settings: Settings, name: str):  # -> ModelVersion | None
         return None
     try:
         return _client(settings).get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except MlflowException:
-        # Raised both when the registered model does not exist and when the alias is unset.
-        return None
+    except MlflowException as error:
+        # Raised both when the registered model does not exist and when the alias is unset...
+        if error.error_code in NOT_FOUND_CODES:
+            return None
+        # ... and when the registry cannot be reached: that is not "no champion".
+        raise RegistryUnavailableError(
+            f"the model registry at {settings.mlflow_tracking_uri} did not answer: {error}"
+        ) from error
 
 
 def load_champion(settings: Settings, kind: str) -> LoadedModel:
@@ -294,11 +309,36 @@ def _write_history(client, name: str, history: list[str]) -> None:
         client.delete_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS)
 
 
+_deferred_moves: list[tuple[object, str, str, str]] | None = None
+
+
+@contextmanager
+def champion_moves_at_the_end() -> Iterator[None]:
+    """Hold every :func:`move_champion` of the block and apply them when the block succeeds.
+
+    A training killed part-way (SIGKILL, power loss) has then registered challengers at most:
+    every ``champion`` alias is still where it was, and the service keeps serving a coherent
+    set. Moves are applied in order in a few milliseconds at the very end ("commit last").
+    """
+    global _deferred_moves
+    outer, _deferred_moves = _deferred_moves, []
+    try:
+        yield
+        moves, _deferred_moves = _deferred_moves, outer
+        for client, name, version, reason in moves:
+            move_champion(client, name, version, reason)
+    finally:
+        _deferred_moves = outer
+
+
 def move_champion(client, name: str, version: str, reason: str) -> RegistryChange:
     """Point ``champion`` at ``version``, remembering the current one for :func:`rollback`."""
     history = champion_history(client, name)
     current = history[-1] if history else None
     version = str(version)
+    if _deferred_moves is not None:  # inside champion_moves_at_the_end: applied at its end
+        _deferred_moves.append((client, name, version, reason))
+        return RegistryChange(name, current, version, "promote")
     if current != version:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
         _write_history(client, name, [*history, version])

@@ -48,6 +48,7 @@ from training.registry import (
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
     MODEL_NAMES,
+    champion_moves_at_the_end,
     move_champion,
     promotion_decision,  # noqa: F401  (re-exported: the gate moved to the registry module)
     promotion_gate,
@@ -746,18 +747,22 @@ def train(
     steps.set_postfix_str("register")
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    reports = {
-        kind: log_and_register(settings, target, purchases_end) for kind, target in trained.items()
-    }
-    value_report = (
-        log_and_register_value(settings, trained_value) if trained_value is not None else None
-    )
-    uplift_report = (
-        log_and_register_uplift(settings, trained_uplift) if trained_uplift is not None else None
-    )
-    reference_path = write_reference(
-        settings, reference_features(trained["churn"], settings.monitoring.sample_rows)
-    )
+    with champion_moves_at_the_end():  # a run killed here leaves every champion alias as it was
+        reports = {
+            kind: log_and_register(settings, target, purchases_end)
+            for kind, target in trained.items()
+        }
+        value_report = (
+            log_and_register_value(settings, trained_value) if trained_value is not None else None
+        )
+        uplift_report = (
+            log_and_register_uplift(settings, trained_uplift)
+            if trained_uplift is not None
+            else None
+        )
+        reference_path = write_reference(
+            settings, reference_features(trained["churn"], settings.monitoring.sample_rows)
+        )
     steps.update()
     steps.close()
     return TrainReport(

@@ -386,7 +386,7 @@ def log_and_register_uplift(settings: Settings, trained: TrainedUplift) -> Uplif
     import mlflow.sklearn
     from mlflow import MlflowClient
 
-    from training.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAMES
+    from training.registry import CHALLENGER_ALIAS, MODEL_NAMES, move_champion
     from training.train import _experiment_id, log_pickled_model
 
     name = MODEL_NAMES["uplift"]
@@ -424,8 +424,8 @@ def log_and_register_uplift(settings: Settings, trained: TrainedUplift) -> Uplif
             info.model_uri, name, tags={**tags, "run_id": run.info.run_id, "kind": "uplift"}
         )
         client.set_registered_model_alias(name, CHALLENGER_ALIAS, version.version)
-        if promote:
-            client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
+        if promote:  # through move_champion: history for rollback, deferred by train()
+            move_champion(client, name, version.version, reason)
     return UpliftReport(
         name, str(version.version), promote, reason, chosen, trained.sends, trained.heldout_qini
     )

@@ -375,7 +375,7 @@ def log_and_register_value(settings: Settings, trained: TrainedValue) -> ValueRe
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
-    from training.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAMES
+    from training.registry import CHALLENGER_ALIAS, MODEL_NAMES, move_champion
     from training.train import INPUT_EXAMPLE_ROWS, _experiment_id, log_pickled_model
 
     name = MODEL_NAMES["value"]
@@ -428,8 +428,8 @@ def log_and_register_value(settings: Settings, trained: TrainedValue) -> ValueRe
             info.model_uri, name, tags={**tags, "run_id": run.info.run_id, "kind": "value"}
         )
         client.set_registered_model_alias(name, CHALLENGER_ALIAS, version.version)
-        if promote:
-            client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
+        if promote:  # through move_champion: history for rollback, deferred by train()
+            move_champion(client, name, version.version, reason)
     return ValueReport(
         registered_model=name,
         run_id=run.info.run_id,

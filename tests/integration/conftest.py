@@ -193,3 +193,16 @@ def serving_rows(served_state: Settings) -> pd.DataFrame:
     return frame[frame["event_timestamp"] == frame["event_timestamp"].max()].set_index(
         "customer_id"
     )
+
+
+@pytest.fixture(scope="session")
+def service_app() -> Any:
+    """The service's ASGI app, built once per session.
+
+    BentoML registers its Prometheus metrics when an app first starts, and a second app in the
+    same process fails on duplicated metrics. Each ``TestClient`` over this app runs its lifespan,
+    hence a new service instance that reads the environment of that moment.
+    """
+    from serving.service import OmniRetain
+
+    return OmniRetain.to_asgi()

@@ -24,12 +24,10 @@ from omniretain.settings import Settings, load_settings
 
 
 @pytest.fixture(scope="session")
-def client(served_state: Settings) -> Iterator[Any]:
+def client(served_state: Settings, service_app: Any) -> Iterator[Any]:
     from starlette.testclient import TestClient
 
-    from serving.service import OmniRetain
-
-    with TestClient(OmniRetain.to_asgi(), raise_server_exceptions=False) as test_client:
+    with TestClient(service_app, raise_server_exceptions=False) as test_client:
         yield test_client
 
 
