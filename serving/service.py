@@ -196,14 +196,14 @@ class ApiGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = json_errors(scope, send)
-        request = Request(scope, receive)
-        if scope["path"] == READYZ_ROUTE:  # JSON status and reason (serving/fallback.py)
+        if scope["path"] == READYZ_ROUTE:  # its own JSON status and reason (serving/fallback.py)
             import anyio
 
             status, body = await anyio.to_thread.run_sync(HEALTH.readiness)
             await JSONResponse(body, status_code=status)(scope, receive, send)
             return
+        send = json_errors(scope, send)
+        request = Request(scope, receive)
         if HEALTH.models_error is not None and scope["path"] not in PROBE_ROUTES:
             error = {"error": f"the service is not ready: {HEALTH.models_error}"}
             await JSONResponse(error, status_code=503)(scope, receive, send)
