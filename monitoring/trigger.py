@@ -98,7 +98,7 @@ def served_window(
     minimum = settings.monitoring.drift.min_window_customers
     if served is None or len(served) < minimum:
         count = 0 if served is None else len(served)
-        return load_latest_snapshot(settings), (
+        return with_champion_scores(settings, load_latest_snapshot(settings)), (
             f"newest feature snapshot ({count} customers served in the last {days} days, "
             f"fewer than monitoring.drift.min_window_customers={minimum})"
         )
@@ -106,6 +106,21 @@ def served_window(
         f"served traffic {since:%Y-%m-%d %H:%M} .. {now:%Y-%m-%d %H:%M} UTC: "
         f"{len(decisions)} decisions, {len(served)} customers"
     )
+
+
+def with_champion_scores(settings: Settings, snapshot: pd.DataFrame) -> pd.DataFrame:
+    """The snapshot with the churn champion's scores, so prediction drift is checked too.
+
+    Without a champion (nothing trained yet) the features alone are compared.
+    """
+    from training.registry import ModelNotFoundError, load_champion
+
+    try:
+        champion = load_champion(settings, "churn")
+    except ModelNotFoundError:
+        return snapshot
+    matrix = snapshot[champion.model.feature_names].to_numpy(dtype="float64", na_value=float("nan"))
+    return snapshot.assign(churn_probability=champion.model.predict_proba(matrix)[:, 1])
 
 
 def default_retrain(settings: Settings) -> Any:
