@@ -7,7 +7,9 @@ module serves the champions as they would have been served on a past date ``as_o
 
 - the features are computed point in time at ``as_of`` from the warehouse (only events before
   it, :func:`features.build.compute_features`, the code the feature table is built with);
-- the champions score them and :func:`serving.batch.score_frame` decides, as batch scoring does;
+- the champions (value and uplift models too, when registered) score them and
+  :func:`serving.batch.score_frame` decides, as batch scoring does, without the contact policy
+  and control group (there is no contact history of that past day to apply them to);
 - each decision goes through the real decision log with ``decided_at = as_of`` and
   ``source="batch"``, so outcomes are joined from the purchases *after* ``as_of``.
 
@@ -162,14 +164,14 @@ def replay_decisions(settings: Settings, as_of: datetime | None = None) -> Repla
     from monitoring.drift import scored_population
     from monitoring.logs import DecisionLogger, DecisionRecord, decisions_dir
     from serving.batch import score_frame
-    from training.registry import load_champion
+    from serving.models import load_model_set
 
     data_end = _newest_purchase(settings)
     reference_cutoff = _reference_cutoff(settings)
     day = replay_date(data_end, settings.labels.churn_window_days, reference_cutoff, as_of)
-    churn = load_champion(settings, "churn")
-    repurchase = load_champion(settings, "repurchase")
-    versions = {"churn": str(churn.version), "repurchase": str(repurchase.version)}
+    models = load_model_set(settings)
+    churn, repurchase = models.churn, models.repurchase
+    versions = {kind: v for kind, v in models.versions.items() if v is not None}
     report = ReplayReport(
         as_of=day,
         data_end=data_end,
@@ -187,7 +189,14 @@ def replay_decisions(settings: Settings, as_of: datetime | None = None) -> Repla
     frame = scored_population(frame)  # the customers the models score: bought at least once
     if frame.empty:
         raise ReplayError(f"no customer had bought anything by {day:%Y-%m-%d}")
-    scored = score_frame(frame, churn.model, repurchase.model, settings.actions)
+    scored = score_frame(
+        frame,
+        churn.model,
+        repurchase.model,
+        settings.actions,
+        value_model=models.value.model if models.value else None,
+        uplift_model=models.uplift.model if models.uplift else None,
+    )
     names = list(churn.model.feature_names)
     features = frame[names].to_numpy(dtype=np.float64, na_value=np.nan)
     with DecisionLogger(settings) as log:
