@@ -16,6 +16,16 @@ monitor_app = typer.Typer(
 )
 
 
+def replay_closed_window() -> None:
+    """The demo's step: decisions at the latest day whose churn window has closed."""
+    replay(as_of="")
+
+
+def dashboard_page() -> None:
+    """The demo's step: the static KPI page (also served at ``GET /dashboard``)."""
+    dashboard()
+
+
 def monitor() -> None:
     """Write an Evidently drift report of the latest features against the training reference."""
     from monitoring.drift import run_drift
@@ -70,6 +80,35 @@ def outcomes() -> None:
     settings = cli_settings()
     with stage("monitor outcomes: realised vs predicted, treated vs control"):
         show(guarded("monitor outcomes", lambda: outcome_report(settings)))
+
+
+@monitor_app.command("replay")
+def replay(
+    as_of: str = typer.Option(
+        "", help="Day to serve at, YYYY-MM-DD (default: the latest whose churn window closed)."
+    ),
+) -> None:
+    """Log the champions' decisions as served at a past day whose churn window has closed.
+
+    Features at that day from the warehouse, scored and decided as batch scoring does, into the
+    decision log: `monitor outcomes` then shows ROC AUC and calibration of served scores. The
+    day must be after every cutoff the champion learnt from.
+    """
+    from datetime import UTC, datetime
+
+    from monitoring.replay import replay_decisions
+
+    day = None
+    if as_of:
+        try:
+            day = datetime.strptime(as_of, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise typer.BadParameter(
+                f"expected YYYY-MM-DD, got {as_of!r}", param_hint="--as-of"
+            ) from None
+    settings = cli_settings()
+    with stage("monitor replay: decisions served at a past day whose outcome is known"):
+        show(guarded("monitor replay", lambda: replay_decisions(settings, day)))
 
 
 @monitor_app.command("dashboard")

@@ -474,6 +474,14 @@ def render_dashboard(kpis: Kpis) -> str:
             f"{html.escape(str(drift.get('generated_at', '')))}</p>"
             f'<p class="small">{html.escape(", ".join(drifted[:15]))}</p>'
         )
+        excluded = drift.get("columns_excluded") or []
+        if excluded:
+            reasons = ", ".join(sorted({str(c.get("excluded")) for c in excluded}))
+            moved = sum(bool(c.get("drifted")) for c in excluded)
+            drift_html += (
+                f'<p class="small">excluded from the verdict ({html.escape(reasons)}): '
+                f"{len(excluded)} columns that move with the calendar, {moved} of them moved</p>"
+            )
     sections = []
     for index, (title, figure) in enumerate(charts):
         body = figure.to_html(

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,11 @@ SAMPLE_SEED = 0
 LATEST_LINK = "latest"
 # Evidently switches from p-value tests to distances above this many reference rows.
 SMALL_REFERENCE_ROWS = 1000
+# Why a tested column is left out of the verdict (``ColumnDrift.excluded``).
+EXCLUDED_CUMULATIVE = "cumulative"
+EXCLUDED_TRUNCATED = "truncated window"
+# ``purchases_365d_web`` -> 365: the look-back of a windowed feature.
+WINDOW_PATTERN = re.compile(r"_(\d+)d(?:_|$)")
 
 # How Evidently's drift methods decide, by the name it reports (``ValueDrift.method``). Used only
 # when a column has no Evidently test result to read the decision from. p-value tests drift when
@@ -114,6 +121,7 @@ class ColumnDrift(BaseModel):
     score: float
     threshold: float
     drifted: bool
+    excluded: str | None = None  # why it does not count in the verdict (cumulative...)
 
 
 class DriftReport(BaseModel):
@@ -132,6 +140,7 @@ class DriftReport(BaseModel):
     n_current_before_sampling: int
     columns: list[ColumnDrift]
     columns_skipped: dict[str, str]
+    columns_excluded: list[ColumnDrift] = []
     prediction_column: str | None
     share_drifted: float
     threshold: float
@@ -170,11 +179,20 @@ class DriftReport(BaseModel):
                 result.column, result.method, f"{result.score:.3f}", f"{result.threshold:.3f}"
             )
         verdict = "[bold red]DRIFT[/]" if self.drift_detected else "[bold green]no drift[/]"
+        excluded = [
+            f"{c.column} ({'drifted' if c.drifted else 'stable'})" for c in self.columns_excluded
+        ]
+        reasons = sorted({str(c.excluded) for c in self.columns_excluded})
         return Group(
             f"{verdict}: {len(self.drifted_columns)}/{len(self.columns)} columns drifted "
             f"(share {self.share_drifted:.2f}, threshold {self.threshold:.2f}); "
             f"{self.n_current} current rows vs {self.n_reference} reference rows",
             table,
+            *(
+                [f"excluded: {', '.join(reasons)} ({len(excluded)}): {', '.join(excluded)}"]
+                if excluded
+                else []
+            ),
             f"report: {self.html_path}\nsummary: {self.summary_path}",
         )
 
@@ -186,10 +204,15 @@ class DriftColumns:
     features: list[str]
     prediction: str | None
     skipped: dict[str, str] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)  # tested, shown, not in the verdict
 
     @property
     def tested(self) -> list[str]:
         return self.features + ([self.prediction] if self.prediction else [])
+
+    @property
+    def verdict_columns(self) -> list[str]:
+        return [c for c in self.tested if c not in self.excluded]
 
 
 # ---- pure functions --------------------------------------------------------------------------
@@ -256,6 +279,46 @@ def select_drift_columns(reference: pd.DataFrame, current: pd.DataFrame) -> Drif
     features = [c for c in usable if c != PREDICTION_COLUMN]
     prediction = PREDICTION_COLUMN if PREDICTION_COLUMN in usable else None
     return DriftColumns(features=features, prediction=prediction, skipped=skipped)
+
+
+def window_days_of(column: str) -> int | None:
+    """The look-back in days of a windowed feature (``spend_365d_web`` -> 365), else None."""
+    match = WINDOW_PATTERN.search(column)
+    return int(match.group(1)) if match else None
+
+
+def history_days_at(reference: pd.DataFrame, history_start: datetime | None) -> float | None:
+    """Days of behaviour data the reference had at its (newest) cutoff; None when unknown."""
+    if history_start is None or TIMESTAMP_COLUMN not in reference.columns or reference.empty:
+        return None
+    cutoff = pd.to_datetime(reference[TIMESTAMP_COLUMN], utc=True).max()
+    return float((cutoff - pd.Timestamp(history_start)).total_seconds() / 86400.0)
+
+
+def calendar_exclusions(
+    columns: list[str], config: DriftSettings, history_days: float | None = None
+) -> dict[str, str]:
+    """Columns that move with the calendar whatever customers do, and why.
+
+    The reference is the newest *training* cutoff, at least a label window before the served
+    snapshot. Between the two, tenure, lifetime totals and "days since" grow for everyone, so
+    they differ whatever happened: ``cumulative`` (``config.calendar_columns``, glob patterns).
+    A window longer than the history the reference had at its cutoff (a 365-day total with 300
+    days of data) was truncated there and is full later: ``truncated window``. Both are still
+    tested and shown; the verdict is taken on the rest. The score is never excluded.
+    """
+    excluded: dict[str, str] = {}
+    history = history_days if config.exclude_truncated_windows else None
+    for column in columns:
+        if column == PREDICTION_COLUMN:
+            continue
+        if any(fnmatchcase(column, pattern) for pattern in config.calendar_columns):
+            excluded[column] = EXCLUDED_CUMULATIVE
+            continue
+        days = window_days_of(column)
+        if history is not None and days is not None and days > history:
+            excluded[column] = EXCLUDED_TRUNCATED
+    return excluded
 
 
 def sample_rows(frame: pd.DataFrame, max_rows: int, seed: int = SAMPLE_SEED) -> pd.DataFrame:
@@ -387,40 +450,56 @@ def run_evidently(
     columns: list[str],
     share_threshold: float,
     config: DriftSettings | None = None,
+    excluded: list[str] | None = None,
 ) -> Snapshot:
     """Run ``DataDriftPreset`` on ``columns`` (current first, as Evidently 0.7 wants).
 
     The id and timestamp are declared in the data definition so they are not drift-tested, and
     the preset's share threshold is ours, so the HTML's dataset verdict matches ``summary.json``.
+    The ``excluded`` columns get a ``ValueDrift`` each, outside the preset: shown in the HTML,
+    not counted in its share of drifted columns.
     Evidently picks each column's method, except as :func:`small_sample_methods` says and as
     ``config`` (``monitoring.drift`` in ``configs/``) overrides: a default method and threshold,
     and a method and threshold per feature.
     """
     from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
+    excluded = [c for c in excluded or [] if c not in columns]
+    every = columns + excluded
     # An id or timestamp on one side only would break the shared definition: drop it there.
     shared = [c for c in (ENTITY_KEY, TIMESTAMP_COLUMN) if c in current and c in reference]
-    current = current.loc[:, [c for c in current.columns if c in shared or c in columns]]
-    reference = reference.loc[:, [c for c in reference.columns if c in shared or c in columns]]
+    current = current.loc[:, [c for c in current.columns if c in shared or c in every]]
+    reference = reference.loc[:, [c for c in reference.columns if c in shared or c in every]]
     definition = DataDefinition(
         id_column=ENTITY_KEY if ENTITY_KEY in shared else None,
         timestamp=TIMESTAMP_COLUMN if TIMESTAMP_COLUMN in shared else None,
-        numerical_columns=columns,
+        numerical_columns=every,
     )
     methods, thresholds = column_methods(
-        small_sample_methods(current, reference, columns), columns, config or DriftSettings()
+        small_sample_methods(current, reference, every), every, config or DriftSettings()
     )
+    default_method = config.default_method if config else None
+    default_threshold = config.default_threshold if config else None
     report = Report(
         [
             DataDriftPreset(
                 columns=columns,
                 drift_share=share_threshold,
-                method=(config.default_method if config else None),
-                threshold=(config.default_threshold if config else None),
-                per_column_method=methods or None,
-                per_column_threshold=thresholds or None,
-            )
+                method=default_method,
+                threshold=default_threshold,
+                per_column_method={c: m for c, m in methods.items() if c in columns} or None,
+                per_column_threshold={c: t for c, t in thresholds.items() if c in columns} or None,
+            ),
+            *(
+                ValueDrift(
+                    column=column,
+                    method=methods.get(column, default_method),
+                    threshold=thresholds.get(column, default_threshold),
+                )
+                for column in excluded
+            ),
         ],
         include_tests=True,
     )
@@ -470,6 +549,21 @@ def scored_population(frame: pd.DataFrame) -> pd.DataFrame:
     if "purchases_total" not in frame.columns:
         return frame
     return frame.loc[frame["purchases_total"] > 0].reset_index(drop=True)
+
+
+def history_start(settings: Settings) -> datetime | None:
+    """The first behaviour event in the warehouse (the feature grid's start); None without one."""
+    if not settings.warehouse_path.exists():
+        return None
+    import duckdb
+
+    from features.build import event_time_range
+
+    try:
+        with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+            return event_time_range(con)[0]
+    except Exception:  # noqa: BLE001 - no known start: windows are simply not checked
+        return None
 
 
 def load_latest_snapshot(settings: Settings) -> pd.DataFrame:
@@ -563,9 +657,17 @@ def run_drift(
         raise EmptyDataError("the current feature snapshot has no rows")
 
     selection = select_drift_columns(reference, current)
-    if not selection.tested:
+    selection.excluded.update(
+        calendar_exclusions(
+            selection.tested,
+            settings.monitoring.drift,
+            history_days_at(reference, history_start(settings)),
+        )
+    )
+    if not selection.verdict_columns:
         raise NoComparableColumnsError(
-            "reference and current data share no numeric column with values on both sides; "
+            "reference and current data share no numeric column with values on both sides "
+            f"(besides those excluded from the verdict: {selection.excluded}); "
             f"skipped: {selection.skipped}"
         )
     max_rows = settings.monitoring.sample_rows
@@ -573,14 +675,25 @@ def run_drift(
     current_sample = to_evidently_frame(sample_rows(current, max_rows), selection.tested)
     reference_sample = to_evidently_frame(sample_rows(reference, max_rows), selection.tested)
 
+    verdict_columns = selection.verdict_columns
+    excluded_columns = [c for c in selection.tested if c in selection.excluded]
     snapshot = run_evidently(
-        current_sample, reference_sample, selection.tested, threshold, settings.monitoring.drift
+        current_sample,
+        reference_sample,
+        verdict_columns,
+        threshold,
+        settings.monitoring.drift,
+        excluded=excluded_columns,
     )
     per_column = parse_column_drift(snapshot.dict())
     missing = set(selection.tested) - set(per_column)
     if missing:
         raise DriftParseError(f"Evidently returned no drift result for {sorted(missing)}")
-    results = [per_column[c] for c in selection.tested]
+    results = [per_column[c] for c in verdict_columns]
+    excluded_results = [
+        per_column[c].model_copy(update={"excluded": selection.excluded[c]})
+        for c in excluded_columns
+    ]
 
     generated_at = datetime.now(UTC)
     drift_root = settings.monitoring_dir / "drift"
@@ -606,6 +719,7 @@ def run_drift(
         n_current_before_sampling=len(current),
         columns=results,
         columns_skipped=selection.skipped,
+        columns_excluded=excluded_results,
         prediction_column=selection.prediction,
         share_drifted=drifted_share(decisions),
         threshold=threshold,

@@ -84,21 +84,43 @@ def latest_per_customer(served: pd.DataFrame) -> pd.DataFrame:
 def served_window(
     settings: Settings, now: datetime | None = None, window_days: int | None = None
 ) -> tuple[pd.DataFrame, str]:
-    """Features of the decisions served in the window, or the newest snapshot if none were.
+    """Features of the decisions served in the window, or the newest snapshot if too few were.
 
-    Returns the frame and a description of where it came from (shown and logged).
+    A window of fewer than ``monitoring.drift.min_window_customers`` customers (a demo's few
+    requests about hand-picked customers) says nothing about the population: the newest feature
+    snapshot is checked instead. Returns the frame and a description of where it came from.
     """
     now = now or datetime.now(UTC)
     days = window_days or settings.monitoring.drift.window_days
     since = now - timedelta(days=days)
     decisions = read_decisions(settings, since=since, until=now)
-    if decisions.empty:
-        return load_latest_snapshot(settings), "newest feature snapshot (no decision served)"
-    served = latest_per_customer(decision_features(decisions))
+    served = latest_per_customer(decision_features(decisions)) if not decisions.empty else None
+    minimum = settings.monitoring.drift.min_window_customers
+    if served is None or len(served) < minimum:
+        count = 0 if served is None else len(served)
+        return with_champion_scores(settings, load_latest_snapshot(settings)), (
+            f"newest feature snapshot ({count} customers served in the last {days} days, "
+            f"fewer than monitoring.drift.min_window_customers={minimum})"
+        )
     return served, (
         f"served traffic {since:%Y-%m-%d %H:%M} .. {now:%Y-%m-%d %H:%M} UTC: "
         f"{len(decisions)} decisions, {len(served)} customers"
     )
+
+
+def with_champion_scores(settings: Settings, snapshot: pd.DataFrame) -> pd.DataFrame:
+    """The snapshot with the churn champion's scores, so prediction drift is checked too.
+
+    Without a champion (nothing trained yet) the features alone are compared.
+    """
+    from training.registry import ModelNotFoundError, load_champion
+
+    try:
+        champion = load_champion(settings, "churn")
+    except ModelNotFoundError:
+        return snapshot
+    matrix = snapshot[champion.model.feature_names].to_numpy(dtype="float64", na_value=float("nan"))
+    return snapshot.assign(churn_probability=champion.model.predict_proba(matrix)[:, 1])
 
 
 def default_retrain(settings: Settings) -> Any:
@@ -159,6 +181,9 @@ def log_check(
                 "drift.retrain": str(retrain),
                 "drift.reason": reason,
                 "drift.drifted_columns": ",".join(c.column for c in report.drifted_columns)[:5000],
+                "drift.excluded_columns": ",".join(
+                    f"{c.column}:{c.excluded}" for c in report.columns_excluded
+                )[:5000],
                 **extra_tags,
             }
         )

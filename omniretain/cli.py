@@ -114,7 +114,7 @@ def demo(
     import httpx
 
     from features.cli import build_features, ingest
-    from monitoring.cli import monitor
+    from monitoring.cli import dashboard_page, monitor, replay_closed_window
     from serving.server import running_server
     from training.cli import train
 
@@ -125,6 +125,8 @@ def demo(
         build_features,
         train,
         monitor,
+        replay_closed_window,  # served scores with a closed outcome window: `monitor outcomes`
+        dashboard_page,
     ):
         step()
     settings = cli_settings()
@@ -149,6 +151,12 @@ def demo(
                     )
                     response.raise_for_status()
                     answers.append(dict(response.json()))
+                page = httpx.get(f"{base_url}/dashboard/", timeout=120)
+                page.raise_for_status()
+                console.print(
+                    f"GET {base_url}/dashboard/: {len(page.content):,} bytes of "
+                    f"{page.headers.get('content-type')} (the KPI page, served by the service)"
+                )
                 return answers
 
         answers = guarded("serve", ask)
@@ -168,6 +176,9 @@ def demo(
             f"demo finished in {time.perf_counter() - started:.0f} s; "
             f"state in {settings.state_dir}\n"
             f"drift report: {settings.monitoring_dir / 'drift' / 'latest' / 'report.html'}\n"
+            f"KPI dashboard: {settings.monitoring_dir / 'dashboard' / 'index.html'} "
+            "(or GET /dashboard/ on `omniretain serve`)\n"
+            "outcomes: omniretain monitor outcomes\n"
             f"MLflow UI: mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}",
             title="omniretain demo",
             border_style="green",

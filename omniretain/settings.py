@@ -154,6 +154,15 @@ class DriftSettings(BaseModel):
     timestamp_column: str = "event_timestamp"
     window_days: int = Field(7, ge=1)  # served-traffic window checked by `monitor drift --served`
     retrain_on_prediction_drift: bool = True
+    # Features that grow with the calendar whatever customers do (tenure, lifetime totals, "days
+    # since"): names or glob patterns; drift-tested and shown, never counted in the verdict.
+    calendar_columns: list[str] = Field(default_factory=list)
+    # Also leave out of the verdict windowed features (``*_365d``) longer than the history the
+    # reference had at its cutoff: truncated there, full later, they move with the calendar too.
+    exclude_truncated_windows: bool = True
+    # A served window of fewer customers is too small (and too selected) to test: the newest
+    # feature snapshot is checked instead.
+    min_window_customers: int = Field(100, ge=1)
 
 
 class DecisionLogSettings(BaseModel):

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from monitoring.dashboard_route import dashboard_app
 from omniretain.settings import load_settings
 from serving.auth import AuthError, authorize, redact_logs
 from serving.decision import (
@@ -257,6 +258,7 @@ app = FastAPI(title="omniretain profile")
 # threads would share one GIL. Each worker loads its own models and polls the registry.
 @bentoml.service(name="omniretain", workers=SERVER_WORKERS, traffic={"timeout": 60})
 @bentoml.asgi_app(app, path="/profile")
+@bentoml.asgi_app(dashboard_app(), path="/dashboard")  # the KPI page (admin scope)
 class OmniRetain:
     """Churn risk and the next best action per customer, from the champion models."""
 

@@ -86,3 +86,20 @@ def test_demo_wrote_the_drift_report(demo_run) -> None:
     assert (latest / "report.html").stat().st_size > 10_000
     summary = json.loads((latest / "summary.json").read_text())
     assert "drift_detected" in summary
+
+
+def test_demo_replays_closed_decisions_and_serves_the_dashboard(demo_run) -> None:
+    """Outcomes have served scores with a closed window; the page is written and served."""
+    state_dir, result = demo_run
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    from monitoring.dashboard import dashboard_path
+    from monitoring.outcomes import outcome_report
+
+    settings = load_settings(state_dir=state_dir)
+    outcomes = outcome_report(settings)
+    assert outcomes.decisions_closed > 100
+    quality = outcomes.score_quality
+    assert len(quality) == 1 and quality.iloc[0]["roc_auc"] > 0.6
+    page = dashboard_path(settings).read_text(encoding="utf-8")
+    assert page.count('class="chart"') == 7 and "drift-status" in page
+    assert "/dashboard/: " in result.stdout and "text/html" in result.stdout

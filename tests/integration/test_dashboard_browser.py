@@ -168,3 +168,79 @@ def test_screenshot_is_kept_under_the_state_dir(page, tmp_path: Path) -> None:
     run_chromium(browser, tmp_path / "profile", f"--screenshot={shot}", path.as_uri())
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 20_000  # a blank page is a few kB
+
+
+# ---- GET /dashboard over real HTTP (the app the BentoML service mounts) -----------------------
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """The dashboard route under uvicorn on a free port; the page is not written beforehand."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from monitoring.dashboard_route import dashboard_app
+
+    settings = load_settings(state_dir=tmp_path_factory.mktemp("dashboard_route"))
+    settings.ensure_dirs()
+    write_small_warehouse(settings)
+    write_drift_summary(settings)
+    empty = load_settings(state_dir=tmp_path_factory.mktemp("dashboard_empty"))
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    app = Starlette(
+        routes=[
+            Mount("/dashboard", dashboard_app(lambda: settings)),
+            Mount("/empty", dashboard_app(lambda: empty)),
+        ]
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.started, "uvicorn did not start"
+    yield settings, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_dashboard_route_generates_then_serves_the_page_over_http(served) -> None:
+    import httpx
+
+    from monitoring.dashboard import dashboard_path
+
+    settings, base_url = served
+    assert not dashboard_path(settings).exists()
+    first = httpx.get(f"{base_url}/dashboard/", timeout=300)
+    assert first.status_code == 200, first.text[:500]
+    assert first.headers["content-type"].startswith("text/html")
+    assert "omniretain: retention KPIs" in first.text and 'class="chart"' in first.text
+    assert dashboard_path(settings).read_text(encoding="utf-8") == first.text
+    written = dashboard_path(settings).stat().st_mtime_ns
+    again = httpx.get(f"{base_url}/dashboard", timeout=300, follow_redirects=True)
+    assert again.status_code == 200 and dashboard_path(settings).stat().st_mtime_ns == written
+    fresh = httpx.get(f"{base_url}/dashboard/?refresh=true", timeout=300)
+    assert fresh.status_code == 200 and dashboard_path(settings).stat().st_mtime_ns > written
+
+
+def test_dashboard_route_names_a_bad_refresh_and_a_missing_state(served) -> None:
+    import httpx
+
+    _, base_url = served
+    bad = httpx.get(f"{base_url}/dashboard/?refresh=sometimes", timeout=60)
+    assert bad.status_code == 422 and bad.json()["field"] == "refresh"
+    missing = httpx.get(f"{base_url}/empty/", timeout=60)
+    assert missing.status_code == 404 and "omniretain ingest" in missing.json()["error"]
+
+
+def test_dashboard_needs_the_admin_scope_when_keys_are_configured() -> None:
+    from serving.auth import ADMIN_SCOPE, required_scope
+
+    assert required_scope("/dashboard") == required_scope("/dashboard/") == ADMIN_SCOPE

@@ -83,7 +83,12 @@ def training_reference(n_per_cutoff: int) -> pd.DataFrame:
 def state(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     settings = load_settings(
         state_dir=tmp_path_factory.mktemp("drift_state"),
-        monitoring={"drift_share_threshold": THRESHOLD, "sample_rows": 200},
+        monitoring={
+            "drift_share_threshold": THRESHOLD,
+            "sample_rows": 200,
+            # synthetic columns: none is cumulative here (the exclusions have their own tests)
+            "drift": {"calendar_columns": [], "exclude_truncated_windows": False},
+        },
     )
     reference_path(settings).parent.mkdir(parents=True)
     training_reference(200).to_parquet(reference_path(settings), index=False)
@@ -179,5 +184,8 @@ def test_reference_without_id_or_timestamp_still_compares(tmp_path: Path) -> Non
     settings = load_settings(state_dir=tmp_path)
     reference = training_reference(150).drop(columns=["customer_id", "event_timestamp"])
     report = run_drift(settings, current=feature_snapshot(150, NEWEST, seed=7), reference=reference)
-    assert report.columns_tested == FEATURES
+    # the configured calendar columns: tested and reported, out of the verdict
+    assert [c.column for c in report.columns_excluded] == ["days_since_last_purchase"]
+    assert report.columns_excluded[0].excluded == "cumulative"
+    assert report.columns_tested == [f for f in FEATURES if f != "days_since_last_purchase"]
     assert report.html_path.stat().st_size > 10_000

@@ -7,13 +7,18 @@ champion; then served decisions of two other populations go through the real dec
   rise) served now: a drift verdict, a real retrain (a new registered model version), and the
   MLflow monitoring run carries the Evidently report.
 
-Both windows are compared at the reference's own cutoff date, so cumulative features (tenure,
-totals) are like for like and only behaviour differs.
+Both windows hold the features at their world's real served date (the snapshot after its data
+ends), months after the reference's cutoff: tenure, lifetime totals and "days since" have grown
+meanwhile whatever customers did, and are reported as excluded, not counted in the verdict.
+
+Before the checks, decisions are replayed at the latest day whose churn window has closed, and
+outcome tracking scores them against the purchases after that day (ROC AUC, calibration).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +30,8 @@ import pytest
 
 from monitoring.drift import load_reference, scored_population
 from monitoring.logs import DecisionLogger, DecisionRecord
+from monitoring.outcomes import outcome_report
+from monitoring.replay import replay_decisions
 from monitoring.trigger import (
     MONITORING_EXPERIMENT,
     TriggerResult,
@@ -64,11 +71,13 @@ def simulate_and_ingest(settings: Settings, seed: int, purchase_scale: float = 1
     ingest(settings, progress=False)
 
 
-def features_at(settings: Settings, cutoff: datetime) -> pd.DataFrame:
-    from features.build import compute_features
+def features_at_served_date(settings: Settings) -> pd.DataFrame:
+    """The features of the snapshot ``build-features`` serves: right after the data ends."""
+    from features.build import compute_features, event_time_range, serving_cutoff
 
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
-        frame = compute_features(con, [cutoff], settings.features.lookback_days)
+        served_at = serving_cutoff(event_time_range(con)[1])
+        frame = compute_features(con, [served_at], settings.features.lookback_days)
     return scored_population(frame)
 
 
@@ -120,14 +129,17 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
         simulate_and_ingest(settings, seed=21)
         build_features(settings, progress=False)
         train(settings, progress=False)
-        cutoff = load_reference(settings)["event_timestamp"].max().to_pydatetime()
+        reference_cutoff = load_reference(settings)["event_timestamp"].max()
+        replayed = replay_decisions(settings)
+        outcomes = outcome_report(settings)
 
         same_world = small_settings(tmp_path_factory.mktemp("drift_unshifted"))
         simulate_and_ingest(same_world, seed=22)
-        serve(settings, features_at(same_world, cutoff), UNSHIFTED_AT)
+        unshifted_features = features_at_served_date(same_world)
+        serve(settings, unshifted_features, UNSHIFTED_AT)
         buys_less = small_settings(tmp_path_factory.mktemp("drift_shifted"))
         simulate_and_ingest(buys_less, seed=23, purchase_scale=0.15)
-        serve(settings, features_at(buys_less, cutoff), NOW)
+        serve(settings, features_at_served_date(buys_less), NOW)
 
         retrains: list[object] = []
 
@@ -154,12 +166,19 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
             "retrains": retrains,
             "versions": (versions_before, versions_between, registered_versions(settings)),
             "windows": (unshifted_window, shifted_window),
+            "reference_cutoff": reference_cutoff,
+            "served_date": unshifted_features["event_timestamp"].max(),
+            "replayed": replayed,
+            "outcomes": outcomes,
         }
 
 
 def test_unshifted_window_gives_no_verdict_and_no_retrain(loop: dict) -> None:
     result: TriggerResult = loop["unshifted"]
+    # compared at the real served date, months after the reference's cutoff
+    assert loop["served_date"] - loop["reference_cutoff"] > pd.Timedelta(days=90)
     assert result.drift.drift_detected is False, result.drift.drifted_columns
+    assert result.drift.prediction_drifted is False
     assert result.retrain is False and result.retrain_result is None
     before, between, _ = loop["versions"]
     assert between == before
@@ -174,6 +193,30 @@ def test_shifted_window_gives_a_verdict_and_a_real_retrain(loop: dict) -> None:
     assert getattr(result.retrain_result, "ok", True), result.retrain_result  # pipeline status
     _, between, after = loop["versions"]
     assert after == between + 1  # the retrain registered a new churn model version
+
+
+def test_calendar_columns_are_shown_as_excluded_not_counted(loop: dict) -> None:
+    drift = loop["unshifted"].drift
+    excluded = {c.column: c for c in drift.columns_excluded}
+    assert excluded["tenure_days"].excluded == "cumulative"
+    assert excluded["tenure_days"].drifted  # it moved with the calendar, and says so
+    assert excluded["spend_365d"].excluded == "truncated window"  # 365 days > the history then
+    assert "tenure_days" not in drift.columns_tested and "purchases_90d" in drift.columns_tested
+    summary = json.loads(drift.summary_path.read_text())
+    assert {c["column"] for c in summary["columns_excluded"]} == set(excluded)
+
+
+def test_replayed_decisions_are_scored_against_what_happened_after(loop: dict) -> None:
+    replayed = loop["replayed"]
+    assert replayed.logged > 100
+    assert replayed.as_of > loop["reference_cutoff"]  # never a cutoff the champion learnt from
+    quality = loop["outcomes"].score_quality
+    assert list(quality["model_version"]) == [replayed.model_versions["churn"]]
+    row = quality.iloc[0]
+    assert row["decisions"] == replayed.logged
+    assert 0 < row["churned"] < row["decisions"]
+    assert row["roc_auc"] > 0.6  # real ranking skill on decisions after training
+    assert row["ece"] < 0.2
 
 
 def test_each_window_is_read_from_the_decision_log(loop: dict) -> None:

@@ -15,14 +15,18 @@ import pytest
 
 from monitoring.drift import (
     DISTANCE_METHODS,
+    EXCLUDED_CUMULATIVE,
+    EXCLUDED_TRUNCATED,
     P_VALUE_METHODS,
     PREDICTION_COLUMN,
     SMALL_REFERENCE_ROWS,
     CurrentFeaturesNotFoundError,
     DriftParseError,
     ReferenceNotFoundError,
+    calendar_exclusions,
     current_features_path,
     drift_verdict,
+    history_days_at,
     load_latest_snapshot,
     load_reference,
     parse_column_drift,
@@ -32,8 +36,9 @@ from monitoring.drift import (
     select_drift_columns,
     small_sample_methods,
     to_evidently_frame,
+    window_days_of,
 )
-from omniretain.settings import load_settings
+from omniretain.settings import DriftSettings, load_settings
 
 
 # ---- drift_verdict ---------------------------------------------------------------------------
@@ -294,3 +299,66 @@ def test_scored_population_drops_customers_who_never_bought() -> None:
 
     frame = pd.DataFrame({"purchases_total": [0.0, 2.0, 1.0], "x": [1.0, 2.0, 3.0]})
     assert scored_population(frame)["x"].tolist() == [2.0, 3.0]
+
+
+# ---- columns that move with the calendar -------------------------------------------------------
+CALENDAR = DriftSettings(calendar_columns=["tenure_days", "historic_clv", "days_since_*"])
+FEATURES = [
+    "tenure_days",
+    "historic_clv",
+    "days_since_last_purchase",
+    "days_since_last_purchase_web",
+    "purchases_90d",
+    "spend_365d",
+    "purchases_365d_web",
+    "email_open_rate_90d",
+    PREDICTION_COLUMN,
+]
+
+
+def test_window_of_a_feature_is_read_from_its_name() -> None:
+    assert window_days_of("purchases_365d_web") == 365
+    assert window_days_of("spend_90d") == 90
+    assert window_days_of("tenure_days") is None
+    assert window_days_of("days_since_last_purchase") is None
+
+
+def test_cumulative_columns_are_excluded_by_name_and_pattern_never_the_score() -> None:
+    excluded = calendar_exclusions(FEATURES, CALENDAR, history_days=None)
+    assert excluded == {
+        "tenure_days": EXCLUDED_CUMULATIVE,
+        "historic_clv": EXCLUDED_CUMULATIVE,
+        "days_since_last_purchase": EXCLUDED_CUMULATIVE,
+        "days_since_last_purchase_web": EXCLUDED_CUMULATIVE,
+    }
+
+
+def test_windows_longer_than_the_reference_history_are_excluded_as_truncated() -> None:
+    excluded = calendar_exclusions(FEATURES, CALENDAR, history_days=240.0)
+    assert excluded["spend_365d"] == excluded["purchases_365d_web"] == EXCLUDED_TRUNCATED
+    assert "purchases_90d" not in excluded and "email_open_rate_90d" not in excluded
+    full_history = calendar_exclusions(FEATURES, CALENDAR, history_days=400.0)
+    assert "spend_365d" not in full_history
+    switched_off = DriftSettings(calendar_columns=[], exclude_truncated_windows=False)
+    assert calendar_exclusions(FEATURES, switched_off, history_days=240.0) == {}
+
+
+def test_history_at_the_reference_is_from_the_data_start_to_its_newest_cutoff() -> None:
+    reference = pd.DataFrame(
+        {"event_timestamp": pd.to_datetime(["2025-07-30", "2025-08-29"], utc=True)}
+    )
+    start = pd.Timestamp("2025-01-01", tz="UTC").to_pydatetime()
+    assert history_days_at(reference, start) == 240.0
+    assert history_days_at(reference, None) is None
+
+
+def test_excluded_columns_are_in_the_report_but_not_in_its_share() -> None:
+    """An excluded column that drifts is shown (its own ValueDrift) but not counted."""
+    current, reference = _evidently_pair(300, seed=3)
+    snapshot = run_evidently(current, reference, ["steady"], 0.5, excluded=["moved"]).dict()
+    results = parse_column_drift(snapshot)
+    assert results["moved"].drifted and not results["steady"].drifted
+    shares = [
+        m for m in snapshot["metrics"] if "DriftedColumnsCount" in str(m["config"].get("type"))
+    ]
+    assert shares and all(m["value"]["count"] == 0 for m in shares)
