@@ -11,7 +11,7 @@ here. The bytes it stores are simple, so this module produces the same bytes col
   created timestamps as Feast's adapter stores them, written as Feast's upsert (``executemany``);
 - Redis: one hash per entity at ``entity key + project``; field ``mmh3("{view}:{feature}")``
   holds the value and ``_ts:{view}`` the event time as a serialised protobuf ``Timestamp``,
-  written with pipelined ``HSET``.
+  written as raw RESP ``HSET`` commands built column-wise in NumPy (``Cells``).
 
 Every encoder here is tested byte for byte against Feast's own functions, and the loaded store
 is tested through Feast's ``get_online_features``. Feast is imported lazily (seconds).
@@ -22,9 +22,10 @@ from __future__ import annotations
 import sqlite3
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -91,27 +92,106 @@ def entity_key_encoder(join_key: str, version: int = 3) -> Callable[[str], bytes
     return fast
 
 
+# ---- byte cells (vectorised building of many short byte strings) ----------------------------
+@dataclass(frozen=True)
+class Cells:
+    """``n`` short byte strings as an ``(n, width)`` uint8 matrix plus each string's length.
+
+    Encoding column-wise in NumPy and concatenating rows with one boolean mask (``concat_rows``)
+    builds millions of values or whole Redis commands without a Python step per value.
+    """
+
+    data: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def width(self) -> int:
+        return int(self.data.shape[1])
+
+    def take(self, positions: np.ndarray) -> Cells:
+        return Cells(self.data[positions], self.lengths[positions])
+
+    def to_list(self) -> list[bytes]:
+        """The strings as ``bytes`` objects (one C-level conversion per distinct length)."""
+        result: list[bytes] = [b""] * len(self)
+        for length in np.unique(self.lengths).tolist():
+            if length == 0:
+                continue
+            rows = np.flatnonzero(self.lengths == length)
+            chunk = np.ascontiguousarray(self.data[rows, :length]).view(f"V{length}").ravel()
+            items = chunk.tolist()
+            if rows.size == len(self):
+                return items
+            for row, item in zip(rows.tolist(), items, strict=True):
+                result[row] = item
+        return result
+
+
+def constant_cells(value: bytes, rows: int) -> Cells:
+    """The same string on every row (a broadcast view, no copy)."""
+    data = np.frombuffer(value, dtype=np.uint8)
+    return Cells(
+        np.broadcast_to(data, (rows, len(value))),
+        np.broadcast_to(np.int64(len(value)), (rows,)),
+    )
+
+
+def cells_from_bytes(items: Sequence[bytes]) -> Cells:
+    """Cells of arbitrary byte strings (one Python step per item: for short or few lists)."""
+    lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+    width = int(lengths.max()) if len(items) else 0
+    data = np.zeros((len(items), max(width, 1)), dtype=np.uint8)
+    if width:
+        flat = np.frombuffer(b"".join(items), dtype=np.uint8)
+        rows = np.repeat(np.arange(len(items)), lengths)
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        data[rows, np.arange(flat.size) - starts] = flat
+    return Cells(data, lengths)
+
+
+def concat_rows(parts: Sequence[Cells]) -> tuple[bytes, np.ndarray]:
+    """Row ``i`` of every part, concatenated, for all rows in order: the bytes and row lengths.
+
+    All parts are laid side by side in one matrix; a boolean mask keeps the first ``length``
+    bytes of each cell, and NumPy's row-major boolean indexing concatenates them.
+    """
+    rows = len(parts[0])
+    total_width = sum(part.width for part in parts)
+    matrix = np.empty((rows, total_width), dtype=np.uint8)
+    keep = np.empty((rows, total_width), dtype=bool)
+    column = 0
+    for part in parts:
+        width = part.width
+        matrix[:, column : column + width] = part.data
+        if part.lengths.strides == (0,) and int(part.lengths[0]) == width:
+            keep[:, column : column + width] = True
+        else:
+            keep[:, column : column + width] = np.arange(width) < part.lengths[:, None]
+        column += width
+    row_lengths = sum((part.lengths for part in parts), start=np.zeros(rows, dtype=np.int64))
+    return matrix[keep].tobytes(), row_lengths
+
+
 def _null_mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """True where the value is missing: an Arrow null or a float NaN (Feast stores both empty)."""
     mask = pc.is_null(values, nan_is_null=True)
     return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def encode_double_values(values: pa.Array | pa.ChunkedArray) -> list[bytes]:
-    """Serialised ``Value(double_val=x)`` per element; ``b""`` for a null or NaN."""
+def double_value_cells(values: pa.Array | pa.ChunkedArray) -> Cells:
+    """Serialised ``Value(double_val=x)`` per element (tag + 8 bytes); empty for null or NaN."""
     missing = _null_mask(values)
     numbers = np.asarray(
         pc.fill_null(pc.cast(values, pa.float64()), 0.0).to_numpy(zero_copy_only=False),
         dtype="<f8",
     )
-    packed = np.empty(len(numbers), dtype=[("tag", "u1"), ("value", "<f8")])
-    packed["tag"] = DOUBLE_TAG
-    packed["value"] = numbers
-    encoded: list[bytes] = packed.view("V9").tolist()
-    if missing.any():
-        for position in np.flatnonzero(missing).tolist():
-            encoded[position] = b""
-    return encoded
+    data = np.empty((len(numbers), 9), dtype=np.uint8)
+    data[:, 0] = DOUBLE_TAG
+    data[:, 1:] = numbers.view(np.uint8).reshape(-1, 8)
+    return Cells(data, np.where(missing, 0, 9))
 
 
 @lru_cache(maxsize=65_536)
@@ -121,8 +201,8 @@ def _int64_value_bytes(number: int) -> bytes:
     return ValueProto(int64_val=number).SerializeToString()
 
 
-def encode_int64_values(values: pa.Array | pa.ChunkedArray) -> list[bytes]:
-    """Serialised ``Value(int64_val=n)`` per element; ``b""`` for a null.
+def int64_value_cells(values: pa.Array | pa.ChunkedArray) -> Cells:
+    """Serialised ``Value(int64_val=n)`` per element; empty for a null.
 
     Counts repeat a lot, so each distinct number is serialised once (by protobuf itself).
     """
@@ -131,21 +211,43 @@ def encode_int64_values(values: pa.Array | pa.ChunkedArray) -> list[bytes]:
         pc.fill_null(pc.cast(values, pa.int64()), 0).to_numpy(zero_copy_only=False), dtype=np.int64
     )
     distinct, positions = np.unique(numbers, return_inverse=True)
-    table = [_int64_value_bytes(int(number)) for number in distinct.tolist()]
-    encoded = [table[position] for position in positions.tolist()]
-    if missing.any():
-        for position in np.flatnonzero(missing).tolist():
-            encoded[position] = b""
-    return encoded
+    table = cells_from_bytes([_int64_value_bytes(int(number)) for number in distinct.tolist()])
+    cells = table.take(positions.reshape(-1))
+    return Cells(cells.data, np.where(missing, 0, cells.lengths))
+
+
+def value_cells(values: pa.Array | pa.ChunkedArray, kind: ValueKind) -> Cells:
+    """Serialised Feast values of one column, by the feature's declared kind."""
+    if kind == "float64":
+        return double_value_cells(values)
+    if kind == "int64":
+        return int64_value_cells(values)
+    raise OnlineStoreFormatError(f"no fast encoder for the value kind {kind!r}")
+
+
+def encode_double_values(values: pa.Array | pa.ChunkedArray) -> list[bytes]:
+    """Serialised ``Value(double_val=x)`` per element; ``b""`` for a null or NaN."""
+    return double_value_cells(values).to_list()
+
+
+def encode_int64_values(values: pa.Array | pa.ChunkedArray) -> list[bytes]:
+    """Serialised ``Value(int64_val=n)`` per element; ``b""`` for a null."""
+    return int64_value_cells(values).to_list()
 
 
 def encode_values(values: pa.Array | pa.ChunkedArray, kind: ValueKind) -> list[bytes]:
-    """Serialised Feast values of one column, by the feature's declared kind."""
-    if kind == "float64":
-        return encode_double_values(values)
-    if kind == "int64":
-        return encode_int64_values(values)
-    raise OnlineStoreFormatError(f"no fast encoder for the value kind {kind!r}")
+    """Serialised Feast values of one column as ``bytes`` objects (SQLite binds them)."""
+    return value_cells(values, kind).to_list()
+
+
+def value_texts(values: pa.Array | pa.ChunkedArray, kind: ValueKind) -> list[str | None]:
+    """The SQLite ``value_text`` column of one feature as Feast writes it (``str`` or NULL)."""
+    missing = _null_mask(values)
+    typed = pc.cast(values, pa.float64() if kind == "float64" else pa.int64())
+    texts: list[str | None] = list(map(str, typed.to_pylist()))
+    for position in np.flatnonzero(missing).tolist():
+        texts[position] = None
+    return texts
 
 
 def value_text(encoded: bytes, kind: ValueKind) -> str | None:
@@ -211,95 +313,147 @@ def sqlite_table_name(project: str, view_name: str) -> str:
 
 
 # ---- writers (I/O) ---------------------------------------------------------------------------
-@dataclass
-class EncodedBatch:
-    """One batch of entities ready to write: keys, one encoded column per feature, times."""
-
-    entity_keys: list[bytes]
-    columns: list[list[bytes]]
-    event_times: list[datetime]
-    created_times: list[datetime | None]
+def bulk_string_cells(cells: Cells) -> list[Cells]:
+    """RESP bulk strings of the cells: ``$<length>\\r\\n``, the bytes, ``\\r\\n``."""
+    distinct, positions = np.unique(np.asarray(cells.lengths), return_inverse=True)
+    headers = cells_from_bytes([b"$%d\r\n" % length for length in distinct.tolist()])
+    return [headers.take(positions.reshape(-1)), cells, constant_cells(b"\r\n", len(cells))]
 
 
-def encode_batch(
-    batch: pa.RecordBatch | pa.Table,
-    layout: ViewLayout,
-    join_key: str,
-    encode_key: Callable[[str], bytes],
-) -> EncodedBatch:
-    """Encode one Arrow batch (join key, ``event_timestamp``, ``created_timestamp``, features)."""
-    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-    ids = table.column(join_key).cast(pa.string()).to_pylist()
-    events = table.column("event_timestamp").to_pylist()
-    created = (
-        table.column("created_timestamp").to_pylist()
-        if "created_timestamp" in table.column_names
-        else [None] * len(ids)
-    )
-    return EncodedBatch(
-        entity_keys=[encode_key(entity_id) for entity_id in ids],
-        columns=[
-            encode_values(table.column(name), kind)
-            for name, kind in zip(layout.features, layout.kinds, strict=True)
-        ],
-        event_times=events,
-        created_times=created,
-    )
+def _bulk_string(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def redis_hset_commands(
+    keys: Cells, fields: Sequence[tuple[bytes, Cells]], ttl_seconds: int | None = None
+) -> bytes:
+    """One RESP ``HSET key field value ...`` per row (and an ``EXPIRE`` when a TTL is set).
+
+    The bytes are what redis-py's ``pack_command`` sends for the same arguments (tested).
+    """
+    rows = len(keys)
+    head = b"*%d\r\n%s" % (2 + 2 * len(fields), _bulk_string(b"HSET"))
+    parts = [constant_cells(head, rows), *bulk_string_cells(keys)]
+    for field, values in fields:
+        parts.append(constant_cells(_bulk_string(field), rows))
+        parts.extend(bulk_string_cells(values))
+    if ttl_seconds:
+        parts.append(constant_cells(b"*3\r\n" + _bulk_string(b"EXPIRE"), rows))
+        parts.extend(bulk_string_cells(keys))
+        parts.append(constant_cells(_bulk_string(str(int(ttl_seconds)).encode()), rows))
+    return concat_rows(parts)[0]
+
+
+def _distinct_times(values: pa.Array | pa.ChunkedArray) -> tuple[list[datetime | None], np.ndarray]:
+    """The distinct moments of a timestamp column (``None`` for null) and each row's index."""
+    micros = pc.cast(pc.cast(values, pa.timestamp("us", tz="UTC")), pa.int64())
+    null = np.iinfo(np.int64).min
+    numbers = np.asarray(pc.fill_null(micros, null).to_numpy(zero_copy_only=False), np.int64)
+    distinct, positions = np.unique(numbers, return_inverse=True)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    moments = [
+        None if number == null else epoch + timedelta(microseconds=number)
+        for number in distinct.tolist()
+    ]
+    return moments, positions.reshape(-1)
 
 
 class SqliteOnlineWriter:
-    """Feast's SQLite upsert, executed in bulk on one connection (synchronous off while loading).
+    """Feast's SQLite upsert, bulk: rows built in C (``zip`` of flat lists), written by a thread.
 
-    Feast creates the table at ``apply``; this writer only inserts into it.
+    Feast creates the table at ``apply``; this writer only inserts into it. Each batch is sorted
+    by entity key and feature name, so the primary-key B-tree is filled in order, and the
+    next batch is encoded while the previous one is written (SQLite releases the GIL). Into an
+    empty table (a first load) Feast's redundant ``{table}_ek`` index is dropped for the load
+    and rebuilt once at the end: that is one sort instead of one B-tree insert per row.
     """
 
-    def __init__(self, path: Path, project: str, layout: ViewLayout) -> None:
-        self._connection = sqlite3.connect(str(path))
+    def __init__(self, target: OnlineTarget, layout: ViewLayout, join_key: str) -> None:
+        assert target.sqlite_path is not None
+        self._connection = sqlite3.connect(str(target.sqlite_path), check_same_thread=False)
         self._connection.execute("PRAGMA synchronous=OFF")
         self._connection.execute("PRAGMA cache_size=-262144")  # 256 MB of page cache
         self._layout = layout
-        table = sqlite_table_name(project, layout.name)
+        self._join_key = join_key
+        self._encode_key = entity_key_encoder(join_key, target.entity_key_serialization_version)
+        self._table = sqlite_table_name(target.project, layout.name)
+        self._order = sorted(range(len(layout.features)), key=layout.features.__getitem__)
+        self._names = [layout.features[position] for position in self._order]
         self._sql = (
-            f'INSERT INTO "{table}" (entity_key, feature_name, value, value_text, event_ts, '
-            "created_ts) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO "
-            "UPDATE SET value = excluded.value, value_text = excluded.value_text, "
-            "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+            f'INSERT INTO "{self._table}" (entity_key, feature_name, value, value_text, '
+            "event_ts, created_ts) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, "
+            "feature_name) DO UPDATE SET value = excluded.value, value_text = "
+            "excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+        )
+        empty = self._connection.execute(f'SELECT 1 FROM "{self._table}" LIMIT 1').fetchone()
+        self._index = f"{self._table}_ek"
+        self._rebuild_index = empty is None
+        if self._rebuild_index:
+            self._connection.execute(f'DROP INDEX IF EXISTS "{self._index}"')
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-online-writer")
+        self._pending: Future[None] | None = None
+
+    def _rows(self, table: pa.Table) -> Iterator[tuple[Any, ...]]:
+        """The batch as Feast's rows, entity by entity, features in name order."""
+        keys = [
+            self._encode_key(entity_id)
+            for entity_id in table.column(self._join_key).cast(pa.string()).to_pylist()
+        ]
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        table = table.take(pa.array(order, pa.int64()))
+        keys = [keys[position] for position in order]
+        features = len(self._names)
+        values = np.empty((features, len(keys)), dtype=object)
+        texts = np.empty((features, len(keys)), dtype=object)
+        for row, position in enumerate(self._order):
+            column = table.column(self._layout.features[position])
+            kind = self._layout.kinds[position]
+            values[row, :] = encode_values(column, kind)
+            texts[row, :] = value_texts(column, kind)
+        stamps = []
+        for name in ("event_timestamp", "created_timestamp"):
+            if name in table.column_names:
+                moments, positions = _distinct_times(table.column(name))
+                distinct = np.array([sqlite_timestamp(m) for m in moments], dtype=object)
+                stamps.append(np.repeat(distinct[positions], features).tolist())
+            else:
+                stamps.append([None] * (features * len(keys)))
+        return zip(
+            np.repeat(np.array(keys, dtype=object), features).tolist(),
+            self._names * len(keys),
+            values.T.ravel().tolist(),
+            texts.T.ravel().tolist(),
+            *stamps,
+            strict=True,
         )
 
-    def _rows(self, batch: EncodedBatch) -> Iterable[tuple[Any, ...]]:
-        names = self._layout.features
-        kinds = self._layout.kinds
-        texts = [
-            [value_text(encoded, kind) for encoded in column]
-            for column, kind in zip(batch.columns, kinds, strict=True)
-        ]
-        cache: dict[datetime | None, int | None] = {}
-
-        def stamp(moment: datetime | None) -> int | None:
-            if moment not in cache:
-                cache[moment] = sqlite_timestamp(moment)
-            return cache[moment]
-
-        event_texts = [stamp(moment) for moment in batch.event_times]
-        created_texts = [stamp(moment) for moment in batch.created_times]
-        for row, key in enumerate(batch.entity_keys):
-            event, created = event_texts[row], created_texts[row]
-            for feature, name in enumerate(names):
-                yield (
-                    key,
-                    name,
-                    batch.columns[feature][row],
-                    texts[feature][row],
-                    event,
-                    created,
-                )
-
-    def write(self, batch: EncodedBatch) -> None:
+    def _execute(self, rows: Iterator[tuple[Any, ...]]) -> None:
         with self._connection:
-            self._connection.executemany(self._sql, self._rows(batch))
+            self._connection.executemany(self._sql, rows)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def write(self, table: pa.Table) -> None:
+        """Queue one Arrow batch (join key, timestamps, features); raises a previous failure."""
+        rows = self._rows(table)
+        self._wait()
+        self._pending = self._pool.submit(self._execute, rows)
 
     def close(self) -> None:
-        self._connection.close()
+        """Finish the queued batch and rebuild the entity-key index if it was dropped."""
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown()
+            if self._rebuild_index:
+                self._connection.execute(
+                    f'CREATE INDEX IF NOT EXISTS "{self._index}" ON "{self._table}" (entity_key)'
+                )
+                self._connection.commit()
+            self._connection.close()
 
 
 def redis_client(connection_string: str) -> Any:
@@ -317,55 +471,74 @@ def redis_client(connection_string: str) -> Any:
 
 
 class RedisOnlineWriter:
-    """Feast's Redis hash layout, written with one pipelined ``HSET`` per entity per batch.
+    """Feast's Redis hash layout: one ``HSET`` per entity, the whole batch built in NumPy.
 
-    Unlike Feast's writer it does not read the stored timestamps first: a load writes the
-    latest snapshot per customer, so there is nothing newer to protect.
+    The batch's commands are encoded column-wise into one RESP buffer and sent on a raw
+    connection (no transaction); the replies of a batch are read after the next batch is sent,
+    so Redis works while the next one is encoded. Unlike Feast's writer it does not read the
+    stored timestamps first: a load writes the latest snapshot per customer.
     """
 
     def __init__(
-        self, connection_string: str, project: str, layout: ViewLayout, ttl_seconds: int | None
+        self, target: OnlineTarget, layout: ViewLayout, join_key: str, ttl_seconds: int | None
     ) -> None:
-        self._client = redis_client(connection_string)
-        self._suffix = project.encode("utf8")
+        assert target.redis_connection_string is not None
+        self._client = redis_client(target.redis_connection_string)
+        self._connection = self._client.connection_pool.get_connection()
+        self._suffix = target.project.encode("utf8")
+        self._layout = layout
+        self._join_key = join_key
+        self._encode_key = entity_key_encoder(join_key, target.entity_key_serialization_version)
         self._fields = [redis_field(layout.name, name) for name in layout.features]
         self._ts_field = f"_ts:{layout.name}".encode()
         self._ttl_seconds = ttl_seconds
+        self._unanswered = 0
 
-    def write(self, batch: EncodedBatch) -> None:
-        stamps: dict[datetime, bytes] = {}
-        fields = self._fields
-        with self._client.pipeline(transaction=False) as pipe:
-            for row, key in enumerate(batch.entity_keys):
-                moment = batch.event_times[row]
-                stamp = stamps.get(moment)
-                if stamp is None:
-                    stamp = stamps[moment] = encode_timestamp(moment)
-                arguments: list[bytes] = [self._ts_field, stamp]
-                for field, column in zip(fields, batch.columns, strict=True):
-                    arguments.append(field)
-                    arguments.append(column[row])
-                redis_key = key + self._suffix
-                pipe.execute_command("HSET", redis_key, *arguments)
-                if self._ttl_seconds:
-                    pipe.expire(redis_key, self._ttl_seconds)
-            pipe.execute()
+    def _read_replies(self) -> None:
+        """Read the replies of the commands sent so far; an error reply raises."""
+        while self._unanswered:
+            self._connection.read_response()
+            self._unanswered -= 1
+
+    def write(self, table: pa.Table) -> None:
+        """Send one Arrow batch's commands, then read the previous batch's replies."""
+        ids = table.column(self._join_key).cast(pa.string()).to_pylist()
+        if not ids:
+            return
+        suffix = self._suffix
+        keys = cells_from_bytes([self._encode_key(entity_id) + suffix for entity_id in ids])
+        moments, positions = _distinct_times(table.column("event_timestamp"))
+        stamps = cells_from_bytes([encode_timestamp(moment) for moment in moments])  # type: ignore[arg-type]
+        fields = [(self._ts_field, stamps.take(positions))]
+        for field, name, kind in zip(
+            self._fields, self._layout.features, self._layout.kinds, strict=True
+        ):
+            fields.append((field, value_cells(table.column(name), kind)))
+        commands = redis_hset_commands(keys, fields, self._ttl_seconds)
+        unanswered = self._unanswered
+        self._connection.send_packed_command([commands], check_health=False)
+        self._unanswered = 0
+        try:
+            for _ in range(unanswered):
+                self._connection.read_response()
+        finally:
+            self._unanswered = len(ids) * (2 if self._ttl_seconds else 1)
 
     def close(self) -> None:
-        self._client.close()
+        try:
+            self._read_replies()
+        finally:
+            self._client.connection_pool.release(self._connection)
+            self._client.close()
 
 
 def open_writer(
-    target: OnlineTarget, layout: ViewLayout, redis_ttl_seconds: int | None = None
+    target: OnlineTarget, layout: ViewLayout, join_key: str, redis_ttl_seconds: int | None = None
 ) -> SqliteOnlineWriter | RedisOnlineWriter:
-    """The writer for the configured online store."""
+    """The writer for the configured online store; ``write(arrow_table)`` then ``close()``."""
     if target.kind == "sqlite":
-        assert target.sqlite_path is not None
-        return SqliteOnlineWriter(target.sqlite_path, target.project, layout)
-    assert target.redis_connection_string is not None
-    return RedisOnlineWriter(
-        target.redis_connection_string, target.project, layout, redis_ttl_seconds
-    )
+        return SqliteOnlineWriter(target, layout, join_key)
+    return RedisOnlineWriter(target, layout, join_key, redis_ttl_seconds)
 
 
 # ---- direct reads ----------------------------------------------------------------------------
