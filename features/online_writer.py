@@ -22,6 +22,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -152,12 +153,8 @@ def cells_from_bytes(items: Sequence[bytes]) -> Cells:
     return Cells(data, lengths)
 
 
-def concat_rows(parts: Sequence[Cells]) -> tuple[bytes, np.ndarray]:
-    """Row ``i`` of every part, concatenated, for all rows in order: the bytes and row lengths.
-
-    All parts are laid side by side in one matrix; a boolean mask keeps the first ``length``
-    bytes of each cell, and NumPy's row-major boolean indexing concatenates them.
-    """
+def _side_by_side(parts: Sequence[Cells]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All parts in one matrix, the mask of the bytes to keep, and each row's total length."""
     rows = len(parts[0])
     total_width = sum(part.width for part in parts)
     matrix = np.empty((rows, total_width), dtype=np.uint8)
@@ -172,7 +169,25 @@ def concat_rows(parts: Sequence[Cells]) -> tuple[bytes, np.ndarray]:
             keep[:, column : column + width] = np.arange(width) < part.lengths[:, None]
         column += width
     row_lengths = sum((part.lengths for part in parts), start=np.zeros(rows, dtype=np.int64))
+    return matrix, keep, row_lengths
+
+
+def concat_rows(parts: Sequence[Cells]) -> tuple[bytes, np.ndarray]:
+    """Row ``i`` of every part, concatenated, for all rows in order: the bytes and row lengths.
+
+    All parts are laid side by side in one matrix; a boolean mask keeps the first ``length``
+    bytes of each cell, and NumPy's row-major boolean indexing concatenates them.
+    """
+    matrix, keep, row_lengths = _side_by_side(parts)
     return matrix[keep].tobytes(), row_lengths
+
+
+def join_cells(parts: Sequence[Cells]) -> Cells:
+    """Row ``i`` of every part concatenated, as cells (one string per row)."""
+    matrix, keep, row_lengths = _side_by_side(parts)
+    data = np.zeros((len(row_lengths), max(int(row_lengths.max(initial=0)), 1)), np.uint8)
+    data[np.arange(data.shape[1]) < row_lengths[:, None]] = matrix[keep]
+    return Cells(data, row_lengths)
 
 
 def _null_mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -313,11 +328,14 @@ def sqlite_table_name(project: str, view_name: str) -> str:
 
 
 # ---- writers (I/O) ---------------------------------------------------------------------------
-def bulk_string_cells(cells: Cells) -> list[Cells]:
-    """RESP bulk strings of the cells: ``$<length>\\r\\n``, the bytes, ``\\r\\n``."""
-    distinct, positions = np.unique(np.asarray(cells.lengths), return_inverse=True)
+def bulk_string_cells(*parts: Cells) -> list[Cells]:
+    """RESP bulk strings of the parts joined row-wise: ``$<length>\\r\\n``, bytes, ``\\r\\n``."""
+    lengths = sum(
+        (np.asarray(part.lengths) for part in parts[1:]), start=np.asarray(parts[0].lengths)
+    )
+    distinct, positions = np.unique(lengths, return_inverse=True)
     headers = cells_from_bytes([b"$%d\r\n" % length for length in distinct.tolist()])
-    return [headers.take(positions.reshape(-1)), cells, constant_cells(b"\r\n", len(cells))]
+    return [headers.take(positions.reshape(-1)), *parts, constant_cells(b"\r\n", len(parts[0]))]
 
 
 def _bulk_string(value: bytes) -> bytes:
@@ -342,6 +360,131 @@ def redis_hset_commands(
         parts.extend(bulk_string_cells(keys))
         parts.append(constant_cells(_bulk_string(str(int(ttl_seconds)).encode()), rows))
     return concat_rows(parts)[0]
+
+
+# Redis DUMP payload of a small hash: RDB type 16 (a listpack), what RESTORE creates in one step.
+RDB_TYPE_HASH_LISTPACK = 16
+RDB_VERSION_LISTPACK = 10  # Redis 7.0, the first with listpack hashes; later versions accept it
+LISTPACK_MAX_STRING = 63  # a 6-bit listpack string: Feast's fields and values are shorter
+LISTPACK_MAX_PAIRS = 128  # Redis's default hash-max-listpack-entries
+CRC64_JONES_REFLECTED = 0x95AC9329AC4BC9B5
+CRC_BLOCK_ROWS = 8192
+
+
+@lru_cache(maxsize=1)
+def _crc64_table() -> np.ndarray:
+    table = np.zeros(256, dtype=np.uint64)
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ CRC64_JONES_REFLECTED if crc & 1 else crc >> 1
+        table[byte] = crc
+    return table
+
+
+def crc64_rows(cells: Cells) -> np.ndarray:
+    """Redis's CRC-64 (Jones, reflected, no xor) of every row, one column at a time in NumPy."""
+    table = _crc64_table()
+    result = np.zeros(len(cells), dtype=np.uint64)
+    eight = np.uint64(8)
+    for start in range(0, len(cells), CRC_BLOCK_ROWS):  # a block's columns stay in cache
+        lengths = np.asarray(cells.lengths[start : start + CRC_BLOCK_ROWS])
+        columns = np.asfortranarray(cells.data[start : start + CRC_BLOCK_ROWS])
+        crc = np.zeros(len(lengths), dtype=np.uint64)
+        shortest = int(lengths.min(initial=0))
+        for column in range(int(lengths.max(initial=0))):
+            updated = table[crc.astype(np.uint8) ^ columns[:, column]] ^ (crc >> eight)
+            crc = updated if column < shortest else np.where(lengths > column, updated, crc)
+        result[start : start + CRC_BLOCK_ROWS] = crc
+    return result
+
+
+def _byte_cells(values: np.ndarray) -> Cells:
+    return Cells(
+        values.astype(np.uint8).reshape(-1, 1), np.broadcast_to(np.int64(1), (len(values),))
+    )
+
+
+def _listpack_string(value: bytes) -> bytes:
+    return bytes([0x80 | len(value)]) + value + bytes([1 + len(value)])
+
+
+def _integer_like(cells: Cells) -> bool:
+    """Whether a value may be a decimal integer, which Redis would store as a listpack int."""
+    present = cells.lengths > 0
+    first = cells.data[present, 0] if cells.data.shape[0] else cells.data[:0, 0]
+    return bool(np.isin(first, np.frombuffer(b"-0123456789", dtype=np.uint8)).any())
+
+
+def restorable(fields: Sequence[tuple[bytes, Cells]]) -> bool:
+    """Whether ``dump_payloads`` can encode this hash (short non-numeric strings, few pairs)."""
+    if len(fields) > LISTPACK_MAX_PAIRS:
+        return False
+    for field, values in fields:
+        if len(field) > LISTPACK_MAX_STRING or field.lstrip(b"-").isdigit():
+            return False
+        if int(values.lengths.max(initial=0)) > LISTPACK_MAX_STRING or _integer_like(values):
+            return False
+    return True
+
+
+def dump_payloads(fields: Sequence[tuple[bytes, Cells]]) -> list[Cells] | None:
+    """Per row, the ``DUMP`` payload of the hash ``{field: value}`` that ``HSET`` would build.
+
+    Returned in parts (body, checksum) whose row-wise concatenation is the payload.
+
+    The listpack (header, one string entry per field and value with its back-length, end
+    byte), wrapped as an RDB string with type, RDB version and CRC-64. ``None`` when a row's
+    listpack is too long for this encoder (then use ``HSET``). Tested byte for byte against
+    Redis's own ``DUMP`` of the same ``HSET``.
+    """
+    rows = len(fields[0][1])
+    entries: list[Cells] = []
+    for field, values in fields:
+        entries.append(constant_cells(_listpack_string(field), rows))
+        entries.append(_byte_cells(0x80 | values.lengths))
+        entries.append(values)
+        entries.append(_byte_cells(1 + values.lengths))
+    total = 6 + 1 + sum((entry.lengths for entry in entries), start=np.zeros(rows, np.int64))
+    if int(total.max(initial=0)) >= 16_384:
+        return None
+    header = np.empty((rows, 6), dtype=np.uint8)
+    header[:, :4] = total.astype("<u4").view(np.uint8).reshape(rows, 4)
+    header[:, 4:] = np.frombuffer(struct.pack("<H", 2 * len(fields)), dtype=np.uint8)
+    short = total < 64  # RDB length: 1 byte below 64, else 2 bytes (0x40 | high bits, low byte)
+    length = np.empty((rows, 2), dtype=np.uint8)
+    length[:, 0] = np.where(short, total, 0x40 | (total >> 8))
+    length[:, 1] = total & 0xFF
+    body = join_cells(
+        [
+            constant_cells(bytes([RDB_TYPE_HASH_LISTPACK]), rows),
+            Cells(length, np.where(short, 1, 2)),
+            Cells(header, np.broadcast_to(np.int64(6), (rows,))),
+            *entries,
+            constant_cells(b"\xff" + struct.pack("<H", RDB_VERSION_LISTPACK), rows),
+        ]
+    )
+    checksum = crc64_rows(body).astype("<u8").view(np.uint8).reshape(rows, 8)
+    return [body, Cells(checksum, np.broadcast_to(np.int64(8), (rows,)))]
+
+
+def redis_restore_commands(
+    keys: Cells, payloads: Sequence[Cells], ttl_seconds: int | None = None
+) -> bytes:
+    """One RESP ``RESTORE key ttl payload`` per row (no ``REPLACE``: an existing key fails).
+
+    ``payloads`` are the parts of each row's payload (``dump_payloads``).
+    """
+    rows = len(keys)
+    ttl = _bulk_string(str(int(ttl_seconds or 0) * 1000).encode())
+    return concat_rows(
+        [
+            constant_cells(b"*4\r\n" + _bulk_string(b"RESTORE"), rows),
+            *bulk_string_cells(keys),
+            constant_cells(ttl, rows),
+            *bulk_string_cells(*payloads),
+        ]
+    )[0]
 
 
 def _distinct_times(values: pa.Array | pa.ChunkedArray) -> tuple[list[datetime | None], np.ndarray]:
@@ -490,11 +633,25 @@ def redis_client(connection_string: str) -> Any:
     return redis.Redis(host=host, port=int(port or 6379), **options)
 
 
-class RedisOnlineWriter:
-    """Feast's Redis hash layout: one ``HSET`` per entity, the whole batch built in NumPy.
+@dataclass
+class _SentBatch:
+    """Commands on the wire whose replies are not read yet, kept to redo rows with HSET."""
 
-    The batch's commands are encoded column-wise into one RESP buffer and sent on a raw
-    connection (no transaction); the replies of a batch are read after the next batch is sent,
+    restore: bool
+    keys: Cells
+    fields: list[tuple[bytes, Cells]]
+    replies: int
+
+
+class RedisOnlineWriter:
+    """Feast's Redis hash layout, the whole batch encoded column-wise in NumPy.
+
+    A new key is created with ``RESTORE`` of the hash's ``DUMP`` payload (built here, byte for
+    byte what Redis dumps after Feast's ``HSET``): Redis copies it in instead of inserting 79
+    fields one by one (about 90 us per customer here). ``RESTORE`` refuses a key that exists
+    (other views' fields live in the same hash), so those rows, and every row when the server
+    rejects the payload (Redis before 7.0), are written with ``HSET``. Commands go on a raw
+    connection without a transaction; a batch's replies are read after the next batch is sent,
     so Redis works while the next one is encoded. Unlike Feast's writer it does not read the
     stored timestamps first: a load writes the latest snapshot per customer.
     """
@@ -512,13 +669,39 @@ class RedisOnlineWriter:
         self._fields = [redis_field(layout.name, name) for name in layout.features]
         self._ts_field = f"_ts:{layout.name}".encode()
         self._ttl_seconds = ttl_seconds
-        self._unanswered = 0
+        self._use_restore = True
+        self._sent: deque[_SentBatch] = deque()
 
-    def _read_replies(self) -> None:
-        """Read the replies of the commands sent so far; an error reply raises."""
-        while self._unanswered:
-            self._connection.read_response()
-            self._unanswered -= 1
+    def _send(self, restore: bool, keys: Cells, fields: list[tuple[bytes, Cells]]) -> None:
+        payloads = dump_payloads(fields) if restore else None
+        if payloads is not None:
+            commands = redis_restore_commands(keys, payloads, self._ttl_seconds)
+            replies = len(keys)
+        else:
+            commands = redis_hset_commands(keys, fields, self._ttl_seconds)
+            replies = len(keys) * (2 if self._ttl_seconds else 1)
+        self._connection.send_packed_command([commands], check_health=False)
+        self._sent.append(_SentBatch(payloads is not None, keys, fields, replies))
+
+    def _read_oldest(self) -> None:
+        """Read the oldest batch's replies; redo refused ``RESTORE`` rows with ``HSET``."""
+        from redis.exceptions import ResponseError
+
+        batch = self._sent.popleft()
+        refused: list[int] = []
+        for row in range(batch.replies):
+            try:
+                self._connection.read_response()
+            except ResponseError as error:
+                if not batch.restore:
+                    raise
+                if not str(error).startswith("BUSYKEY"):
+                    self._use_restore = False  # the server does not take this payload
+                refused.append(row)
+        if refused:
+            rows = np.asarray(refused)
+            fields = [(field, cells.take(rows)) for field, cells in batch.fields]
+            self._send(False, batch.keys.take(rows), fields)
 
     def write(self, table: pa.Table) -> None:
         """Send one Arrow batch's commands, then read the previous batch's replies."""
@@ -534,19 +717,14 @@ class RedisOnlineWriter:
             self._fields, self._layout.features, self._layout.kinds, strict=True
         ):
             fields.append((field, value_cells(table.column(name), kind)))
-        commands = redis_hset_commands(keys, fields, self._ttl_seconds)
-        unanswered = self._unanswered
-        self._connection.send_packed_command([commands], check_health=False)
-        self._unanswered = 0
-        try:
-            for _ in range(unanswered):
-                self._connection.read_response()
-        finally:
-            self._unanswered = len(ids) * (2 if self._ttl_seconds else 1)
+        self._send(self._use_restore and restorable(fields), keys, fields)
+        while len(self._sent) > 1:
+            self._read_oldest()
 
     def close(self) -> None:
         try:
-            self._read_replies()
+            while self._sent:
+                self._read_oldest()
         finally:
             self._client.connection_pool.release(self._connection)
             self._client.close()
