@@ -15,6 +15,7 @@ from features.online_writer import (
     cells_from_bytes,
     concat_rows,
     constant_cells,
+    crc64_rows,
     decode_value,
     double_value_cells,
     encode_double_values,
@@ -174,3 +175,11 @@ def test_redis_commands_match_redis_py(
             expected += b"".join(pack("EXPIRE", keys[row], ttl_seconds))
     assert redis_hset_commands(cells_from_bytes(keys), fields, ttl_seconds) == expected
     assert double_value_cells(float_values).to_list() == encode_double_values(float_values)
+
+
+def test_crc64_is_redis_crc64() -> None:
+    """Redis's CRC-64 check value (src/crc64.c) for every alignment of rows of unequal length."""
+    cells = cells_from_bytes([b"123456789", b"", b"1"])
+    crc = crc64_rows(cells).tolist()
+    assert crc[0] == 0xE9C6D914C4B8D9CA and crc[1] == 0
+    assert crc[2] == crc64_rows(cells_from_bytes([b"1"])).tolist()[0] != 0
