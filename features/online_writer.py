@@ -8,10 +8,12 @@ here. The bytes it stores are simple, so this module produces the same bytes col
   bytes, an ``int64`` is ``0x20`` + a varint, a missing value is empty (no ``oneof`` set);
 - an entity key is Feast's ``serialize_entity_key`` (version 3: counts, types, lengths, bytes);
 - SQLite: one row per (entity key, feature name) in ``{project}_{view}`` with the event and
-  created timestamps as Feast's adapter stores them, written as Feast's upsert (``executemany``);
+  created timestamps as Feast's adapter stores them, written as Feast's upsert, expanded in
+  SQLite from one staged row per entity;
 - Redis: one hash per entity at ``entity key + project``; field ``mmh3("{view}:{feature}")``
-  holds the value and ``_ts:{view}`` the event time as a serialised protobuf ``Timestamp``,
-  written as raw RESP ``HSET`` commands built column-wise in NumPy (``Cells``).
+  holds the value and ``_ts:{view}`` the event time as a serialised protobuf ``Timestamp``;
+  a new hash is created with ``RESTORE`` of its ``DUMP`` payload, an existing one with
+  ``HSET``, both sent as raw RESP built column-wise in NumPy (``Cells``).
 
 Every encoder here is tested byte for byte against Feast's own functions, and the loaded store
 is tested through Feast's ``get_online_features``. Feast is imported lazily (seconds).
