@@ -78,6 +78,16 @@ def state(root: Path, name: str, source: Path, **features: str) -> Settings:
     return settings
 
 
+def redis_server_cpu(connection_string: str) -> float:
+    """CPU seconds the Redis server has used so far (user + system)."""
+    from features.online_writer import redis_client
+
+    client = redis_client(connection_string)
+    info = client.info("cpu")
+    client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def check_reads(settings: Settings, source: Path, sample: int = 50) -> None:
     """Feast's get_online_features returns the parquet's values for random customers."""
     from features.store import get_feature_store
@@ -141,13 +151,19 @@ def main() -> None:
             pq.write_table(pq.read_table(source).slice(0, sqlite_entities), sqlite_source)
 
         sqlite_state = state(root, "sqlite", sqlite_source)
+        cpu_before = time.process_time()
         sqlite_run = materialize(sqlite_state)
+        sqlite_cpu = time.process_time() - cpu_before
         check_reads(sqlite_state, sqlite_source)
         with local_redis_server() as redis:
             redis_state = state(
                 root, "redis", source, online_store="redis", redis_connection_string=f"{redis},db=0"
             )
+            server_before = redis_server_cpu(redis)
+            cpu_before = time.process_time()
             redis_run = materialize(redis_state)
+            redis_cpu = time.process_time() - cpu_before
+            redis_server_seconds = redis_server_cpu(redis) - server_before
             check_reads(redis_state, source)
             stock_state = state(
                 root,
@@ -170,6 +186,9 @@ def main() -> None:
         "sqlite_measured_seconds": sqlite_run["seconds"],
         "sqlite_extrapolated": sqlite_entities < entities,
         "redis_seconds": redis_run["seconds"],
+        "sqlite_cpu_seconds_measured": round(sqlite_cpu, 1),
+        "redis_client_cpu_seconds": round(redis_cpu, 1),
+        "redis_server_cpu_seconds": round(redis_server_seconds, 1),
         "stock_redis_seconds": round(stock_seconds, 1),
         "stock_redis_measured_entities": stock_entities,
         "stock_redis_measured_seconds": stock_run["seconds"],
@@ -193,6 +212,11 @@ def main() -> None:
         else ""
     )
     print(f"{label:<38}{stock_seconds:>10.1f}")
+    print(
+        f"CPU seconds (load-independent): ours SQLite {figures['sqlite_cpu_seconds_measured']} "
+        f"on {sqlite_entities:,}; ours Redis client {figures['redis_client_cpu_seconds']} + "
+        f"server {figures['redis_server_cpu_seconds']} on {entities:,}"
+    )
     print(
         f"Redis speed-up vs stock: x{figures['redis_speedup_vs_stock']}; peak RSS "
         f"{figures['peak_rss_mb']} MB; load average {' '.join(figures['loadavg'])}; "
