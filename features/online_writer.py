@@ -673,6 +673,7 @@ class RedisOnlineWriter:
         self._ttl_seconds = ttl_seconds
         self._use_restore = True
         self._sent: deque[_SentBatch] = deque()
+        self._unread = b""
 
     def _send(self, restore: bool, keys: Cells, fields: list[tuple[bytes, Cells]]) -> None:
         payloads = dump_payloads(fields) if restore else None
@@ -685,25 +686,41 @@ class RedisOnlineWriter:
         self._connection.send_packed_command([commands], check_health=False)
         self._sent.append(_SentBatch(payloads is not None, keys, fields, replies))
 
+    def _read_lines(self, count: int) -> list[bytes]:
+        """The next ``count`` replies, read in bulk from the socket.
+
+        Every reply to ``HSET``, ``EXPIRE`` and ``RESTORE`` is one line (``:n``, ``+OK`` or
+        ``-error``), so counting line ends delimits them without a parser call per reply.
+        """
+        sock = self._connection._sock  # noqa: SLF001 - redis-py connected and selected the db
+        chunks = [self._unread]
+        lines = self._unread.count(b"\r\n")
+        while lines < count:
+            data = sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError("Redis closed the connection during the load")
+            chunks.append(data)
+            lines += data.count(b"\r\n")
+        replies = b"".join(chunks).split(b"\r\n", count)
+        self._unread = replies.pop()
+        return replies
+
     def _read_oldest(self) -> None:
         """Read the oldest batch's replies; redo refused ``RESTORE`` rows with ``HSET``."""
         from redis.exceptions import ResponseError
 
         batch = self._sent.popleft()
-        refused: list[int] = []
-        for row in range(batch.replies):
-            try:
-                self._connection.read_response()
-            except ResponseError as error:
-                if not batch.restore:
-                    raise
-                if not str(error).startswith("BUSYKEY"):
-                    self._use_restore = False  # the server does not take this payload
-                refused.append(row)
-        if refused:
-            rows = np.asarray(refused)
-            fields = [(field, cells.take(rows)) for field, cells in batch.fields]
-            self._send(False, batch.keys.take(rows), fields)
+        replies = self._read_lines(batch.replies)
+        if not any(reply.startswith(b"-") for reply in replies):
+            return
+        refused = [row for row, reply in enumerate(replies) if reply.startswith(b"-")]
+        if not batch.restore:
+            raise ResponseError(replies[refused[0]][1:].decode("utf8", "replace"))
+        if any(not replies[row].startswith(b"-BUSYKEY") for row in refused):
+            self._use_restore = False  # the server does not take this payload
+        rows = np.asarray(refused)
+        fields = [(field, cells.take(rows)) for field, cells in batch.fields]
+        self._send(False, batch.keys.take(rows), fields)
 
     def write(self, table: pa.Table) -> None:
         """Send one Arrow batch's commands, then read the previous batch's replies."""
@@ -728,6 +745,7 @@ class RedisOnlineWriter:
             while self._sent:
                 self._read_oldest()
         finally:
+            self._connection.disconnect()  # its socket was read past redis-py's parser
             self._client.connection_pool.release(self._connection)
             self._client.close()
 
