@@ -78,6 +78,16 @@ def state(root: Path, name: str, source: Path, **features: str) -> Settings:
     return settings
 
 
+def redis_server_cpu(connection_string: str) -> float:
+    """CPU seconds the Redis server has used so far (user + system)."""
+    from features.online_writer import redis_client
+
+    client = redis_client(connection_string)
+    info = client.info("cpu")
+    client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def check_reads(settings: Settings, source: Path, sample: int = 50) -> None:
     """Feast's get_online_features returns the parquet's values for random customers."""
     from features.store import get_feature_store
@@ -110,10 +120,17 @@ def main() -> None:
         default=100_000,
         help="rows for stock materialize (extrapolated linearly when smaller)",
     )
+    parser.add_argument(
+        "--sqlite-entities",
+        type=int,
+        default=None,
+        help="rows for ours into SQLite (default all; extrapolated linearly when smaller)",
+    )
     parser.add_argument("--quick", action="store_true", help="20k customers, 5k for stock")
     args = parser.parse_args()
     entities = 20_000 if args.quick else args.entities
     stock_entities = min(5_000 if args.quick else args.stock_entities, entities)
+    sqlite_entities = min(args.sqlite_entities or entities, entities)
 
     from features.local_redis import local_redis_server
     from features.store import materialize
@@ -128,15 +145,25 @@ def main() -> None:
         )
         stock_source = root / "stock.parquet"
         pq.write_table(pq.read_table(source).slice(0, stock_entities), stock_source)
+        sqlite_source = source
+        if sqlite_entities < entities:
+            sqlite_source = root / "sqlite.parquet"
+            pq.write_table(pq.read_table(source).slice(0, sqlite_entities), sqlite_source)
 
-        sqlite_state = state(root, "sqlite", source)
+        sqlite_state = state(root, "sqlite", sqlite_source)
+        cpu_before = time.process_time()
         sqlite_run = materialize(sqlite_state)
-        check_reads(sqlite_state, source)
+        sqlite_cpu = time.process_time() - cpu_before
+        check_reads(sqlite_state, sqlite_source)
         with local_redis_server() as redis:
             redis_state = state(
                 root, "redis", source, online_store="redis", redis_connection_string=f"{redis},db=0"
             )
+            server_before = redis_server_cpu(redis)
+            cpu_before = time.process_time()
             redis_run = materialize(redis_state)
+            redis_cpu = time.process_time() - cpu_before
+            redis_server_seconds = redis_server_cpu(redis) - server_before
             check_reads(redis_state, source)
             stock_state = state(
                 root,
@@ -150,11 +177,18 @@ def main() -> None:
 
     extrapolated = stock_entities < entities
     stock_seconds = stock_run["seconds"] * entities / stock_entities
+    sqlite_seconds = sqlite_run["seconds"] * entities / sqlite_entities
     figures = {
         "entities": entities,
         "features": features,
-        "sqlite_seconds": sqlite_run["seconds"],
+        "sqlite_seconds": round(sqlite_seconds, 1),
+        "sqlite_measured_entities": sqlite_entities,
+        "sqlite_measured_seconds": sqlite_run["seconds"],
+        "sqlite_extrapolated": sqlite_entities < entities,
         "redis_seconds": redis_run["seconds"],
+        "sqlite_cpu_seconds_measured": round(sqlite_cpu, 1),
+        "redis_client_cpu_seconds": round(redis_cpu, 1),
+        "redis_server_cpu_seconds": round(redis_server_seconds, 1),
         "stock_redis_seconds": round(stock_seconds, 1),
         "stock_redis_measured_entities": stock_entities,
         "stock_redis_measured_seconds": stock_run["seconds"],
@@ -165,7 +199,12 @@ def main() -> None:
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, py {platform.python_version()}",
     }
     print(f"\n{'step':<38}{'seconds':>10}")
-    print(f"{'ours -> SQLite':<38}{figures['sqlite_seconds']:>10.1f}")
+    label = "ours -> SQLite" + (
+        f" (x{entities / sqlite_entities:g} extrapolated from {sqlite_entities:,})"
+        if sqlite_entities < entities
+        else ""
+    )
+    print(f"{label:<38}{sqlite_seconds:>10.1f}")
     print(f"{'ours -> Redis':<38}{figures['redis_seconds']:>10.1f}")
     label = "stock Feast -> Redis" + (
         f" (x{entities / stock_entities:g} extrapolated from {stock_entities:,})"
@@ -173,6 +212,11 @@ def main() -> None:
         else ""
     )
     print(f"{label:<38}{stock_seconds:>10.1f}")
+    print(
+        f"CPU seconds (load-independent): ours SQLite {figures['sqlite_cpu_seconds_measured']} "
+        f"on {sqlite_entities:,}; ours Redis client {figures['redis_client_cpu_seconds']} + "
+        f"server {figures['redis_server_cpu_seconds']} on {entities:,}"
+    )
     print(
         f"Redis speed-up vs stock: x{figures['redis_speedup_vs_stock']}; peak RSS "
         f"{figures['peak_rss_mb']} MB; load average {' '.join(figures['loadavg'])}; "

@@ -245,7 +245,7 @@ def _fast_materialize(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from features.online_writer import encode_batch, entity_key_encoder, open_writer
+    from features.online_writer import open_writer
 
     view = store.get_feature_view(FEATURE_VIEW)
     layout = view_layout(view)
@@ -264,9 +264,8 @@ def _fast_materialize(
     del keys
     if not mask.any():
         return 0
-    encode_key = entity_key_encoder(ENTITY_KEY, target.entity_key_serialization_version)
     columns = [*key_columns, *layout.features]
-    writer = open_writer(target, layout)
+    writer = open_writer(target, layout, ENTITY_KEY)
     written = 0
     offset = 0
     try:
@@ -276,7 +275,7 @@ def _fast_materialize(
             if not selected.any():
                 continue
             chosen = pa.Table.from_batches([batch]).filter(pa.array(selected))
-            writer.write(encode_batch(chosen, layout, ENTITY_KEY, encode_key))
+            writer.write(chosen)
             written += chosen.num_rows
     finally:
         writer.close()

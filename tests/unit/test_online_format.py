@@ -12,12 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.online_writer import (
+    cells_from_bytes,
+    concat_rows,
+    constant_cells,
+    crc64_rows,
     decode_value,
+    double_value_cells,
     encode_double_values,
     encode_int64_values,
     encode_timestamp,
     entity_key_encoder,
+    int64_value_cells,
+    redis_hset_commands,
     value_text,
+    value_texts,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -93,3 +101,85 @@ def test_timestamps_match_feast_redis_stamps() -> None:
     assert encode_timestamp(moment) == stamp.SerializeToString()
     assert encode_timestamp(moment.replace(tzinfo=None)) == stamp.SerializeToString()
     assert encode_timestamp(moment + timedelta(hours=1)) != stamp.SerializeToString()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=20), max_size=30))
+def test_cells_round_trip_any_bytes(items: list[bytes]) -> None:
+    cells = cells_from_bytes(items)
+    assert cells.to_list() == items
+    if items:
+        assert concat_rows([cells, constant_cells(b"|", len(items))])[0] == b"".join(
+            item + b"|" for item in items
+        )
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(doubles, int64s))
+def test_value_texts_match_feast(values: list) -> None:
+    from feast.infra.online_stores.helpers import extract_text_and_num
+
+    is_int = all(value is None or isinstance(value, int) for value in values)
+    kind = "int64" if is_int else "float64"
+    array = pa.array(values, type=pa.int64() if is_int else pa.float64())
+    expected = [
+        extract_text_and_num(proto, False)[0]
+        for proto in _feast_protos(values, "INT64" if is_int else "DOUBLE")
+    ]
+    assert value_texts(array, kind) == expected
+
+
+def _feast_protos(values: list, value_type: str) -> list:
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    missing = [value is None or value != value for value in values]
+    present = [value for value, gone in zip(values, missing, strict=True) if not gone]
+    from feast.type_map import python_values_to_proto_values
+    from feast.value_type import ValueType
+
+    protos = iter(python_values_to_proto_values(present, getattr(ValueType, value_type)))
+    return [Value() if gone else next(protos) for gone in missing]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.text(max_size=12), min_size=1, max_size=8),
+    st.lists(st.one_of(st.none(), st.floats(allow_nan=True)), min_size=8, max_size=8),
+    st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)), min_size=8, max_size=8),
+    st.one_of(st.none(), st.integers(1, 10**9)),
+)
+def test_redis_commands_match_redis_py(
+    ids: list[str], floats: list, ints: list, ttl_seconds: int | None
+) -> None:
+    """The RESP bytes equal redis-py's ``pack_command`` of Feast's field/value arguments."""
+    from redis.connection import Connection
+
+    rows = len(ids)
+    encode_key = entity_key_encoder("customer_id", 3)
+    keys = [encode_key(customer) + b"omniretain" for customer in ids]
+    float_values = pa.array(floats[:rows], type=pa.float64())
+    int_values = pa.array(ints[:rows], type=pa.int64())
+    fields = [
+        (b"\x01\x02\x03\x04", double_value_cells(float_values)),
+        (b"_ts:customer_features", cells_from_bytes([b"ts"] * rows)),
+        (b"\xff\x00\xfe\x00", int64_value_cells(int_values)),
+    ]
+    pack = Connection().pack_command
+    expected = b""
+    for row in range(rows):
+        arguments = [keys[row]]
+        for field, cells in fields:
+            arguments += [field, cells.to_list()[row]]
+        expected += b"".join(pack("HSET", *arguments))
+        if ttl_seconds:
+            expected += b"".join(pack("EXPIRE", keys[row], ttl_seconds))
+    assert redis_hset_commands(cells_from_bytes(keys), fields, ttl_seconds) == expected
+    assert double_value_cells(float_values).to_list() == encode_double_values(float_values)
+
+
+def test_crc64_is_redis_crc64() -> None:
+    """Redis's CRC-64 check value (src/crc64.c) for every alignment of rows of unequal length."""
+    cells = cells_from_bytes([b"123456789", b"", b"1"])
+    crc = crc64_rows(cells).tolist()
+    assert crc[0] == 0xE9C6D914C4B8D9CA and crc[1] == 0
+    assert crc[2] == crc64_rows(cells_from_bytes([b"1"])).tolist()[0] != 0
