@@ -378,10 +378,6 @@ def snapshot_cutoffs(
 # ---- the query ---------------------------------------------------------------------------------
 
 
-# Exact money for running window sums (a difference of running DOUBLE sums leaves residues).
-EXACT_MONEY = "DECIMAL(38, 6)"
-
-
 def _days(days: int) -> str:
     return f"INTERVAL {int(days)} DAY"
 
@@ -410,35 +406,12 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
     def in_window(days: int, column: str = "e.occurred_at") -> str:
         return f"{column} >= k.since_{days}d"
 
-    # Purchase figures are running totals per customer, looked up at each cutoff with ASOF
-    # joins: each purchase is read once, instead of once per later cutoff. A windowed figure is
-    # the total before the cutoff minus the total before the window start. Money windows are
-    # running sums of DECIMAL (exact), so a difference is exactly the window's sum, never a
-    # rounding residue such as 1e-14 for an empty window.
-    def counted(condition: str) -> str:
-        return f"count(*) FILTER (WHERE {condition})"
-
-    non_return = "NOT is_return"
-    running: dict[str, str] = {
-        "purchases_total": counted(non_return),
-        "historic_clv": "sum(net_amount)",
-        "net_exact": "sum(net_exact)",
-        "gross_exact": f"sum(CASE WHEN {non_return} THEN gross_exact ELSE 0 END)",
-        "promo_orders": counted(f"{non_return} AND used_promo"),
-        "returns": counted("is_return"),
-    }
-    # one non-return count per channel bit (so the 90-day channel count is exact)
-    all_bits = {**_CHANNEL_BITS, "other": 1 << len(_CHANNEL_BITS)}
-    for name, bit in all_bits.items():
-        running[f"purchases_{name}"] = counted(f"{non_return} AND channel_bit = {bit}")
-    for channel in PURCHASE_CHANNELS:
-        bit = _CHANNEL_BITS[channel]
-        running[f"net_exact_{channel}"] = (
-            f"sum(CASE WHEN channel_bit = {bit} THEN net_exact ELSE 0 END)"
-        )
-    running_totals = [
+    # All-time figures are running totals per customer, looked up at each cutoff with an ASOF
+    # join: each purchase is read once, instead of once per later cutoff.
+    running_totals: list[str] = [
         "max(occurred_at) FILTER (WHERE NOT is_return) OVER history AS last_purchase_at",
-        *(f"{expression} OVER history AS {name}" for name, expression in running.items()),
+        "count(*) FILTER (WHERE NOT is_return) OVER history AS purchases_total",
+        "sum(net_amount) OVER history AS historic_clv",
     ]
     for channel in PURCHASE_CHANNELS:
         running_totals.append(
@@ -447,42 +420,41 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
         )
     running_select = ",\n        ".join(running_totals)
     total_columns = ", ".join(
-        ["last_purchase_at", *running, *(f"last_purchase_{c}_at" for c in PURCHASE_CHANNELS)]
+        ["last_purchase_at", "purchases_total", "historic_clv"]
+        + [f"last_purchase_{channel}_at" for channel in PURCHASE_CHANNELS]
     )
-    # the totals before each window start: one ASOF join per distinct start
-    starts = sorted(set(windows) | {90, 180, 365})
-
-    def windowed(column: str, days: int) -> str:
-        return f"(t.{column} - coalesce(t{days}.{column}, 0))"
-
-    def prior(column: str) -> str:  # between 180 and 90 days before the cutoff
-        return f"(coalesce(t90.{column}, 0) - coalesce(t180.{column}, 0))"
-
+    # Windowed figures only need the purchases inside the longest window before each cutoff.
+    longest_window = max([*windows, 365, 180])
     purchase_aggs: list[str] = [
-        f"{prior('purchases_total')} AS purchases_prior_90d",
-        f"CAST({windowed('gross_exact', 365)} AS DOUBLE) AS gross_spend_365d",
-        f"{windowed('promo_orders', 365)} AS promo_orders_365d",
-        f"{windowed('returns', 365)} AS returns_365d",
-        " + ".join(f"CAST({windowed(f'purchases_{name}', 90)} > 0 AS INTEGER)" for name in all_bits)
-        + " AS purchase_channels_90d",
+        f"count(*) FILTER (WHERE NOT e.is_return AND e.occurred_at < k.since_90d "
+        f"AND {in_window(180)}) AS purchases_prior_90d",
+        f"sum(e.amount) FILTER (WHERE NOT e.is_return AND {in_window(365)}) AS gross_spend_365d",
+        f"count(*) FILTER (WHERE NOT e.is_return AND e.used_promo AND {in_window(365)}) "
+        "AS promo_orders_365d",
+        f"count(*) FILTER (WHERE e.is_return AND {in_window(365)}) AS returns_365d",
+        # bit_or of one bit per channel instead of count(DISTINCT): several times faster
+        f"bit_count(bit_or(e.channel_bit) FILTER (WHERE NOT e.is_return AND {in_window(90)})) "
+        "AS purchase_channels_90d",
     ]
     for days in windows:
-        purchase_aggs.append(f"{windowed('purchases_total', days)} AS purchases_{days}d")
-        purchase_aggs.append(f"CAST({windowed('net_exact', days)} AS DOUBLE) AS spend_{days}d")
+        purchase_aggs.append(
+            f"count(*) FILTER (WHERE NOT e.is_return AND {in_window(days)}) AS purchases_{days}d"
+        )
+        purchase_aggs.append(
+            f"coalesce(sum(e.net_amount) FILTER (WHERE {in_window(days)}), 0) AS spend_{days}d"
+        )
         for channel in PURCHASE_CHANNELS:
             purchase_aggs.append(
-                f"{windowed(f'purchases_{channel}', days)} AS purchases_{days}d_{channel}"
+                f"count(*) FILTER (WHERE NOT e.is_return AND e.channel_bit = "
+                f"{_CHANNEL_BITS[channel]} "
+                f"AND {in_window(days)}) AS purchases_{days}d_{channel}"
             )
             purchase_aggs.append(
-                f"CAST({windowed(f'net_exact_{channel}', days)} AS DOUBLE) "
-                f"AS spend_{days}d_{channel}"
+                f"coalesce(sum(e.net_amount) FILTER (WHERE e.channel_bit = "
+                f"{_CHANNEL_BITS[channel]} "
+                f"AND {in_window(days)}), 0) AS spend_{days}d_{channel}"
             )
     purchase_select = ",\n        ".join(purchase_aggs)
-    window_joins = "\n    ".join(
-        f"ASOF LEFT JOIN purchase_totals t{days} ON g.customer_key = t{days}.customer_key "
-        f"AND g.since_{days}d > t{days}.occurred_at"
-        for days in starts
-    )
 
     def days_before_cutoff(column: str) -> str:
         return f"epoch(g.cutoff - {column}) / 86400.0"
@@ -633,9 +605,6 @@ purchase_events AS MATERIALIZED (
                 ELSE coalesce(amount, 0) END AS net_amount,
            coalesce(discount_amount, 0) > 0 OR coalesce(trim(promo_code), '') <> ''
                AS used_promo,
-           CAST(coalesce(amount, 0) AS {EXACT_MONEY}) AS gross_exact,
-           CAST(CASE WHEN coalesce(is_return, false) THEN -coalesce(amount, 0)
-                ELSE coalesce(amount, 0) END AS {EXACT_MONEY}) AS net_exact,
            product_id, unit_price, source_feed, source_id
     FROM keyed_purchases
 ),
@@ -650,14 +619,19 @@ purchase_totals AS (
     SELECT DISTINCT ON (customer_key, occurred_at) customer_key, occurred_at, {total_columns}
     FROM purchase_running
 ),
-purchase_agg AS (
-    SELECT g.customer_key, g.cutoff, t.last_purchase_at, t.purchases_total, t.historic_clv,
-        {", ".join(f"t.last_purchase_{c}_at" for c in PURCHASE_CHANNELS)},
+purchase_window_agg AS (
+    SELECT e.customer_key, k.cutoff,
         {purchase_select}
-    FROM (SELECT g.customer_key, g.cutoff, k.* EXCLUDE (cutoff)
-          FROM grid g JOIN cutoffs k USING (cutoff)) g
+    FROM purchase_events e JOIN cutoffs k
+        ON e.occurred_at < k.cutoff AND e.occurred_at >= k.since_{longest_window}d
+    GROUP BY e.customer_key, k.cutoff
+),
+purchase_agg AS (
+    SELECT g.customer_key, g.cutoff, {", ".join(f"t.{c}" for c in total_columns.split(", "))},
+        w.* EXCLUDE (customer_key, cutoff)
+    FROM grid g
     ASOF JOIN purchase_totals t ON g.customer_key = t.customer_key AND g.cutoff > t.occurred_at
-    {window_joins}
+    LEFT JOIN purchase_window_agg w ON w.customer_key = g.customer_key AND w.cutoff = g.cutoff
 ),
 sessions AS MATERIALIZED (
     SELECT customer_key, session_id, min(occurred_at) AS started_at,
@@ -763,19 +737,32 @@ customer_prices AS (
     FROM keyed_price_observations
     WHERE product_id IS NOT NULL AND price IS NOT NULL
 ),
+price_series AS MATERIALIZED (
+    SELECT product_id, channel, CAST(price AS DOUBLE) AS price, occurred_at
+    FROM price_observations
+    WHERE product_id IS NOT NULL AND price IS NOT NULL AND channel IS NOT NULL
+),
+price_gap_candidates AS (
+    -- each of the customer's observations against every other (channel, price) the product
+    -- was ever shown at; the time test comes next
+    SELECT o.customer_key, o.product_id, o.occurred_at, o.price, c.channel, c.price AS other
+    FROM customer_prices o
+    JOIN (SELECT DISTINCT product_id, channel, price FROM price_series) c
+        ON c.product_id = o.product_id AND c.channel <> o.channel
+       AND abs(o.price - c.price) >= {PRICE_GAP_MIN}
+),
 price_gaps AS (
     -- one of the customer's observations against any observation (a shelf label, a price
     -- feed, another customer's view) of the product on another channel close in time; known
-    -- once both were seen
-    SELECT o.customer_key, o.product_id, o.occurred_at AS seen_at,
-        greatest(o.occurred_at, x.occurred_at) AS known_at,
-        abs(o.price - CAST(x.price AS DOUBLE)) / greatest(o.price, CAST(x.price AS DOUBLE))
-            AS relative_gap
-    FROM customer_prices o JOIN price_observations x
-        ON x.product_id = o.product_id AND x.channel <> o.channel
-       AND x.occurred_at >= o.occurred_at - {_days(PRICE_GAP_DAYS)}
-       AND x.occurred_at <= o.occurred_at + {_days(PRICE_GAP_DAYS)}
-       AND abs(o.price - CAST(x.price AS DOUBLE)) >= {PRICE_GAP_MIN}
+    -- once both were seen, so only the first such observation in the window matters (ASOF:
+    -- one lookup per other price instead of a row per observation)
+    SELECT c.customer_key, c.product_id, c.occurred_at AS seen_at,
+        greatest(c.occurred_at, x.occurred_at) AS known_at,
+        abs(c.price - c.other) / greatest(c.price, c.other) AS relative_gap
+    FROM price_gap_candidates c ASOF JOIN price_series x
+        ON x.product_id = c.product_id AND x.channel = c.channel AND x.price = c.other
+       AND x.occurred_at >= c.occurred_at - {_days(PRICE_GAP_DAYS)}
+    WHERE x.occurred_at <= c.occurred_at + {_days(PRICE_GAP_DAYS)}
 ),
 price_gap_agg AS (
     SELECT e.customer_key, k.cutoff,
