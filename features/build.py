@@ -737,19 +737,32 @@ customer_prices AS (
     FROM keyed_price_observations
     WHERE product_id IS NOT NULL AND price IS NOT NULL
 ),
+price_series AS MATERIALIZED (
+    SELECT product_id, channel, CAST(price AS DOUBLE) AS price, occurred_at
+    FROM price_observations
+    WHERE product_id IS NOT NULL AND price IS NOT NULL AND channel IS NOT NULL
+),
+price_gap_candidates AS (
+    -- each of the customer's observations against every other (channel, price) the product
+    -- was ever shown at; the time test comes next
+    SELECT o.customer_key, o.product_id, o.occurred_at, o.price, c.channel, c.price AS other
+    FROM customer_prices o
+    JOIN (SELECT DISTINCT product_id, channel, price FROM price_series) c
+        ON c.product_id = o.product_id AND c.channel <> o.channel
+       AND abs(o.price - c.price) >= {PRICE_GAP_MIN}
+),
 price_gaps AS (
     -- one of the customer's observations against any observation (a shelf label, a price
     -- feed, another customer's view) of the product on another channel close in time; known
-    -- once both were seen
-    SELECT o.customer_key, o.product_id, o.occurred_at AS seen_at,
-        greatest(o.occurred_at, x.occurred_at) AS known_at,
-        abs(o.price - CAST(x.price AS DOUBLE)) / greatest(o.price, CAST(x.price AS DOUBLE))
-            AS relative_gap
-    FROM customer_prices o JOIN price_observations x
-        ON x.product_id = o.product_id AND x.channel <> o.channel
-       AND x.occurred_at >= o.occurred_at - {_days(PRICE_GAP_DAYS)}
-       AND x.occurred_at <= o.occurred_at + {_days(PRICE_GAP_DAYS)}
-       AND abs(o.price - CAST(x.price AS DOUBLE)) >= {PRICE_GAP_MIN}
+    -- once both were seen, so only the first such observation in the window matters (ASOF:
+    -- one lookup per other price instead of a row per observation)
+    SELECT c.customer_key, c.product_id, c.occurred_at AS seen_at,
+        greatest(c.occurred_at, x.occurred_at) AS known_at,
+        abs(c.price - c.other) / greatest(c.price, c.other) AS relative_gap
+    FROM price_gap_candidates c ASOF JOIN price_series x
+        ON x.product_id = c.product_id AND x.channel = c.channel AND x.price = c.other
+       AND x.occurred_at >= c.occurred_at - {_days(PRICE_GAP_DAYS)}
+    WHERE x.occurred_at <= c.occurred_at + {_days(PRICE_GAP_DAYS)}
 ),
 price_gap_agg AS (
     SELECT e.customer_key, k.cutoff,

@@ -28,6 +28,15 @@ Generative model (one day at a time, vectorised over persons; see :class:`WorldP
   price by 5-25%. A store purchase often is the product the person viewed online in the last week:
   the same ``product_id`` then appears with ``price_seen`` online and another ``unit_price`` in
   store.
+* **Price observations** (the ``price_observations`` feed), drawn from a separate random stream
+  so that every other feed stays byte-identical for a given seed: a weekly price feed of every
+  product on web, app and a store shelf check (no customer), plus observations tied to a
+  customer: a share of the logged-in or device-identified product views (email, device id) and
+  of the store receipts scanned with a loyalty card (card, store). The prices are the world's
+  own (``share_products_with_store_price_gap`` sets how many products are inconsistent), so a
+  customer shown a product at one price online and another in store within a week is what
+  ``price_gap_products_90d`` sees; the churn hazard already rises with that exposure through
+  ``hazard_price_gap`` (a store purchase of a product viewed online at another price).
 * **Campaigns.** On the 10th of each month the retailer runs a randomised campaign over every
   person it knows (it cannot see who has silently churned): a share gets an action chosen uniformly
   among the (action, channel) pairs allowed for that person (consent, app user, card holder), with
@@ -157,7 +166,14 @@ class WorldParameters:
     share_present_at_start: float = 0.75
     join_window_months: int = 4
     product_count: int = 400
+    # the price-inconsistency rate: share of products whose store price differs from the web
+    # (and app) price by 5-25%
     share_products_with_store_price_gap: float = 0.25
+    # price_observations feed (its own random stream): the weekly price feed, and the shares of
+    # price-showing product views and of card-scanned store receipts logged with the customer
+    price_feed_every_days: int = 7
+    price_observed_view_share: float = 0.3
+    price_observed_receipt_share: float = 0.6
     # activity
     purchase_rate_base: float = 0.006
     purchase_rate_engagement: float = 0.045
@@ -1289,11 +1305,95 @@ class _World:
         self.recovery_day[churned] = -1
 
 
+# ---- price observations: the world's prices as a retailer logs them (own random stream) ------
+
+
+def observe_prices(
+    world: _World, events: _Events, days: range, rng: np.random.Generator
+) -> _Events:
+    """The ``price_observations`` rows of one month of simulated ``events``.
+
+    The weekly price feed shows every product on web, app and a store shelf (no customer); a
+    share of the price-showing product views (the session's device, the email when logged in)
+    and of the store receipts of card holders (card scanned) are logged with the customer. Only
+    reads ``events`` and draws only from ``rng``, so the other feeds are unchanged by it.
+    """
+    p = world.params
+    out = _Events()
+    products = np.arange(p.product_count)
+    no_slot = np.zeros(p.product_count, np.int64)
+    no_flag = np.zeros(p.product_count, bool)
+    for day in days:
+        if day % p.price_feed_every_days:
+            continue
+        for channel, price in (
+            ("web", world.web_price),
+            ("app", world.web_price),
+            ("store", world.store_price),
+        ):
+            stores = rng.integers(1, 60, p.product_count)
+            out.add(
+                "price_observations",
+                np.full(p.product_count, -1),
+                day * SECONDS_PER_DAY + rng.integers(5 * 3600, 9 * 3600, p.product_count),
+                channel=np.full(p.product_count, channel, dtype=object),
+                product_id=products,
+                price=price,
+                store_id=np.array(
+                    [f"S{s:03d}" if channel == "store" else None for s in stores], dtype=object
+                ),
+                _device_slot=no_slot,
+                _logged_in=no_flag,
+                _card=no_flag,
+            )
+    sessions = events.frame("web_sessions")
+    if not sessions.empty:
+        views = sessions[
+            (sessions["event_type"] == "product_view")
+            & sessions["price_seen"].notna().to_numpy()
+            & (rng.random(len(sessions)) < p.price_observed_view_share)
+        ]
+        out.add(
+            "price_observations",
+            views["_person"].to_numpy(),
+            views["_seconds"].to_numpy(),
+            channel=views["channel"].to_numpy(dtype=object),
+            product_id=views["product_id"].to_numpy(),
+            price=views["price_seen"].to_numpy(dtype=np.float64),
+            store_id=np.full(len(views), None, dtype=object),
+            _device_slot=views["_device_slot"].to_numpy().astype(np.int64),
+            _logged_in=views["_logged_in"].to_numpy().astype(bool),
+            _card=np.zeros(len(views), bool),
+        )
+    sales = events.frame("pos_sales")
+    if not sales.empty:
+        person = sales["_person"].to_numpy()
+        receipts = sales[
+            ~sales["is_return"].to_numpy().astype(bool)
+            & world.has_card[person]
+            & (rng.random(len(sales)) < p.price_observed_receipt_share)
+        ]
+        out.add(
+            "price_observations",
+            receipts["_person"].to_numpy(),
+            receipts["_seconds"].to_numpy(),
+            channel=np.full(len(receipts), "store", dtype=object),
+            product_id=receipts["product_id"].to_numpy(),
+            price=receipts["unit_price"].to_numpy(dtype=np.float64),
+            store_id=receipts["store_id"].to_numpy(dtype=object),
+            _device_slot=np.zeros(len(receipts), np.int64),
+            _logged_in=np.zeros(len(receipts), bool),
+            _card=np.ones(len(receipts), bool),
+        )
+    return out
+
+
 # ---- writing: identifiers, text, dirt, duplicates (per feed per month) ----------------------
 
 # Feeds written month by month from simulated events. The CRM export is one extra file
-# (``crm_attributes/crm_attributes.csv``); ``transactions`` (imported order logs) and
-# ``price_observations`` are not simulated.
+# (``crm_attributes/crm_attributes.csv``); ``price_observations`` is written month by month
+# too, from its own random stream (see :func:`observe_prices`); ``transactions`` (imported order
+# logs) is not simulated.
 MONTHLY_FEEDS: tuple[str, ...] = (
     "pos_sales",
     "web_orders",
@@ -1319,6 +1419,7 @@ _KEY_PREFIX = {
     "surveys": "SV",
     "consents": "CN",
     "campaign_history": "CH",
+    "price_observations": "PO",
 }
 # Share of rows in which a source system records the person's identifier (when the person has one).
 _ID_PRESENCE: dict[str, dict[str, float]] = {
@@ -1378,9 +1479,22 @@ class _Writer:
     def close(self) -> None:
         self.records.close()
 
-    def write_month(self, month: str, events: _Events, last: bool) -> None:
+    def write_price_observations(
+        self, month: str, events: _Events, last: bool, rng: np.random.Generator
+    ) -> None:
+        """Write the month's ``price_observations``, drawing identifiers, dirt and duplicates
+        from ``rng`` rather than the writer's own stream: the other feeds stay byte-identical."""
+        own, self.rng = self.rng, rng
+        try:
+            self.write_month(month, events, last, feeds=("price_observations",))
+        finally:
+            self.rng = own
+
+    def write_month(
+        self, month: str, events: _Events, last: bool, feeds: tuple[str, ...] = MONTHLY_FEEDS
+    ) -> None:
         """Write every feed with rows this month (plus last month's late duplicates)."""
-        for name in MONTHLY_FEEDS:
+        for name in feeds:
             feed = FEEDS[name]
             frame = events.frame(name)
             carried = self.carry.pop(name, None)
@@ -1421,14 +1535,17 @@ class _Writer:
                             "record_key": pa.array(
                                 text[feed.key].to_numpy(dtype=object), pa.string()
                             ),
-                            "person_id": pa.array(
-                                self.person_ids[frame["_person"].to_numpy()], pa.string()
-                            ),
+                            "person_id": pa.array(self._person_ids(frame), pa.string()),
                             "dirty_kind": pa.array(np.where(kinds == "", None, kinds), pa.string()),
                             "file": pa.array([relative] * len(text), pa.string()),
                         }
                     )
                 )
+
+    def _person_ids(self, frame: pd.DataFrame) -> np.ndarray:
+        """The true person of each row; ``None`` for rows of no person (the price feed)."""
+        person = frame["_person"].to_numpy().astype(np.int64)
+        return np.where(person >= 0, self.person_ids[np.maximum(person, 0)], None)
 
     def write_crm_attributes(self, persons: pd.DataFrame, joined: np.ndarray) -> None:
         """A CRM export of the persons who joined: plan, region and age band (static rows).
@@ -1520,8 +1637,10 @@ class _Writer:
         if feed == "consents" and id_type in ("email", "phone"):
             own_channels = ["email", "app"] if id_type == "email" else ["sms", "call_center"]
             keep = np.isin(frame["channel"].to_numpy(), own_channels) | (rng.random(count) < 0.2)
-        elif feed == "web_sessions" and id_type == "email":
+        elif feed in ("web_sessions", "price_observations") and id_type == "email":
             keep = frame["_logged_in"].to_numpy().astype(bool)
+        elif feed == "price_observations":
+            keep = frame["_card"].to_numpy().astype(bool)  # a receipt scanned with the card
         else:
             keep = rng.random(count) < _ID_PRESENCE[feed].get(column, 0.0)
         return self._identifier_values(id_type, person, keep)
@@ -1601,7 +1720,9 @@ def simulate(
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
 
-    person_rng, effect_rng, world_rng, output_rng = np.random.default_rng(seed).spawn(4)
+    # Spawned children are keyed by their index: adding the fifth (price observations) leaves
+    # the first four, and so every other feed, unchanged.
+    person_rng, effect_rng, world_rng, output_rng, price_rng = np.random.default_rng(seed).spawn(5)
     persons = draw_persons(person_rng, customers, start, months, params)
     pairs = action_channel_pairs(actions)
     effects = true_treatment_effects(persons, actions, effect_rng)
@@ -1611,6 +1732,7 @@ def simulate(
 
     days = pd.date_range(start, end, inclusive="left")
     events = _Events()
+    month_first_day = 0
     try:
         for day, timestamp in enumerate(
             tqdm(days, desc="simulating", unit="day", disable=not progress)
@@ -1619,7 +1741,12 @@ def simulate(
             last_day = day == len(days) - 1
             if last_day or days[day + 1].month != timestamp.month:
                 writer.write_month(f"{timestamp:%Y-%m}", events, last=last_day)
+                prices = observe_prices(world, events, range(month_first_day, day + 1), price_rng)
+                writer.write_price_observations(
+                    f"{timestamp:%Y-%m}", prices, last=last_day, rng=price_rng
+                )
                 events = _Events()
+                month_first_day = day + 1
         writer.write_crm_attributes(persons, persons["join_day"].to_numpy() < len(days))
     finally:
         writer.close()

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, example, given
@@ -545,6 +546,61 @@ def test_price_gaps_between_channels(at_cutoff, con) -> None:
     later = compute_features(con, [CUTOFF + timedelta(days=60)]).set_index("customer_id")
     assert later.loc["a", "price_gap_products_90d"] == 2
     assert later.loc["a", "max_price_gap_90d"] == pytest.approx(0.2)
+
+
+def _price_gaps_by_definition(prices: pd.DataFrame, cutoff: datetime) -> pd.DataFrame:
+    """Every pair of one customer observation and any other observation, straight from the
+    definition (the build looks up only the first observation per other price)."""
+    naive = cutoff.replace(tzinfo=None)
+    own = prices[prices["customer_id"].notna()]
+    pairs = own.merge(prices, on="product_id", suffixes=("", "_x"))
+    gap = (pairs["price"] - pairs["price_x"]).abs()
+    pairs = pairs[
+        (pairs["channel"] != pairs["channel_x"])
+        & ((pairs["occurred_at"] - pairs["occurred_at_x"]).abs() <= timedelta(days=7))
+        & (gap >= 0.005)
+        & (pairs[["occurred_at", "occurred_at_x"]].max(axis=1) < naive)
+        & (pairs["occurred_at"] >= naive - timedelta(days=90))
+    ].assign(relative=gap / pairs[["price", "price_x"]].max(axis=1))
+    return pairs.groupby("customer_id").agg(
+        price_gap_products_90d=("product_id", "nunique"), max_price_gap_90d=("relative", "max")
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_price_gaps_match_the_definition_on_random_observations(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    count = 120
+    prices = pd.DataFrame(
+        {
+            "customer_id": rng.choice(np.array(["a", "b", "c", None], dtype=object), count),
+            "occurred_at": pd.Timestamp("2025-03-01")
+            + pd.to_timedelta(rng.integers(0, 120 * 24, count), unit="h"),
+            "channel": rng.choice(["store", "web", "app"], count),
+            "product_id": rng.choice(["P1", "P2", "P3", "P4"], count),
+            "price": rng.choice([9.99, 10.0, 10.004, 12.5, 8.0], count),
+        }
+    )
+    con = duckdb.connect()
+    create_unified_tables(
+        con,
+        {
+            "customers": [
+                {"customer_id": c, "first_seen_at": ts("2025-01-01"), "n_source_ids": 1}
+                for c in "abc"
+            ],
+            "price_observations": prices.to_dict(orient="records"),
+        },
+    )
+    for cutoff in (datetime(2025, 4, 1, tzinfo=UTC), datetime(2025, 6, 15, tzinfo=UTC)):
+        actual = compute_features(con, [cutoff]).set_index("customer_id")
+        expected = _price_gaps_by_definition(prices, cutoff)
+        for customer in "abc":
+            products, gap = (
+                expected.loc[customer].tolist() if customer in expected.index else (0, 0.0)
+            )
+            assert actual.loc[customer, "price_gap_products_90d"] == products
+            assert actual.loc[customer, "max_price_gap_90d"] == pytest.approx(gap)
 
 
 def test_service_friction(at_cutoff) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import phonenumbers
@@ -13,13 +15,16 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from features.build import compute_features
 from features.contract import FEEDS
+from features.ingest import ingest
 from omniretain.settings import Settings, load_settings
 from omniretain.simulator import (
     EMAIL_VARIANT_SHARES,
     MONTHLY_FEEDS,
     PHONE_FORMAT_SHARES,
     SimulationSummary,
+    _Events,
     action_channel_pairs,
     applicable_dirty_kinds,
     csv_text,
@@ -28,6 +33,9 @@ from omniretain.simulator import (
     phone_variants,
     simulate,
 )
+
+# Written month by month like the others, from its own random stream.
+ALL_MONTHLY_FEEDS = (*MONTHLY_FEEDS, "price_observations")
 
 
 def _settings(tmp_path: Path, **simulation: float) -> Settings:
@@ -99,7 +107,7 @@ def test_settings_give_the_defaults(tmp_path: Path) -> None:
 
 def test_every_feed_has_monthly_files_with_exactly_the_contract_columns(small) -> None:
     settings, summary = small
-    for name in MONTHLY_FEEDS:
+    for name in ALL_MONTHLY_FEEDS:
         feed = FEEDS[name]
         files = sorted((settings.raw_dir / name).glob(f"{name}_*.csv"))
         assert files, f"no file for feed {name}"
@@ -153,8 +161,10 @@ def test_truth_covers_every_record_and_person(small) -> None:
     records = pd.read_parquet(settings.truth_dir / "records.parquet")
     persons = pd.read_parquet(settings.truth_dir / "persons.parquet")
     assert not records.duplicated(["feed", "record_key"]).any()
-    assert set(records["person_id"]) <= set(persons["person_id"])
-    for name in MONTHLY_FEEDS:
+    # the weekly price feed belongs to no person
+    assert records.loc[records["person_id"].isna(), "feed"].eq("price_observations").all()
+    assert set(records["person_id"].dropna()) <= set(persons["person_id"])
+    for name in ALL_MONTHLY_FEEDS:
         feed = FEEDS[name]
         keys = set(_read_feed(settings, name)[feed.key])
         assert keys == set(records.loc[records["feed"] == name, "record_key"]), name
@@ -172,6 +182,71 @@ def test_truth_covers_every_record_and_person(small) -> None:
         assert column in persons
     assert persons["churned_at"].isna().any()
     assert (settings.truth_dir / "simulation.json").exists()
+
+
+def test_price_observations_do_not_change_any_other_feed(tmp_path: Path, monkeypatch) -> None:
+    with_prices, without = _settings(tmp_path / "with"), _settings(tmp_path / "without")
+    simulate(with_prices, customers=80, months=2, seed=4, progress=False)
+    monkeypatch.setattr("omniretain.simulator.observe_prices", lambda *args: _Events())
+    simulate(without, customers=80, months=2, seed=4, progress=False)
+    others = {
+        k: v for k, v in _digests(with_prices.raw_dir).items() if "price_observations" not in k
+    }
+    assert others == _digests(without.raw_dir)
+    assert not (without.raw_dir / "price_observations").exists()
+    for name in ("persons.parquet", "treatment_effects.parquet"):
+        assert (with_prices.truth_dir / name).read_bytes() == (
+            without.truth_dir / name
+        ).read_bytes()
+
+
+def test_price_observations_show_channel_gaps_and_who_saw_them(small) -> None:
+    settings, _ = small
+    rows = _read_feed(settings, "price_observations")
+    records = pd.read_parquet(settings.truth_dir / "records.parquet")
+    person = rows.merge(
+        records[records["feed"] == "price_observations"],
+        left_on="observation_id",
+        right_on="record_key",
+        how="left",
+        validate="many_to_one",
+    )["person_id"]
+    tied = person.notna().to_numpy()
+    identified = (rows[["email", "loyalty_card", "device_id"]] != "").any(axis=1).to_numpy()
+    # the price feed carries no identifier; most customer-tied rows carry one (a few are spoiled)
+    assert not identified[~tied].any()
+    assert identified[tied].mean() > 0.8
+    assert (rows.loc[tied, "email"] != "").any() and (rows.loc[tied, "device_id"] != "").any()
+    receipts = rows[tied & (rows["loyalty_card"] != "").to_numpy()]
+    assert len(receipts) and receipts["channel"].eq("store").all()
+    assert (receipts["store_id"] != "").all()
+    # a card on a receipt is the true person's card
+    persons = pd.read_parquet(settings.truth_dir / "persons.parquet").set_index("person_id")
+    owners = persons.loc[person[receipts.index], "loyalty_card"].to_numpy()
+    assert (receipts["loyalty_card"].to_numpy() == owners).all()
+    # about a quarter of products show another price in store than on the web the same week
+    clean = rows["price"].str.match(r"^\d+(\.\d+)?$") & rows["product_id"].str.startswith("SKU")
+    feed = rows[~tied & clean].assign(price=lambda f: f["price"].astype(float))
+    prices = feed.pivot_table(index="product_id", columns="channel", values="price", aggfunc="max")
+    differs = (prices["store"] - prices["web"]).abs() >= 0.005
+    assert 0.12 < differs.mean() < 0.4
+    assert ((prices["app"] - prices["web"]).abs() < 0.005).all()
+
+
+def test_simulated_price_gaps_reach_the_features(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, dirty_row_share=0.0)
+    simulate(settings, customers=80, months=3, seed=9, progress=False)
+    ingest(settings, progress=False)
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        frame = compute_features(
+            con, [datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 4, 1, tzinfo=UTC)]
+        )
+    finally:
+        con.close()
+    assert (frame["price_gap_products_90d"] > 0).mean() > 0.05
+    assert frame["max_price_gap_90d"].between(0.0, 1.0).all()
+    assert (frame["max_price_gap_90d"] > 0.04).any()
 
 
 def test_treatment_effects_are_heterogeneous_with_both_signs(small) -> None:
