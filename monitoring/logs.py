@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -327,16 +328,93 @@ class PartitionedLog:
                 self.stats.write_errors += len(day_rows)
 
     def _write_file(self, day: str, rows: list[dict[str, Any]]) -> Path:
-        folder = self.directory / f"{PARTITION_COLUMN}={day}"
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        name = f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-        table = pa.Table.from_pylist(rows, schema=self.schema)
-        temporary = folder / f".{name}.tmp"
-        pq.write_table(table, temporary)
-        os.replace(temporary, folder / name)
+        path = write_partition(self.directory, day, pa.Table.from_pylist(rows, schema=self.schema))
         self.stats.files += 1
-        return folder / name
+        return path
+
+
+def write_partition(directory: Path, day: str, table: pa.Table) -> Path:
+    """One part file of a day partition, atomically (written under a dot-name, then renamed)."""
+    folder = directory / f"{PARTITION_COLUMN}={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    name = f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+    temporary = folder / f".{name}.tmp"
+    pq.write_table(table, temporary)
+    os.replace(temporary, folder / name)
+    return folder / name
+
+
+def random_ids(n: int) -> list[str]:
+    """``n`` random 128-bit ids as 32 hex digits (what ``uuid4().hex`` gives, ten times faster)."""
+    digits = os.urandom(16 * n).hex()
+    return [digits[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
+def features_json_column(features: pd.DataFrame) -> pd.Series:
+    """Each row's feature values as the JSON object :func:`features_json` writes (NaN and inf
+    as null), built in DuckDB: a million rows take seconds, not a Python loop per row."""
+    import duckdb
+
+    numeric = features.astype("float64")
+    numeric = numeric.where(np.isfinite(numeric.to_numpy()))
+    fields = ", ".join(
+        "'{}': {}".format(name.replace("'", "''"), '"{}"'.format(name.replace('"', '""')))
+        for name in numeric.columns
+    )
+    with duckdb.connect() as con:
+        con.register("features_frame", numeric.reset_index(drop=True))
+        column = con.execute(f"SELECT to_json({{{fields}}}) FROM features_frame").fetchnumpy()
+    return pd.Series(next(iter(column.values())), index=features.index, dtype=object)
+
+
+def log_decision_frame(
+    settings: Settings,
+    decisions: pd.DataFrame,
+    features: pd.DataFrame,
+    source: DecisionSource,
+    decided_at: datetime,
+    model_versions: Mapping[str, str],
+) -> Path | None:
+    """Log many decisions taken at one moment (batch scoring, replay) as one part file.
+
+    The same rows as :class:`DecisionLogger` writes one by one, without its queue: the caller is
+    a batch job, not a request, so it waits for the file. ``decisions`` has ``customer_id``,
+    ``churn_probability``, ``repurchase_probability``, ``action``, ``channel``,
+    ``expected_value`` and optionally ``propensity`` and ``control_group``; ``features`` holds
+    the values the models saw, row for row.
+    """
+    if decisions.empty:
+        return None
+    n = len(decisions)
+    moment = _utc(decided_at)
+
+    def column(name: str, default: Any) -> Any:
+        return decisions[name].to_numpy() if name in decisions else [default] * n
+
+    table = pa.table(
+        {
+            "decision_id": random_ids(n),
+            "decided_at": pa.array([moment] * n, pa.timestamp("us", tz="UTC")),
+            "customer_id": decisions["customer_id"].astype(str).to_numpy(),
+            "source": [source] * n,
+            "churn_probability": decisions["churn_probability"].astype("float64").to_numpy(),
+            "repurchase_probability": decisions["repurchase_probability"]
+            .astype("float64")
+            .to_numpy(),
+            "action": decisions["action"].astype(str).to_numpy(),
+            "channel": decisions["channel"].astype(str).to_numpy(),
+            "expected_value": decisions["expected_value"].astype("float64").to_numpy(),
+            "propensity": np.asarray(column("propensity", 1.0), dtype=np.float64),
+            "is_control": np.asarray(column("control_group", False), dtype=bool),
+            "churn_model_version": [str(model_versions.get("churn", ""))] * n,
+            "repurchase_model_version": [str(model_versions.get("repurchase", ""))] * n,
+            "feature_service": [settings.features.feature_service] * n,
+            "features": features_json_column(features).to_numpy(),
+        },
+        schema=DECISION_SCHEMA,
+    )
+    return write_partition(decisions_dir(settings), moment.strftime("%Y-%m-%d"), table)
 
 
 class DecisionLogger(PartitionedLog):

@@ -24,16 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from omniretain.settings import Settings
 
 REPLAY_SOURCE = "batch"
-# Wait for the writer every so many records: the log's queue is bounded and drops beyond it.
-FLUSH_EVERY = 2000
 
 
 class ReplayError(Exception):
@@ -146,11 +142,6 @@ def _already_logged(settings: Settings, as_of: datetime, churn_version: str) -> 
     return bool((logged["churn_model_version"].astype(str) == churn_version).any())
 
 
-def _finite(value: Any) -> float | None:
-    number = float(value)
-    return number if np.isfinite(number) else None
-
-
 def replay_decisions(settings: Settings, as_of: datetime | None = None) -> ReplayReport:
     """Serve the champions at ``as_of`` (default: the latest closed day) into the decision log.
 
@@ -162,7 +153,7 @@ def replay_decisions(settings: Settings, as_of: datetime | None = None) -> Repla
 
     from features.build import compute_features
     from monitoring.drift import scored_population
-    from monitoring.logs import DecisionLogger, DecisionRecord, decisions_dir
+    from monitoring.logs import decisions_dir, log_decision_frame
     from serving.batch import score_frame
     from serving.models import load_model_set
 
@@ -198,32 +189,7 @@ def replay_decisions(settings: Settings, as_of: datetime | None = None) -> Repla
         uplift_model=models.uplift.model if models.uplift else None,
     )
     names = list(churn.model.feature_names)
-    features = frame[names].to_numpy(dtype=np.float64, na_value=np.nan)
-    with DecisionLogger(settings) as log:
-        for index, row in enumerate(scored.itertuples(index=False)):
-            log.log(
-                DecisionRecord(
-                    customer_id=str(row.customer_id),
-                    churn_probability=float(row.churn_probability),
-                    repurchase_probability=float(row.repurchase_probability),
-                    action=str(row.action),
-                    channel=str(row.channel),
-                    expected_value=float(row.expected_value),
-                    churn_model_version=versions["churn"],
-                    repurchase_model_version=versions["repurchase"],
-                    features=dict(zip(names, map(_finite, features[index]), strict=True)),
-                    source=REPLAY_SOURCE,
-                    feature_service=settings.features.feature_service,
-                    decided_at=day,
-                )
-            )
-            if index % FLUSH_EVERY == FLUSH_EVERY - 1:
-                log.flush()
-    if log.stats.dropped or log.stats.write_errors:
-        raise ReplayError(
-            f"the decision log lost records ({log.stats.dropped} dropped, "
-            f"{log.stats.write_errors} write errors): replay again"
-        )
+    log_decision_frame(settings, scored, frame[names], REPLAY_SOURCE, day, versions)
     counts = scored["action"].value_counts()
     report.customers = len(scored)
     report.logged = len(scored)

@@ -428,6 +428,7 @@ def score_latest(
         BatchScoringError: no feature table. ``ModelNotFoundError``: no champion.
     """
     from features.build import write_features_atomically
+    from monitoring.logs import log_decision_frame
     from serving.models import load_model_set
 
     seconds: dict[str, float] = {}
@@ -441,9 +442,8 @@ def score_latest(
 
     started = time.perf_counter()
     control = control_group_mask(frame[ENTITY_KEY].tolist(), settings)
-    blocked = contact_policy_blocks(
-        frame[ENTITY_KEY], settings, datetime.now(UTC), settings.actions
-    )
+    decided_at = datetime.now(UTC)
+    blocked = contact_policy_blocks(frame[ENTITY_KEY], settings, decided_at, settings.actions)
     seconds["policy"] = round(time.perf_counter() - started, 3)
 
     scored = score_frame(
@@ -466,6 +466,11 @@ def score_latest(
     path = out or settings.state_dir / "scores" / SCORES_FILE
     write_features_atomically(scored, path)
     seconds["write"] = round(time.perf_counter() - started, 3)
+
+    started = time.perf_counter()  # every decision served is logged, batch ones too
+    names = list(models.churn.model.feature_names)
+    log_decision_frame(settings, scored, frame[names], "batch", decided_at, versions)
+    seconds["log"] = round(time.perf_counter() - started, 3)
 
     counts = scored["action"].value_counts()
     return ScoreReport(

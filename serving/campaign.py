@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,6 +115,7 @@ def action_values(
             "channel": channels[best],
             "expected_value": values[np.arange(len(frame)), best],
             "churn_probability": churn_probability,
+            "repurchase_probability": repurchase_probability,
         }
     )
 
@@ -236,6 +238,33 @@ class CampaignReport:
         )
 
 
+def log_campaign_decisions(
+    settings: Settings,
+    audience: pd.DataFrame,
+    frame: pd.DataFrame,
+    churn: CalibratedClassifier,
+    model_versions: Mapping[str, str],
+    now: datetime,
+) -> None:
+    """Every member into the decision log (``source="campaign"``): the treated with the action,
+    the control group as a held-out ``no_action``, with the features the models saw."""
+    from monitoring.logs import log_decision_frame
+
+    control = (audience["group"] == CONTROL).to_numpy()
+    decisions = audience.assign(
+        action=np.where(control, "no_action", audience["action"]),
+        channel=np.where(control, "none", audience["channel"]),
+        expected_value=np.where(control, 0.0, audience["expected_value"]),
+        control_group=control,
+    )
+    features = (
+        frame.set_index(ENTITY_KEY).loc[audience[ENTITY_KEY], list(churn.feature_names)]
+    ).reset_index(drop=True)
+    log_decision_frame(
+        settings, decisions.reset_index(drop=True), features, "campaign", now, model_versions
+    )
+
+
 def build_campaign(
     settings: Settings,
     request: CampaignRequest,
@@ -243,6 +272,7 @@ def build_campaign(
     repurchase: CalibratedClassifier,
     out: Path | None = None,
     now: datetime | None = None,
+    model_versions: Mapping[str, str] | None = None,
 ) -> CampaignReport:
     """Select, hold out, export and log one campaign (the models are passed in: the CLI loads
     the champions, tests pass small ones)."""
@@ -300,6 +330,7 @@ def build_campaign(
             "created_at",
         ]
     ].to_parquet(log_path, index=False)
+    log_campaign_decisions(settings, audience, frame, churn, model_versions or {}, now)
     report = CampaignReport(
         campaign_id=campaign_id,
         action=action.name,

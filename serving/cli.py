@@ -76,9 +76,12 @@ def campaign_build(
     request = CampaignRequest(action, budget, segment, channel, control_share, seed)
 
     def run():  # -> CampaignReport
-        churn = load_champion(settings, "churn").model
-        repurchase = load_champion(settings, "repurchase").model
-        return build_campaign(settings, request, churn, repurchase, out)
+        churn = load_champion(settings, "churn")
+        repurchase = load_champion(settings, "repurchase")
+        versions = {"churn": str(churn.version), "repurchase": str(repurchase.version)}
+        return build_campaign(
+            settings, request, churn.model, repurchase.model, out, model_versions=versions
+        )
 
     with stage(f"campaign build: {action} under a budget of {budget:,.2f}"):
         show(guarded("campaign build", run))

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from monitoring.logs import read_decisions
 from omniretain.settings import load_settings
 from serving.campaign import CampaignError, CampaignRequest, build_campaign
 from training.model import fit_calibrated_classifier
@@ -97,6 +98,16 @@ def test_campaign_export_and_log(state) -> None:
     assert log["campaign_id"].unique().tolist() == [report.campaign_id]
     index = (settings.state_dir / "campaigns" / "campaigns.jsonl").read_text().splitlines()
     assert report.campaign_id in index[-1]
+    # every member is a served decision in the decision log, the control held out, no address
+    decisions = read_decisions(settings).set_index("customer_id")
+    assert set(decisions.index) == set(log["customer_id"])
+    assert (decisions["source"] == "campaign").all()
+    control = set(log.loc[log["group"] == "control", "customer_id"])
+    assert set(decisions.index[decisions["is_control"]]) == control
+    assert (decisions.loc[list(control), "action"] == "no_action").all()
+    treated = decisions.loc[list(set(export["customer_id"]))]
+    assert (treated["action"] == "retention_discount").all()
+    assert not decisions.astype(str).apply(lambda c: c.str.contains("@|\\+4477")).any().any()
 
 
 def test_channel_and_segment_restrict_the_audience(state, tmp_path) -> None:

@@ -394,3 +394,22 @@ def test_http_hot_reload_when_the_champion_alias_moves(
         client.set_registered_model_alias(name, CHAMPION_ALIAS, current.version)
     assert str(new.version) in served, f"still serving {served} after 60 s"
     assert set(statuses) == {200}, statuses
+
+
+def test_batch_scoring_logs_every_decision(served_state: Settings, tmp_path: Path) -> None:
+    """`omniretain score` decisions are served decisions: each one lands in the decision log."""
+    from monitoring.logs import read_decisions
+    from serving.batch import score_latest
+
+    before = read_decisions(served_state)
+    report = score_latest(served_state, tmp_path / "scores.parquet", reasons_for=5)
+    logged = read_decisions(served_state)
+    batch = logged[~logged["decision_id"].isin(before["decision_id"])]
+    scores = pd.read_parquet(tmp_path / "scores.parquet")
+    assert len(batch) == report.customers == len(scores)
+    assert (batch["source"] == "batch").all()
+    assert set(batch["customer_id"]) == set(scores["customer_id"])
+    merged = batch.merge(scores, on="customer_id", suffixes=("", "_scored"))
+    assert (merged["action"] == merged["action_scored"]).all()
+    assert (merged["is_control"] == merged["control_group"]).all()
+    assert (batch["churn_model_version"] == report.model_versions["churn"]).all()

@@ -183,3 +183,48 @@ def test_records_queued_when_the_process_exits_are_written(tmp_path: Path) -> No
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     frame = read_decisions(load_settings(state_dir=state))
     assert frame["customer_id"].tolist() == ["C9"]
+
+
+def test_a_decision_frame_reads_back_like_records_logged_one_by_one(settings: Settings) -> None:
+    """Batch scoring and replay log a frame at once; the rows equal the one-by-one writer's."""
+    import numpy as np
+    import pandas as pd
+
+    from monitoring.logs import log_decision_frame
+
+    when = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    with DecisionLogger(settings) as log:
+        log.log(record("C1", when))
+    decisions = pd.DataFrame(
+        {
+            "customer_id": ["C2", "C3"],
+            "churn_probability": [0.42, 0.1],
+            "repurchase_probability": [0.3, 0.8],
+            "action": ["winback_offer", "no_action"],
+            "channel": ["email", "none"],
+            "expected_value": [3.5, 0.0],
+            "control_group": [False, True],
+        }
+    )
+    features = pd.DataFrame(
+        {"spend_365d": [120.5, 0.0], "open_cases": [1, 0], "consent_sms": [np.nan, np.inf]}
+    )
+    path = log_decision_frame(
+        settings, decisions, features, "batch", when, {"churn": "3", "repurchase": "2"}
+    )
+    assert path is not None and path.parent.name == "date=2025-03-01"
+    logged = read_decisions(settings).set_index("customer_id")
+    assert logged.loc["C3", "is_control"] and not logged.loc["C2", "is_control"]
+    assert logged.loc["C2", "source"] == "batch" and logged.loc["C2", "propensity"] == 1.0
+    assert logged["decision_id"].str.len().eq(32).all() and logged["decision_id"].is_unique
+    served = decision_features(read_decisions(settings)).set_index("customer_id")
+    one_by_one = served.loc["C1", ["spend_365d", "open_cases", "churn_probability"]]
+    as_frame = served.loc["C2", ["spend_365d", "open_cases", "churn_probability"]]
+    assert one_by_one.tolist() == as_frame.tolist()
+    assert math.isnan(served.loc["C2", "consent_sms"]) and math.isnan(
+        served.loc["C3", "consent_sms"]
+    )
+    assert (
+        log_decision_frame(settings, decisions.iloc[:0], features.iloc[:0], "batch", when, {})
+        is None
+    )
