@@ -58,7 +58,7 @@ def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s: float
 
 @contextmanager
 def server_process(
-    settings: Settings, port: int | None = None, timeout_s: float = 120
+    settings: Settings, port: int | None = None, timeout_s: float = 300
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start ``bentoml serve`` on loopback, yield its base URL and process, and always stop it.
 
@@ -95,7 +95,7 @@ def server_process(
 
 @contextmanager
 def running_server(
-    settings: Settings, port: int | None = None, timeout_s: float = 120
+    settings: Settings, port: int | None = None, timeout_s: float = 300
 ) -> Iterator[str]:
     """Start ``bentoml serve`` on loopback, yield its base URL, and always stop it."""
     with server_process(settings, port, timeout_s) as (base_url, _):
