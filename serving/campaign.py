@@ -40,11 +40,15 @@ from serving.batch import (
     feature_matrix,
     features_path,
     predict_probability,
+    predict_value,
     read_latest_snapshot,
 )
+from serving.decision import DEFAULT_CONTEXT, MODEL_UPLIFT_CONTEXT, decision_table, uplift_matrix
 
 if TYPE_CHECKING:
     from training.model import CalibratedClassifier
+    from training.uplift import UpliftModel
+    from training.value import CustomerValueModel
 
 CAMPAIGNS_FOLDER = "campaigns"
 CAMPAIGN_LOG_FILE = "members.parquet"
@@ -82,8 +86,11 @@ def action_values(
     settings: Settings,
     action: str,
     channel: str | None = None,
+    value_model: CustomerValueModel | None = None,
+    uplift_model: UpliftModel | None = None,
 ) -> pd.DataFrame:
-    """Per customer, the best allowed channel for ``action`` and its expected value.
+    """Per customer, the best allowed channel for ``action`` and its expected value (with the
+    value and uplift champions when given, as ``/recommend`` and batch scoring use them).
 
     Raises:
         CampaignError: the action is not in the catalogue or not offered on ``channel``.
@@ -105,7 +112,31 @@ def action_values(
     repurchase_probability = predict_probability(
         repurchase, feature_matrix(frame, repurchase.feature_names)
     )
-    decisions = decide_batch(frame, churn_probability, repurchase_probability, settings.actions)
+    customer_value = uplift = None
+    context = DEFAULT_CONTEXT
+    if value_model is not None:  # the value at stake as /recommend and batch scoring see it
+        customer_value = predict_value(
+            value_model, feature_matrix(frame, value_model.feature_names)
+        )
+    if uplift_model is not None:
+        effects = uplift_model.effects(feature_matrix(frame, uplift_model.feature_names))
+        uplift = uplift_matrix(
+            effects,
+            uplift_model.arms,
+            decision_table(settings.actions),
+            churn_probability,
+            repurchase_probability,
+        )
+        context = MODEL_UPLIFT_CONTEXT
+    decisions = decide_batch(
+        frame,
+        churn_probability,
+        repurchase_probability,
+        settings.actions,
+        uplift,
+        context,
+        customer_value=customer_value,
+    )
     values = decisions.candidate_values[:, wanted]
     best = np.argmax(values, axis=1)
     channels = np.array([columns[index].channel for index in wanted], dtype=object)
@@ -273,6 +304,8 @@ def build_campaign(
     out: Path | None = None,
     now: datetime | None = None,
     model_versions: Mapping[str, str] | None = None,
+    value_model: CustomerValueModel | None = None,
+    uplift_model: UpliftModel | None = None,
 ) -> CampaignReport:
     """Select, hold out, export and log one campaign (the models are passed in: the CLI loads
     the champions, tests pass small ones)."""
@@ -282,7 +315,16 @@ def build_campaign(
         raise CampaignError(str(error.args[0])) from None
     now = now or datetime.now(UTC)
     frame = filter_segment(read_latest_snapshot(features_path(settings)), request.segment)
-    values = action_values(frame, churn, repurchase, settings, action.name, request.channel)
+    values = action_values(
+        frame,
+        churn,
+        repurchase,
+        settings,
+        action.name,
+        request.channel,
+        value_model=value_model,
+        uplift_model=uplift_model,
+    )
 
     needs_address = values["channel"].map(ADDRESS_ID_TYPE_BY_CHANNEL.get)
     addresses = pd.Series(pd.NA, index=values.index, dtype=object)

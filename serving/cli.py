@@ -70,17 +70,22 @@ def campaign_build(
 ) -> None:
     """Choose the audience that maximises expected incremental value under the budget."""
     from serving.campaign import CampaignRequest, build_campaign
-    from training.registry import load_champion
+    from serving.models import load_model_set
 
     settings = cli_settings()
     request = CampaignRequest(action, budget, segment, channel, control_share, seed)
 
     def run():  # -> CampaignReport
-        churn = load_champion(settings, "churn")
-        repurchase = load_champion(settings, "repurchase")
-        versions = {"churn": str(churn.version), "repurchase": str(repurchase.version)}
+        models = load_model_set(settings)  # the champions /recommend serves, value and uplift too
         return build_campaign(
-            settings, request, churn.model, repurchase.model, out, model_versions=versions
+            settings,
+            request,
+            models.churn.model,
+            models.repurchase.model,
+            out,
+            model_versions={k: v for k, v in models.versions.items() if v is not None},
+            value_model=models.value.model if models.value else None,
+            uplift_model=models.uplift.model if models.uplift else None,
         )
 
     with stage(f"campaign build: {action} under a budget of {budget:,.2f}"):
