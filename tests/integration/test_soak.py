@@ -8,8 +8,10 @@ session's small trained state. The 10-minute soak is run by hand: ``--seconds 60
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from omniretain.settings import PROJECT_ROOT, Settings
 
@@ -17,13 +19,19 @@ SECONDS, RATE = 30, 100
 RSS_GROWTH_BOUND_MB = 60  # a leak of ~1 KB per request would show as ~3 MB; a real one far more
 
 
-def test_a_30_second_soak_has_no_errors_and_flat_memory(served_state: Settings) -> None:
+def test_a_30_second_soak_has_no_errors_and_flat_memory(
+    served_state: Settings, tmp_path: Path
+) -> None:
+    # A copy of the session's state: thousands of served decisions must not change what the
+    # other tests of the session see (contact history, decision log).
+    state_dir = tmp_path / "soak_state"
+    shutil.copytree(served_state.state_dir, state_dir)
     result = subprocess.run(
         [
             sys.executable,
             str(PROJECT_ROOT / "benchmarks" / "soak.py"),
             "--state-dir",
-            str(served_state.state_dir),
+            str(state_dir),
             "--seconds",
             str(SECONDS),
             "--rate",
