@@ -319,9 +319,6 @@ def test_kill_during_training_leaves_the_champions_and_the_rerun_completes(
     after = champion_versions(settings)
     assert set(after) == set(before)
     client = _client(settings)
-    registered = client.search_model_versions(f"name='{MODEL_NAMES['churn']}'")
-    # the killed run registered churn version 2; the rerun completed and registered its own
-    assert max(int(v.version) for v in registered) >= 3
     for kind, version in after.items():  # each alias moved at most once, from where it was
         history = json.loads(client.get_registered_model(MODEL_NAMES[kind]).tags[HISTORY_TAG])
         assert history[-1] == version and len(history) == len(set(history)), history
