@@ -10,6 +10,7 @@ from the registry exactly as ``bentoml serve`` does).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -27,8 +28,15 @@ from omniretain.settings import Settings, load_settings
 def client(served_state: Settings, service_app: Any) -> Iterator[Any]:
     from starlette.testclient import TestClient
 
-    with TestClient(service_app, raise_server_exceptions=False) as test_client:
+    test_client = TestClient(service_app, raise_server_exceptions=False)
+    test_client.__enter__()
+    try:
         yield test_client
+    finally:
+        # The app is shared by the session (BentoML allows one per process): when another module
+        # on this worker already ran its lifespan, BentoML's second shutdown finds nothing to stop.
+        with contextlib.suppress(AttributeError):
+            test_client.__exit__(None, None, None)
 
 
 def test_probes_answer(client: Any) -> None:
