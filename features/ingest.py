@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 
 from features.contract import FEEDS, UNIFIED_TABLES, Column, Feed
 from features.identity import resolve_identities
+from features.suppression import quarantine_erased
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
@@ -73,6 +74,7 @@ class FileCounts(BaseModel):
     quarantined: int = 0
     duplicates: int = 0  # same key as an accepted row
     near_duplicates: int = 0  # another key, but the same event (see Feed.near_duplicate_columns)
+    erased: int = 0  # of quarantined: rows of an erased person (features/suppression.py)
 
 
 class FeedCounts(BaseModel):
@@ -85,6 +87,7 @@ class FeedCounts(BaseModel):
     quarantined: int = 0
     duplicates: int = 0
     near_duplicates: int = 0
+    erased: int = 0
 
     def add(self, counts: FileCounts) -> None:
         self.files_ingested += 1
@@ -93,6 +96,7 @@ class FeedCounts(BaseModel):
         self.quarantined += counts.quarantined
         self.duplicates += counts.duplicates
         self.near_duplicates += counts.near_duplicates
+        self.erased += counts.erased
 
 
 _COLUMN_HEADERS: dict[str, str] = {
@@ -103,6 +107,7 @@ _COLUMN_HEADERS: dict[str, str] = {
     "quarantined": "quarant.",
     "duplicates": "dupl.",
     "near_duplicates": "near dupl.",
+    "erased": "erased",
 }
 
 
@@ -867,6 +872,7 @@ def ingest_feed(
         counts = [
             _stage_file(con, feed, new_file, index, now) for index, new_file in enumerate(new_files)
         ]
+        quarantine_erased(con, feed, counts)  # rows of erased persons: quarantined, no content
         con.register(
             "_batch_files",
             pd.DataFrame(

@@ -203,6 +203,7 @@ def erase(
             console.print(f"  {where}: {count} removed")
         if not report.total:
             console.print("  nothing left to erase (already erased, or never known)")
+        console.print(f"  suppression list: {report.suppressed} identifier(s) added, as hashes")
         console.print(f"audit: erasure {report.erasure_id} in {settings.state_dir / AUDIT_FILE}")
 
 

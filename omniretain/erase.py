@@ -14,6 +14,12 @@ and every source record they own. All of it goes from:
 - SQLite stores: the contact store (contacts, consent changes) and Feast's online store (SQLite
   rows by entity key, or the Redis hashes when Redis is the online store).
 
+The person's normalised identifiers (and customer ids) go on the suppression list as keyed
+hashes, in the same warehouse transaction as the deletion (:mod:`features.suppression`): when
+their rows come back in a feed (the next daily export, an old file ingested again), ingest
+quarantines them with the reason ``erased`` and without their content, and the customer is
+never re-created.
+
 The erasure is recorded in ``state/audit/erasures.jsonl``: when, who asked, and what was removed
 where, as counts only (no id, no contact address). Running it again removes nothing more and
 says so: it is idempotent. The simulator's ground truth (``state/truth``) is not product data and
@@ -78,6 +84,7 @@ class EraseReport:
     erased_at: str
     requested_by: str
     removed: Counter[str] = field(default_factory=Counter)
+    suppressed: int = 0  # identifiers newly on the suppression list (hashes)
 
     @property
     def total(self) -> int:
@@ -90,6 +97,7 @@ class EraseReport:
             "requested_by": self.requested_by,
             "removed": dict(sorted(self.removed.items())),
             "total": self.total,
+            "suppressed_identifiers": self.suppressed,
         }
 
 
@@ -170,15 +178,31 @@ def _pairs(identifiers: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 # ---- the warehouse -----------------------------------------------------------------------------
-def erase_warehouse(con: duckdb.DuckDBPyConnection, person: Person, report: EraseReport) -> None:
-    """Delete the person's rows from every warehouse table, in one transaction."""
+def suppressed_identifiers(person: Person) -> set[tuple[str, str]]:
+    """What goes on the suppression list: identifiers, customer ids, person-level record keys."""
+    from features.suppression import CUSTOMER_ID_TYPE, PERSON_KEY_TYPES
+
+    pairs = set(person.identifiers) | {(CUSTOMER_ID_TYPE, i) for i in person.customer_ids}
+    for feed_name, (_, id_type) in PERSON_KEY_TYPES.items():
+        pairs |= {(id_type, source_id) for f, source_id in person.records if f == feed_name}
+    return pairs
+
+
+def erase_warehouse(
+    con: duckdb.DuckDBPyConnection, person: Person, report: EraseReport, phone_region: str = "GB"
+) -> None:
+    """Delete the person's rows from every warehouse table and suppress their identifiers,
+    in one transaction."""
     from features.contract import FEEDS
+    from features.suppression import suppress
 
     tables = _tables(con)
     ids = sorted(person.customer_ids)
     tokens = sorted(person.tokens())
     con.execute("BEGIN TRANSACTION")
     try:
+        erased_at = datetime.fromisoformat(report.erased_at)
+        report.suppressed = suppress(con, suppressed_identifiers(person), phone_region, erased_at)
         for feed in FEEDS.values():
             table = f"raw_{feed.name}"
             keys = [s for f, s in person.records if f == feed.name]
@@ -413,7 +437,7 @@ def erase_customer(
     if warehouse.exists():
         with duckdb.connect(str(warehouse)) as con:
             person = find_person(con, customer_id)
-            erase_warehouse(con, person, report)
+            erase_warehouse(con, person, report, settings.identity.default_phone_region)
             con.execute("CHECKPOINT")
     tokens = person.tokens()
     entity_keys, target = online_entity_keys(settings, person.customer_ids)
