@@ -6,13 +6,18 @@ a consent change, a campaign export and a demo answer are written with the produ
 Before erasing, the test reads from the warehouse itself (its own SQL, not the erase module's)
 every id merged into the customer, every identifier raw and normalised, every record key. After
 erasing, it searches every DuckDB table, every parquet file, every SQLite file byte by byte and
-every text file of the state for each of them.
+every text file of the state for each of them. Then the original raw exports (copied aside before
+the erasure) and a new day's export holding the person's rows under other spellings are
+ingested again: the suppression list keeps every one of those rows out (quarantined as
+``erased``, without content), the counts say how many, and the search still finds nothing.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,7 +39,13 @@ def erase_state(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     simulate(settings, 40, 3, 11, progress=False)
     ingest(settings, progress=False)
     build_features(settings, progress=False)
+    shutil.copytree(settings.raw_dir, exports_of(settings))  # the retailer's files, kept aside
     return settings
+
+
+def exports_of(settings: Settings) -> Path:
+    """A copy of the raw exports as they were before any erasure (outside the state)."""
+    return settings.state_dir.parent / f"{settings.state_dir.name}_exports"
 
 
 def busiest_customer(settings: Settings) -> str:
@@ -42,6 +53,15 @@ def busiest_customer(settings: Settings) -> str:
         return con.execute(
             "SELECT customer_id FROM record_customers GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"
         ).fetchone()[0]
+
+
+def identifiers_of(settings: Settings, customer_id: str) -> list[tuple[str, str]]:
+    """The customer's normalised identifiers ``(id_type, value)``, from the warehouse."""
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        return con.execute(
+            "SELECT id_type, id_value FROM identity_links WHERE customer_id = ? ORDER BY 1, 2",
+            [customer_id],
+        ).fetchall()
 
 
 def traces_of(settings: Settings, customer_id: str) -> set[str]:
@@ -136,8 +156,34 @@ def find_traces(settings: Settings, traces: set[str]) -> list[str]:
     return found
 
 
-def test_erase_leaves_no_trace_and_is_idempotent(erase_state: Settings) -> None:
-    from omniretain.erase import AUDIT_FILE, erase_customer
+def lines_naming(folder: Path, traces: set[str]) -> int:
+    """Data lines of the feed files under ``folder`` naming one of the traces (whole tokens)."""
+    pattern = re.compile(
+        "|".join(rf"(?<![a-z0-9]){re.escape(trace)}(?![a-z0-9])" for trace in sorted(traces))
+    )
+    return sum(
+        1
+        for path in folder.rglob("*.csv")
+        for line in path.read_text(errors="replace").lower().splitlines()[1:]
+        if pattern.search(line)
+    )
+
+
+@dataclass
+class Erased:
+    """The erasure of the module: who, what identified them, and the report."""
+
+    customer_id: str
+    other_id: str
+    customers_before: int
+    identifiers: list[tuple[str, str]]
+    traces: set[str]
+    report: object
+
+
+@pytest.fixture(scope="module")
+def erased(erase_state: Settings) -> Erased:
+    from omniretain.erase import erase_customer
 
     customer_id = busiest_customer(erase_state)
     with duckdb.connect(str(erase_state.warehouse_path), read_only=True) as con:
@@ -148,9 +194,23 @@ def test_erase_leaves_no_trace_and_is_idempotent(erase_state: Settings) -> None:
         customers_before = con.execute("SELECT count(*) FROM customers").fetchone()[0]
     write_serving_traces(erase_state, customer_id, other_id)
     traces = traces_of(erase_state, customer_id)
+    identifiers = identifiers_of(erase_state, customer_id)
     assert len(find_traces(erase_state, traces)) > 20  # the search does find them, before
 
     report = erase_customer(erase_state, customer_id, requested_by="dpo-ticket-17")
+    return Erased(customer_id, other_id, customers_before, identifiers, traces, report)
+
+
+def test_erase_leaves_no_trace_and_is_idempotent(erase_state: Settings, erased: Erased) -> None:
+    from omniretain.erase import AUDIT_FILE, erase_customer
+
+    customer_id, other_id, traces, report = (
+        erased.customer_id,
+        erased.other_id,
+        erased.traces,
+        erased.report,
+    )
+    customers_before = erased.customers_before
 
     assert find_traces(erase_state, traces) == []
     removed = report.removed
@@ -173,17 +233,91 @@ def test_erase_leaves_no_trace_and_is_idempotent(erase_state: Settings) -> None:
     audits = [json.loads(line) for line in audit_lines]
     assert [a["total"] for a in audits] == [report.total, 0]
     assert audits[0]["requested_by"] == "dpo-ticket-17" and audits[0]["removed"]
+    # every identifier and the customer id went on the suppression list, as hashes only
+    assert audits[0]["suppressed_identifiers"] >= len(erased.identifiers) + 1
+    assert audits[1]["suppressed_identifiers"] == 0
     audit_text = "\n".join(audit_lines).lower()
     assert not [t for t in traces if t in audit_text], "the audit log holds no personal data"
 
 
 def test_a_rerun_of_ingest_after_erase_does_not_bring_the_customer_back(
-    erase_state: Settings,
+    erase_state: Settings, erased: Erased
 ) -> None:
     from features.ingest import ingest
 
     report = ingest(erase_state, progress=False)
     assert sum(feed.files_ingested for feed in report.feeds.values()) == 0, report
+
+
+def respelled(id_type: str, value: str) -> str:
+    """Another spelling of a normalised identifier that identity resolution maps back to it."""
+    if id_type == "email":
+        return f"  {value.upper()} "
+    if id_type == "phone" and value.startswith("+44"):
+        national = "0" + value[3:]
+        return f"{national[:5]} {national[5:]}"
+    if id_type == "loyalty_card":
+        return f"{value[:2].upper()}-{value[2:]}"
+    return value.upper()
+
+
+def write_new_day(folder: Path, identifiers: list[tuple[str, str]]) -> int:
+    """A new day's POS export: the erased person's receipts (one per identifier, re-spelled, one
+    of them with a bad amount), and a receipt of a new person who shares nothing with them.
+    Returns how many rows are the erased person's."""
+    path = folder / "pos_sales" / "pos_sales_2026-11-30.csv"
+    path.parent.mkdir(parents=True)
+    columns = {"email": 5, "phone": 4, "loyalty_card": 3}
+    rows = []
+    for number, (id_type, value) in enumerate(identifiers):
+        if id_type in columns:
+            fields = [f"NEWDAY-{number}", "S01", "2026-11-30T10:00:00", "", "", "", "25.0", "1"]
+            fields[columns[id_type]] = respelled(id_type, value)
+            rows.append(fields)
+    assert rows, "the busiest customer has an email"
+    rows[0][6] = "-5"  # a broken row of theirs: quarantined as erased, not with its content
+    newcomer = ["NEWDAY-X", "S01", "2026-11-30T11:00:00", "", "", "newcomer@example.org", "9", "1"]
+    header = "transaction_id,store_id,purchased_at,loyalty_card,phone,email,amount,items"
+    lines = [header, *(",".join(fields) for fields in [*rows, newcomer])]
+    path.write_text("\n".join(lines) + "\n")
+    return len(rows)
+
+
+def test_reingesting_old_files_and_a_new_day_keeps_the_erased_customer_out(
+    erase_state: Settings, erased: Erased, tmp_path: Path
+) -> None:
+    """The suppression list: the original exports and a new day's file, ingested again."""
+    from features.ingest import ingest
+
+    exports = exports_of(erase_state)
+    in_exports = lines_naming(exports, erased.traces)
+    assert in_exports > 10  # the retailer's files still hold the person
+    report = ingest(erase_state, source_dir=exports, progress=False)
+    totals = report.totals()
+    assert totals.files_ingested > 0 and totals.accepted == 0, totals  # the rest: duplicates
+    assert totals.erased == in_exports, totals  # every row of theirs, counted
+
+    new_day = tmp_path / "new_day"
+    n_theirs = write_new_day(new_day, erased.identifiers)
+    report = ingest(erase_state, source_dir=new_day, progress=False)
+    counts = report.feeds["pos_sales"]
+    assert (counts.read, counts.accepted, counts.erased) == (n_theirs + 1, 1, n_theirs)
+    assert counts.quarantined == n_theirs  # the erased rows are quarantined, nothing else
+
+    spellings = {respelled(t, v).strip().lower() for t, v in erased.identifiers}
+    assert find_traces(erase_state, erased.traces | spellings) == []
+    with duckdb.connect(str(erase_state.warehouse_path), read_only=True) as con:
+        rows = con.execute(
+            "SELECT count(*), count(raw) FROM quarantine WHERE reason = 'erased'"
+        ).fetchone()
+        assert rows == (in_exports + n_theirs, 0)  # feed, file and line only: no content
+        customers = con.execute("SELECT count(*) FROM customers").fetchone()[0]
+        newcomer = con.execute(
+            "SELECT customer_id FROM identity_links WHERE id_value = 'newcomer@example.org'"
+        ).fetchall()
+    assert customers == erased.customers_before  # one erased, one newcomer: not them again
+    assert newcomer and newcomer[0][0] != erased.customer_id
+    assert len(find_traces(erase_state, {erased.other_id.lower()})) > 5  # the others stay
 
 
 def test_erase_removes_the_customer_from_the_redis_online_store(
