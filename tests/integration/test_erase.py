@@ -15,7 +15,6 @@ ingested again: the suppression list keeps every one of those rows out (quaranti
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -127,21 +126,37 @@ def write_serving_traces(settings: Settings, customer_id: str, other_id: str) ->
     demo.write_text(json.dumps({"customer_id": customer_id, "risk_band": "high"}))
 
 
-def find_traces(settings: Settings, traces: set[str]) -> list[str]:
-    """Where any trace is still found: DuckDB tables, parquet rows, any other file's bytes.
+def token_hits(text: str, traces: set[str]) -> list[tuple[int, str]]:
+    """Where the traces are in ``text`` as whole tokens (``C000000022`` not in ``CC000000022``).
 
-    A trace counts as a whole token (``C000000022`` is not found inside ``CC000000022``).
+    ``str.find`` per trace, then a look at the characters around: far faster than one regular
+    expression alternating between a hundred traces, on megabytes of text.
     """
-    pattern = re.compile(
-        "|".join(rf"(?<![a-z0-9]){re.escape(trace)}(?![a-z0-9])" for trace in sorted(traces))
-    )
+    hits = []
+    for trace in sorted(traces):
+        start = text.find(trace)
+        while start != -1:
+            end = start + len(trace)
+            before = text[start - 1] if start else " "
+            after = text[end] if end < len(text) else " "
+            if not (before.isascii() and before.isalnum()) and not (
+                after.isascii() and after.isalnum()
+            ):
+                hits.append((start, trace))
+            start = text.find(trace, start + 1)
+    return hits
+
+
+def find_traces(settings: Settings, traces: set[str]) -> list[str]:
+    """Where any trace is still found: DuckDB tables, parquet rows, any other file's bytes."""
     found: list[str] = []
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         tables = [row[0] for row in con.execute("SHOW TABLES").fetchall()]
         for table in tables:
-            for row in con.execute(f'SELECT * FROM "{table}"').fetchall():
-                text = " | ".join(str(value) for value in row).lower()
-                found += [f"{table}: {match}" for match in pattern.findall(text)]
+            (text,) = con.execute(
+                f'SELECT lower(string_agg(CAST(t AS VARCHAR), chr(10))) FROM "{table}" t'
+            ).fetchone()
+            found += [f"{table}: {hit}" for _, hit in token_hits(text or "", traces)]
     for path in sorted(Path(settings.state_dir).rglob("*")):
         relative = path.relative_to(settings.state_dir)
         if not path.is_file() or relative.parts[0] in {"truth", "mlflow"}:
@@ -152,21 +167,18 @@ def find_traces(settings: Settings, traces: set[str]) -> list[str]:
             text = json.dumps(pq.read_table(path).to_pylist(), default=str).lower()
         else:
             text = path.read_bytes().decode("utf-8", errors="replace").lower()
-        found += [f"{relative}: {match}" for match in pattern.findall(text)]
+        found += [f"{relative}: {hit}" for _, hit in token_hits(text, traces)]
     return found
 
 
 def lines_naming(folder: Path, traces: set[str]) -> int:
     """Data lines of the feed files under ``folder`` naming one of the traces (whole tokens)."""
-    pattern = re.compile(
-        "|".join(rf"(?<![a-z0-9]){re.escape(trace)}(?![a-z0-9])" for trace in sorted(traces))
-    )
-    return sum(
-        1
-        for path in folder.rglob("*.csv")
-        for line in path.read_text(errors="replace").lower().splitlines()[1:]
-        if pattern.search(line)
-    )
+    count = 0
+    for path in folder.rglob("*.csv"):
+        text = path.read_text(errors="replace").lower()
+        lines = {text.count("\n", 0, start) for start, _ in token_hits(text, traces)}
+        count += len(lines - {0})  # not the header
+    return count
 
 
 @dataclass
