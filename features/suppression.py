@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS suppression_state (
 _KEY_ID_MESSAGE = b"omniretain suppression key id"
 _TOKEN_SEPARATORS = re.compile(r'[,;\t|"{}\[\]\r\n]')
 _MIN_PHONE_DIGITS = 7
+_NON_DIGITS = re.compile(r"\D")
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -165,7 +166,8 @@ def suppression_key(con: duckdb.DuckDBPyConnection, phone_region: str | None = N
     Raises:
         SuppressionKeyError: the list was written with another key than the one at hand.
     """
-    con.execute(SUPPRESSION_DDL)
+    if not {"suppressed_identifiers", "suppression_state"} <= _tables(con):
+        con.execute(SUPPRESSION_DDL)
     configured = configured_key()
     state = con.execute("SELECT key_id, secret, phone_region FROM suppression_state").fetchall()
     if configured is not None:
@@ -257,6 +259,7 @@ def _matching_raw_values(
     key: bytes,
     suppressed: set[tuple[str, str]],
     phone_region: str,
+    cached_normalisation: bool,
 ) -> set[tuple[str, str]]:
     """The ``(id_type, raw)`` pairs whose normalised value is on the list.
 
@@ -269,7 +272,7 @@ def _matching_raw_values(
         return set()
     frame = pd.DataFrame(raw_values, columns=["id_type", "raw_value"])
     cached: dict[tuple[str, str], str | None] = {}
-    if "identifier_normalisation" in _tables(con):
+    if cached_normalisation:
         con.register("_suppression_raw", frame)
         try:
             rows = con.execute(
@@ -307,24 +310,23 @@ def _quarantined_matches(
     key: bytes,
     suppressed: set[tuple[str, str]],
     phone_region: str,
+    cached_normalisation: bool,
 ) -> list[tuple[int, int]]:
     """``(_file_index, _line)`` of the batch's quarantined rows naming a suppressed identifier."""
     rows = con.execute("SELECT _file_index, _line, _raw FROM _quarantine_new").fetchall()
     candidates: dict[tuple[int, int], set[tuple[str, str]]] = {}
     for file_index, line, raw in rows:
-        values = candidate_values(raw)
         pairs = set()
-        for value in values:
+        for value in candidate_values(raw):
             for id_type in id_types:
-                digits = sum(character.isdigit() for character in value)
-                if id_type == "phone" and digits < _MIN_PHONE_DIGITS:
-                    continue
                 if id_type == "email" and "@" not in value:
+                    continue
+                if id_type == "phone" and len(_NON_DIGITS.sub("", value)) < _MIN_PHONE_DIGITS:
                     continue
                 pairs.add((id_type, value))
         candidates[int(file_index), int(line)] = pairs
     every = sorted(set().union(*candidates.values())) if candidates else []
-    matched = _matching_raw_values(con, every, key, suppressed, phone_region)
+    matched = _matching_raw_values(con, every, key, suppressed, phone_region, cached_normalisation)
     return sorted(where for where, pairs in candidates.items() if pairs & matched)
 
 
@@ -344,7 +346,8 @@ def quarantine_erased(
     """
     from features.ingest import _SEQ_FILE_SHIFT, sql_identifier
 
-    if "suppressed_identifiers" not in _tables(con):
+    tables = _tables(con)
+    if "suppressed_identifiers" not in tables:
         return 0
     suppressed = set(con.execute("SELECT id_type, id_hash FROM suppressed_identifiers").fetchall())
     if not suppressed:
@@ -360,7 +363,8 @@ def quarantine_erased(
             f"WHERE {sql_identifier(column)} IS NOT NULL"
         ).fetchall()
     ]
-    matched = _matching_raw_values(con, sorted(set(raw_values)), key, suppressed, region)
+    cached = "identifier_normalisation" in tables
+    matched = _matching_raw_values(con, sorted(set(raw_values)), key, suppressed, region, cached)
     erased_per_file: dict[int, int] = {}
     if matched:
         import pandas as pd
@@ -386,7 +390,7 @@ def quarantine_erased(
         for index, count in moved:
             counts[int(index)].quarantined += int(count)
             erased_per_file[int(index)] = erased_per_file.get(int(index), 0) + int(count)
-    found = _quarantined_matches(con, set(columns.values()), key, suppressed, region)
+    found = _quarantined_matches(con, set(columns.values()), key, suppressed, region, cached)
     if found:
         con.executemany(
             f"UPDATE _quarantine_new SET _reason = '{ERASED_REASON}', _raw = NULL "
