@@ -360,6 +360,7 @@ CREATE TABLE IF NOT EXISTS customer_merges (
     merged_customer_id VARCHAR, into_customer_id VARCHAR, merged_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS record_customers (
     source_feed VARCHAR, source_id VARCHAR, customer_id VARCHAR);
+CREATE TABLE IF NOT EXISTS customer_number_floor (value BIGINT);
 """
 
 
@@ -445,11 +446,12 @@ def resolve_identities(
         ORDER BY i.node""").df()
     nodes["component"] = labels[nodes["node"].to_numpy()] if len(nodes) else []
     previous = con.execute("SELECT customer_id, first_seen_at FROM customers").df()
+    # Never hand out an id again, not even an erased customer's (floor kept by erase).
     next_number = 1 + int(
         con.execute(
             "SELECT coalesce(max(try_cast(substr(customer_id, 2) AS BIGINT)), 0) FROM "
             "(SELECT customer_id FROM customers UNION ALL SELECT merged_customer_id "
-            "FROM customer_merges)"
+            "FROM customer_merges UNION ALL SELECT 'C' || value FROM customer_number_floor)"
         ).fetchall()[0][0]
     )
     assigned, merges = assign_customer_ids(nodes, previous, next_number)

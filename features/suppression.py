@@ -233,11 +233,26 @@ def suppress(
     return len(new)
 
 
+def retire_customer_ids(con: duckdb.DuckDBPyConnection, customer_ids: Iterable[str]) -> None:
+    """Identity resolution never hands these ids out again (a new person would inherit
+    whatever other systems still hold under the erased id). Only the highest number is kept,
+    not the ids."""
+    from features.identity import IDENTITY_DDL, customer_number
+
+    numbers = [customer_number(customer_id) for customer_id in customer_ids]
+    con.execute(IDENTITY_DDL)
+    con.execute(
+        "CREATE OR REPLACE TABLE customer_number_floor AS SELECT greatest(?, "
+        "(SELECT coalesce(max(value), 0) FROM customer_number_floor))::BIGINT AS value",
+        [max(numbers, default=0)],
+    )
+
+
 def is_suppressed(con: duckdb.DuckDBPyConnection, id_type: str, value: str) -> bool:
     """True when the identifier (any spelling of it) was erased."""
     if "suppressed_identifiers" not in _tables(con):
         return False
-    (count,) = con.execute("SELECT count(*) FROM suppressed_identifiers").fetchone()
+    [(count,)] = con.execute("SELECT count(*) FROM suppressed_identifiers").fetchall()
     if not count:
         return False
     key = suppression_key(con)

@@ -194,7 +194,7 @@ def erase_warehouse(
     """Delete the person's rows from every warehouse table and suppress their identifiers,
     in one transaction."""
     from features.contract import FEEDS
-    from features.suppression import suppress
+    from features.suppression import retire_customer_ids, suppress
 
     tables = _tables(con)
     ids = sorted(person.customer_ids)
@@ -203,6 +203,7 @@ def erase_warehouse(
     try:
         erased_at = datetime.fromisoformat(report.erased_at)
         report.suppressed = suppress(con, suppressed_identifiers(person), phone_region, erased_at)
+        retire_customer_ids(con, person.customer_ids)
         for feed in FEEDS.values():
             table = f"raw_{feed.name}"
             keys = [s for f, s in person.records if f == feed.name]
@@ -246,9 +247,11 @@ def erase_warehouse(
 
 
 def _delete(con: duckdb.DuckDBPyConnection, table: str, where: str, parameters: list) -> int:
-    (count,) = con.execute(f'SELECT count(*) FROM "{table}" WHERE {where}', parameters).fetchone()
+    # fetchall, not fetchone: DuckDB 2 keeps a result open until a fetch comes back empty, and
+    # the next register() on the connection then fails ("unfinished result").
+    [(count,)] = con.execute(f'SELECT count(*) FROM "{table}" WHERE {where}', parameters).fetchall()
     if count:
-        con.execute(f'DELETE FROM "{table}" WHERE {where}', parameters)
+        con.execute(f'DELETE FROM "{table}" WHERE {where}', parameters).fetchall()
     return int(count)
 
 

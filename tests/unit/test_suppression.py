@@ -151,3 +151,32 @@ def test_ingest_quarantines_rows_of_erased_persons_without_their_content(tmp_pat
             for row in con.execute(f"SELECT * FROM {table}").fetchall()
         ).lower()
     assert "jane" not in text and "7911" not in text and "lc-0012" not in text
+
+
+def test_an_erased_customer_id_is_never_handed_out_again(tmp_path: Path) -> None:
+    """Erase the newest customer: the next new person gets a fresh id, not theirs."""
+    from features.ingest import ingest
+    from omniretain.erase import erase_customer
+
+    settings = load_settings(state_dir=tmp_path / "state")
+    settings.ensure_dirs()
+    write_csv(
+        tmp_path / "day1" / "pos_sales" / "a.csv",
+        POS_HEADER,
+        ["T1,S1,2025-06-01T10:00:00,,,a@x.org,10,1", "T2,S1,2025-06-01T11:00:00,,,b@x.org,10,1"],
+    )
+    ingest(settings, source_dir=tmp_path / "day1", progress=False, now=NOW)
+    report = erase_customer(settings, "C000000002", requested_by="test")
+    assert report.removed["warehouse.customers"] == 1 and report.suppressed == 2
+    write_csv(
+        tmp_path / "day2" / "pos_sales" / "b.csv",
+        POS_HEADER,
+        ["T3,S1,2025-06-02T10:00:00,,,c@x.org,10,1", "T4,S1,2025-06-02T11:00:00,,,B@X.org,7,1"],
+    )
+    result = ingest(settings, source_dir=tmp_path / "day2", progress=False, now=NOW)
+    assert result.feeds["pos_sales"].erased == 1
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        links = con.execute(
+            "SELECT customer_id, id_value FROM identity_links ORDER BY 1"
+        ).fetchall()
+    assert links == [("C000000001", "a@x.org"), ("C000000003", "c@x.org")]
