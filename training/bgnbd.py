@@ -181,6 +181,88 @@ def frequency_recency_summary(
     ).rename_axis("customer_id")
 
 
+def forecast_rehearsal(
+    purchases: pd.DataFrame, cutoffs: list, end: object, unit_days: float = DAYS_PER_WEEK
+) -> pd.DataFrame:
+    """How far BG/NBD's forecast of total repeat purchases was off inside the observed data.
+
+    For each inner ``cutoff``: BG/NBD fitted on the purchases before it forecasts the repeat
+    purchases of those customers from the cutoff to ``end``; the actual count is read from the
+    log (same-day purchases merged, returns excluded). A forecast further out can only be
+    checked against these ratios: the mean ``ratio`` (actual over forecast) is the correction
+    the data supports, and their spread says how much a single forecast can be trusted.
+
+    Args:
+        purchases: ``customer_id``, ``occurred_at``, optional ``is_return``.
+        cutoffs: inner cutoffs, each before ``end``.
+        end: the first instant not observed (the end of the data used for the check).
+
+    Returns:
+        One row per cutoff: ``cutoff``, ``horizon`` (in ``unit_days``), ``forecast``,
+        ``actual``, ``ratio``. A cutoff where BG/NBD cannot be fitted (or forecasts nothing) is left
+        out.
+    """
+    bought = _purchase_days(purchases)
+    end = _naive_utc(end)
+    rows = []
+    for cutoff in sorted({_naive_utc(cutoff) for cutoff in cutoffs}):
+        if cutoff >= end:
+            raise ValueError(f"inner cutoff {cutoff} is not before the end {end}")
+        before = bought[bought["day"] < cutoff]
+        summary = frequency_recency_summary(
+            before, cutoff - pd.Timedelta(days=1), time_column="day", unit_days=unit_days
+        )
+        try:
+            params = fit_bgnbd(summary["x"], summary["t_x"], summary["T"])
+        except BGNBDFitError:
+            continue
+        horizon = (end - cutoff) / pd.Timedelta(days=unit_days)
+        forecast = float(
+            expected_transactions(params, horizon, summary["x"], summary["t_x"], summary["T"]).sum()
+        )
+        if not np.isfinite(forecast) or forecast <= 0.0:
+            continue  # a degenerate fit (too few customers) says nothing about the forecast
+        later = bought[(bought["day"] >= cutoff) & (bought["day"] < end)]
+        actual = int(later["customer_id"].isin(summary.index).sum())
+        rows.append(
+            {
+                "cutoff": cutoff,
+                "horizon": horizon,
+                "forecast": forecast,
+                "actual": actual,
+                "ratio": actual / forecast,
+            }
+        )
+    return pd.DataFrame(rows, columns=["cutoff", "horizon", "forecast", "actual", "ratio"])
+
+
+def rehearsed_correction(rehearsal: pd.DataFrame, z: float = 2.0) -> float:
+    """The factor for a forecast: the mean inner ratio, if it is distinguishable from 1.
+
+    The ratios of :func:`forecast_rehearsal` scatter (overlapping windows, promotions); a mean
+    within ``z`` standard errors of 1 is noise, and correcting by it would only move the
+    forecast at random, so the factor is then 1 (BG/NBD as fitted).
+    """
+    ratios = rehearsal["ratio"].to_numpy(np.float64)
+    if len(ratios) < 2:
+        return 1.0
+    mean = float(ratios.mean())
+    standard_error = float(ratios.std(ddof=1)) / np.sqrt(len(ratios))
+    return mean if abs(mean - 1.0) > z * standard_error else 1.0
+
+
+def _purchase_days(purchases: pd.DataFrame) -> pd.DataFrame:
+    """One row per customer and purchase day (naive UTC), returns excluded."""
+    times = pd.to_datetime(purchases["occurred_at"])
+    if getattr(times.dt, "tz", None) is not None:
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    bought = pd.DataFrame({"customer_id": purchases["customer_id"].astype(str), "day": times})
+    if "is_return" in purchases.columns:
+        bought = bought[~purchases["is_return"].fillna(False).astype(bool).to_numpy()]
+    bought["day"] = bought["day"].dt.normalize()
+    return bought.drop_duplicates().sort_values(["customer_id", "day"])
+
+
 # ---- customer-base features for the classifiers ----------------------------------------------
 CUSTOMER_BASE_FEATURES: tuple[str, ...] = (
     "bgnbd_expected_purchases",
@@ -217,14 +299,7 @@ def customer_base_features(
         for every customer with a purchase before the cutoff. A cutoff where BG/NBD cannot be
         fitted (nobody bought twice yet) keeps NaN in the three ``bgnbd_`` columns.
     """
-    times = pd.to_datetime(purchases["occurred_at"])
-    if getattr(times.dt, "tz", None) is not None:
-        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
-    bought = pd.DataFrame({"customer_id": purchases["customer_id"].astype(str), "day": times})
-    if "is_return" in purchases.columns:
-        bought = bought[~purchases["is_return"].fillna(False).astype(bool).to_numpy()]
-    bought["day"] = bought["day"].dt.normalize()
-    bought = bought.drop_duplicates().sort_values(["customer_id", "day"])
+    bought = _purchase_days(purchases)
     frames = []
     for cutoff in sorted({_naive_utc(cutoff) for cutoff in cutoffs}):
         before = bought[bought["day"] < cutoff]

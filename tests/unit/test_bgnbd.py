@@ -17,10 +17,12 @@ from training.bgnbd import (
     customer_base_features,
     expected_transactions,
     fit_bgnbd,
+    forecast_rehearsal,
     frequency_recency_summary,
     log_likelihood,
     probability_alive,
     probability_any_purchase,
+    rehearsed_correction,
 )
 
 CDNOW_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "CDNOW_sample.txt"
@@ -203,3 +205,70 @@ def test_customer_base_features_without_repeat_buyers_leave_bgnbd_empty() -> Non
     assert rows[list(CUSTOMER_BASE_FEATURES[:3])].isna().all().all()
     assert (rows["repeat_purchases"] == 0).all()
     assert customer_base_features(purchases, [pd.Timestamp("2019-01-01")], 30).empty
+
+
+def test_forecast_rehearsal_counts_the_repeats_of_known_customers_by_hand(
+    cdnow: pd.DataFrame,
+) -> None:
+    # The CDNOW sample before the cutoff (1997-07-01) is the background BG/NBD is fitted on;
+    # a, b, c buy before it too. Until the end (1997-08-01): a buys twice on one day (one
+    # occasion) and once more, b returns something (not a purchase), d is new (not a repeat of
+    # a known customer); a's purchase on the end day is outside.
+    cutoff, end = pd.Timestamp("1997-07-01", tz="UTC"), pd.Timestamp("1997-08-01", tz="UTC")
+    hand = _log(
+        [
+            ("a", "1997-05-01"),
+            ("a", "1997-06-15"),
+            ("b", "1997-05-05"),
+            ("c", "1997-05-02"),
+            ("c", "1997-06-20"),
+            ("a", "1997-07-10 09:00"),
+            ("a", "1997-07-10 18:00"),
+            ("a", "1997-07-20"),
+            ("d", "1997-07-12"),
+            ("a", "1997-08-01"),
+        ],
+        returns=("b", "1997-07-15"),
+    )
+    background = cdnow.loc[cdnow["occurred_at"] < "1997-07-01", ["customer_id", "occurred_at"]]
+    purchases = pd.concat([background, hand], ignore_index=True)
+    row = forecast_rehearsal(purchases, [cutoff], end).iloc[0]
+    assert row["actual"] == 2
+    assert row["horizon"] == pytest.approx(31 / 7)
+    assert row["ratio"] == pytest.approx(row["actual"] / row["forecast"])
+    with pytest.raises(ValueError, match="not before the end"):
+        forecast_rehearsal(purchases, [end], end)
+
+
+def test_forecast_rehearsal_on_cdnow_reads_nothing_after_the_end(cdnow: pd.DataFrame) -> None:
+    end = pd.Timestamp("1997-10-01")
+    cutoffs = [pd.Timestamp("1997-07-01"), pd.Timestamp("1997-08-01")]
+    with_future = forecast_rehearsal(cdnow, cutoffs, end)
+    without = forecast_rehearsal(cdnow[cdnow["occurred_at"] < end], cutoffs, end)
+    pd.testing.assert_frame_equal(with_future, without)
+    assert list(with_future["cutoff"]) == cutoffs
+    # The forecast is BG/NBD fitted on the history before each cutoff.
+    for cutoff, forecast in zip(cutoffs, with_future["forecast"], strict=True):
+        summary = frequency_recency_summary(
+            cdnow[cdnow["occurred_at"] < cutoff], cutoff - pd.Timedelta(days=1)
+        )
+        params = fit_bgnbd(summary["x"], summary["t_x"], summary["T"])
+        weeks = (end - cutoff).days / 7
+        expected = expected_transactions(params, weeks, summary["x"], summary["t_x"], summary["T"])
+        assert forecast == pytest.approx(expected.sum(), rel=1e-6)
+    # Independent count: same-day rows merged, customers first seen before the cutoff.
+    days = cdnow.drop_duplicates(["customer_id", "occurred_at"])
+    first = days.groupby("customer_id")["occurred_at"].transform("min")
+    for cutoff, actual in zip(cutoffs, with_future["actual"], strict=True):
+        later = days[(days["occurred_at"] >= cutoff) & (days["occurred_at"] < end)]
+        assert actual == int((first.loc[later.index] < cutoff).sum())
+
+
+def test_rehearsed_correction_applies_only_a_clear_bias() -> None:
+    def rehearsal(ratios: list[float]) -> pd.DataFrame:
+        return pd.DataFrame({"ratio": ratios})
+
+    assert rehearsed_correction(rehearsal([1.10, 1.12, 1.11, 1.09])) == pytest.approx(1.105)
+    assert rehearsal([0.82, 0.97, 1.10, 1.00, 0.96]).pipe(rehearsed_correction) == 1.0  # noise
+    assert rehearsed_correction(rehearsal([1.3])) == 1.0  # one ratio has no spread to judge
+    assert rehearsed_correction(rehearsal([])) == 1.0
