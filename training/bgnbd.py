@@ -258,7 +258,7 @@ def _purchase_days(purchases: pd.DataFrame) -> pd.DataFrame:
         times = times.dt.tz_convert("UTC").dt.tz_localize(None)
     bought = pd.DataFrame({"customer_id": purchases["customer_id"].astype(str), "day": times})
     if "is_return" in purchases.columns:
-        bought = bought[~purchases["is_return"].fillna(False).astype(bool).to_numpy()]
+        bought = bought[~purchases["is_return"].eq(True).to_numpy()]  # missing: a purchase
     bought["day"] = bought["day"].dt.normalize()
     return bought.drop_duplicates().sort_values(["customer_id", "day"])
 
