@@ -242,7 +242,7 @@ def test_forecast_rehearsal_counts_the_repeats_of_known_customers_by_hand(
 
 def test_forecast_rehearsal_on_cdnow_reads_nothing_after_the_end(cdnow: pd.DataFrame) -> None:
     end = pd.Timestamp("1997-10-01")
-    cutoffs = [pd.Timestamp("1997-07-01"), pd.Timestamp("1997-08-01")]
+    cutoffs = [pd.Timestamp("1997-08-01")]  # one BG/NBD fit per cutoff: keep the test fast
     with_future = forecast_rehearsal(cdnow, cutoffs, end)
     without = forecast_rehearsal(cdnow[cdnow["occurred_at"] < end], cutoffs, end)
     pd.testing.assert_frame_equal(with_future, without)
