@@ -369,36 +369,24 @@ RDB_TYPE_HASH_LISTPACK = 16
 RDB_VERSION_LISTPACK = 10  # Redis 7.0, the first with listpack hashes; later versions accept it
 LISTPACK_MAX_STRING = 63  # a 6-bit listpack string: Feast's fields and values are shorter
 LISTPACK_MAX_PAIRS = 128  # Redis's default hash-max-listpack-entries
-CRC64_JONES_REFLECTED = 0x95AC9329AC4BC9B5
-CRC_BLOCK_ROWS = 8192
+CRC64_JONES = 0xAD93D23594C935A9  # the polynomial in normal notation
 
 
 @lru_cache(maxsize=1)
-def _crc64_table() -> np.ndarray:
-    table = np.zeros(256, dtype=np.uint64)
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ CRC64_JONES_REFLECTED if crc & 1 else crc >> 1
-        table[byte] = crc
-    return table
+def _redis_crc64() -> Any:
+    """Redis's CRC-64 (Jones polynomial, reflected, init and xor-out 0: ``src/crc64.c``).
+
+    ``anycrc`` computes it in C (Mark Adler's crcany, word at a time): about 1 GB/s, where a
+    NumPy byte-column loop managed a few tens of MB/s over the 1.3 KB payloads.
+    """
+    import anycrc
+
+    return anycrc.CRC(width=64, poly=CRC64_JONES, init=0, refin=True, refout=True, xorout=0)
 
 
 def crc64_rows(cells: Cells) -> np.ndarray:
-    """Redis's CRC-64 (Jones, reflected, no xor) of every row, one column at a time in NumPy."""
-    table = _crc64_table()
-    result = np.zeros(len(cells), dtype=np.uint64)
-    eight = np.uint64(8)
-    for start in range(0, len(cells), CRC_BLOCK_ROWS):  # a block's columns stay in cache
-        lengths = np.asarray(cells.lengths[start : start + CRC_BLOCK_ROWS])
-        columns = np.asfortranarray(cells.data[start : start + CRC_BLOCK_ROWS])
-        crc = np.zeros(len(lengths), dtype=np.uint64)
-        shortest = int(lengths.min(initial=0))
-        for column in range(int(lengths.max(initial=0))):
-            updated = table[crc.astype(np.uint8) ^ columns[:, column]] ^ (crc >> eight)
-            crc = updated if column < shortest else np.where(lengths > column, updated, crc)
-        result[start : start + CRC_BLOCK_ROWS] = crc
-    return result
+    """Redis's CRC-64 of every row (one C call per row)."""
+    return np.fromiter(map(_redis_crc64().calc, cells.to_list()), np.uint64, count=len(cells))
 
 
 def _byte_cells(values: np.ndarray) -> Cells:
