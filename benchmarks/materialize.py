@@ -5,7 +5,9 @@ Builds a synthetic snapshot parquet with the real feature list (every feature of
 (fast engine) into SQLite and into a local Redis, and stock ``materialize(engine="feast")``
 into Redis on ``--stock-entities`` rows, extrapolated linearly to the full size when smaller
 (said so in the output). Reads through Feast's own ``get_online_features`` are checked against
-the parquet for a sample of customers. Last line: one JSON object.
+the parquet for a sample of customers. SQLite's floor is SQLite alone copying the loaded rows
+into a fresh table of the same layout (no Python, no encoding): ``sqlite_over_floor`` says how
+far our load is from it. Last line: one JSON object.
 
     python benchmarks/materialize.py            # 1M customers (several minutes)
     python benchmarks/materialize.py --quick    # 20k customers, a check that it runs
@@ -88,14 +90,38 @@ def redis_server_cpu(connection_string: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def prefix_copy(source: Path, target: Path, rows: int) -> None:
+    """The first ``rows`` rows of a parquet file, streamed (never the whole file in memory)."""
+    parquet = pq.ParquetFile(source)
+    with pq.ParquetWriter(target, parquet.schema_arrow) as writer:
+        left = rows
+        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
+            if left <= 0:
+                break
+            writer.write_batch(batch.slice(0, left))
+            left -= batch.num_rows
+
+
+def sample_rows(source: Path, sample: int = 50) -> list[dict]:
+    """Random rows of a parquet file, streamed."""
+    parquet = pq.ParquetFile(source)
+    rng = np.random.default_rng(1)
+    wanted = set(rng.choice(parquet.metadata.num_rows, size=sample, replace=False).tolist())
+    rows: list[dict] = []
+    offset = 0
+    for batch in parquet.iter_batches(batch_size=CHUNK_ROWS):
+        positions = [p - offset for p in sorted(wanted) if offset <= p < offset + batch.num_rows]
+        if positions:
+            rows.extend(batch.take(pa.array(positions)).to_pylist())
+        offset += batch.num_rows
+    return rows
+
+
 def check_reads(settings: Settings, source: Path, sample: int = 50) -> None:
     """Feast's get_online_features returns the parquet's values for random customers."""
     from features.store import get_feature_store
 
-    table = pq.read_table(source)
-    rng = np.random.default_rng(1)
-    rows = sorted(rng.choice(table.num_rows, size=min(sample, table.num_rows), replace=False))
-    expected = table.take(pa.array(rows)).to_pylist()
+    expected = sample_rows(source, min(sample, pq.ParquetFile(source).metadata.num_rows))
     store = get_feature_store(settings)
     answer = store.get_online_features(
         features=store.get_feature_service(settings.features.feature_service),
@@ -109,6 +135,39 @@ def check_reads(settings: Settings, source: Path, sample: int = 50) -> None:
             same = (got is None and value != value) or got == value
             if not same:
                 raise SystemExit(f"read mismatch for {row['customer_id']}.{name}: {got} != {value}")
+
+
+def sqlite_floor_seconds(settings: Settings) -> tuple[float, int]:
+    """SQLite alone writing the loaded rows again: no Python, no encoding, already in order.
+
+    ``INSERT ... SELECT`` of the whole online table into an empty table of the same layout in a
+    new file: the least any loader can spend writing these rows into SQLite here.
+    """
+    import sqlite3
+
+    from features.contract import FEATURE_VIEW
+    from features.online_writer import sqlite_table_name
+    from features.store import PROJECT, online_target
+
+    table = sqlite_table_name(PROJECT, FEATURE_VIEW)
+    source = online_target(settings).sqlite_path
+    assert source is not None
+    floor = source.with_name("floor.db")
+    connection = sqlite3.connect(floor, isolation_level=None)
+    for pragma in ("synchronous=OFF", "cache_size=-262144", "journal_mode=OFF"):
+        connection.execute(f"PRAGMA {pragma}")
+    connection.execute(f"ATTACH '{source}' AS loaded")
+    (ddl,) = connection.execute(
+        "SELECT sql FROM loaded.sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    connection.execute(ddl)
+    started = time.perf_counter()
+    connection.execute(f'INSERT INTO main."{table}" SELECT * FROM loaded."{table}"')
+    seconds = time.perf_counter() - started
+    (rows,) = connection.execute(f'SELECT count(*) FROM main."{table}"').fetchone()
+    connection.close()
+    floor.unlink()
+    return seconds, rows
 
 
 def main() -> None:
@@ -144,17 +203,19 @@ def main() -> None:
             f"synthetic parquet: {entities:,} x {features} in {time.perf_counter() - started:.1f} s"
         )
         stock_source = root / "stock.parquet"
-        pq.write_table(pq.read_table(source).slice(0, stock_entities), stock_source)
+        prefix_copy(source, stock_source, stock_entities)
         sqlite_source = source
         if sqlite_entities < entities:
             sqlite_source = root / "sqlite.parquet"
-            pq.write_table(pq.read_table(source).slice(0, sqlite_entities), sqlite_source)
+            prefix_copy(source, sqlite_source, sqlite_entities)
 
         sqlite_state = state(root, "sqlite", sqlite_source)
         cpu_before = time.process_time()
         sqlite_run = materialize(sqlite_state)
         sqlite_cpu = time.process_time() - cpu_before
         check_reads(sqlite_state, sqlite_source)
+        floor_seconds, floor_rows = sqlite_floor_seconds(sqlite_state)
+        print(f"SQLite floor: {floor_rows:,} rows copied in C in {floor_seconds:.1f} s")
         with local_redis_server() as redis:
             redis_state = state(
                 root, "redis", source, online_store="redis", redis_connection_string=f"{redis},db=0"
@@ -186,6 +247,9 @@ def main() -> None:
         "sqlite_measured_seconds": sqlite_run["seconds"],
         "sqlite_extrapolated": sqlite_entities < entities,
         "redis_seconds": redis_run["seconds"],
+        "sqlite_floor_seconds": round(floor_seconds * entities / sqlite_entities, 1),
+        "sqlite_floor_rows": floor_rows,
+        "sqlite_over_floor": round(sqlite_run["seconds"] / floor_seconds, 2),
         "sqlite_cpu_seconds_measured": round(sqlite_cpu, 1),
         "redis_client_cpu_seconds": round(redis_cpu, 1),
         "redis_server_cpu_seconds": round(redis_server_seconds, 1),
@@ -205,6 +269,10 @@ def main() -> None:
         else ""
     )
     print(f"{label:<38}{sqlite_seconds:>10.1f}")
+    label = "SQLite floor (rows copied in C)" + (
+        f" (x{entities / sqlite_entities:g})" if sqlite_entities < entities else ""
+    )
+    print(f"{label:<38}{figures['sqlite_floor_seconds']:>10.1f}")
     print(f"{'ours -> Redis':<38}{figures['redis_seconds']:>10.1f}")
     label = "stock Feast -> Redis" + (
         f" (x{entities / stock_entities:g} extrapolated from {stock_entities:,})"
@@ -218,6 +286,7 @@ def main() -> None:
         f"server {figures['redis_server_cpu_seconds']} on {entities:,}"
     )
     print(
+        f"ours / SQLite floor: x{figures['sqlite_over_floor']}; "
         f"Redis speed-up vs stock: x{figures['redis_speedup_vs_stock']}; peak RSS "
         f"{figures['peak_rss_mb']} MB; load average {' '.join(figures['loadavg'])}; "
         "Feast reads checked equal to the parquet"

@@ -24,7 +24,6 @@ from __future__ import annotations
 import sqlite3
 import struct
 import threading
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,17 +141,41 @@ def constant_cells(value: bytes, rows: int) -> Cells:
     )
 
 
-def cells_from_bytes(items: Sequence[bytes]) -> Cells:
-    """Cells of arbitrary byte strings (one Python step per item: for short or few lists)."""
-    lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
-    width = int(lengths.max()) if len(items) else 0
-    data = np.zeros((len(items), max(width, 1)), dtype=np.uint8)
+def _packed_cells(flat: np.ndarray, lengths: np.ndarray) -> Cells:
+    """Cells of strings stored back to back in ``flat`` (``lengths`` bytes each)."""
+    width = int(lengths.max()) if len(lengths) else 0
+    data = np.zeros((len(lengths), max(width, 1)), dtype=np.uint8)
     if width:
-        flat = np.frombuffer(b"".join(items), dtype=np.uint8)
-        rows = np.repeat(np.arange(len(items)), lengths)
+        rows = np.repeat(np.arange(len(lengths)), lengths)
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
         data[rows, np.arange(flat.size) - starts] = flat
     return Cells(data, lengths)
+
+
+def cells_from_bytes(items: Sequence[bytes]) -> Cells:
+    """Cells of arbitrary byte strings (one Python step per item: for short or few lists)."""
+    lengths = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+    return _packed_cells(np.frombuffer(b"".join(items), dtype=np.uint8), lengths)
+
+
+def string_cells(texts: pa.Array | pa.ChunkedArray) -> Cells:
+    """Cells of an Arrow string array's UTF-8 bytes, read from its buffers (a null is empty)."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    texts = texts.cast(pa.large_string())
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[
+        texts.offset : texts.offset + len(texts) + 1
+    ]
+    data = texts.buffers()[2]
+    flat = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    if texts.null_count:
+        lengths = np.where(np.asarray(texts.is_null().to_numpy(zero_copy_only=False)), 0, lengths)
+        keep = np.repeat(lengths > 0, np.diff(offsets))
+        flat = flat[offsets[0] : offsets[-1]][keep]
+    else:
+        flat = flat[offsets[0] : offsets[-1]]
+    return _packed_cells(flat, lengths)
 
 
 def _side_by_side(parts: Sequence[Cells]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -252,19 +275,53 @@ def encode_int64_values(values: pa.Array | pa.ChunkedArray) -> list[bytes]:
     return int64_value_cells(values).to_list()
 
 
-def encode_values(values: pa.Array | pa.ChunkedArray, kind: ValueKind) -> list[bytes]:
-    """Serialised Feast values of one column as ``bytes`` objects (SQLite binds them)."""
-    return value_cells(values, kind).to_list()
+PYTHON_DECIMAL_RANGE = (1e-4, 1e15)  # repr's decimal layout; Arrow's agrees inside it
+
+
+def text_cells(values: pa.Array | pa.ChunkedArray, kind: ValueKind) -> Cells:
+    """The SQLite ``value_text`` of every value as Feast writes it: ``str(number)``, or empty
+    for a missing one (Feast's NULL).
+
+    Arrow formats numbers in C with the shortest digits that read back to the same double,
+    as Python's ``repr`` does; inside ``PYTHON_DECIMAL_RANGE`` the layout differs only for
+    integral values (``100`` for ``100.0``), fixed here, and where Arrow picks an exponent.
+    Those values, and the ones outside the range, go through ``str``: few in real data.
+    """
+    missing = _null_mask(values)
+    if kind == "int64":
+        cells = string_cells(pc.cast(pc.cast(values, pa.int64()), pa.string()))
+        return Cells(cells.data, np.where(missing, 0, cells.lengths))
+    numbers = pc.cast(values, pa.float64())
+    magnitudes = np.abs(
+        np.asarray(pc.fill_null(numbers, 0.0).to_numpy(zero_copy_only=False), dtype=np.float64)
+    )
+    low, high = PYTHON_DECIMAL_RANGE
+    by_python = ~missing & ((magnitudes < low) & (magnitudes != 0) | ~(magnitudes < high))
+    cells = string_cells(pc.cast(pc.if_else(pa.array(by_python), 0.0, numbers), pa.string()))
+    by_python |= (cells.data == ord("e")).any(axis=1)  # Arrow's exponent thresholds differ
+    data = np.zeros((len(cells), cells.width + 2), dtype=np.uint8)
+    data[:, : cells.width] = cells.data
+    lengths = np.where(missing, 0, cells.lengths)
+    integral = ~(cells.data == ord(".")).any(axis=1) & ~missing & ~by_python
+    rows = np.flatnonzero(integral)
+    data[rows, lengths[rows]] = ord(".")
+    data[rows, lengths[rows] + 1] = ord("0")
+    lengths = lengths + 2 * integral
+    python_rows = np.flatnonzero(by_python)
+    if python_rows.size:
+        exact = cells_from_bytes(
+            [str(number).encode() for number in pc.take(numbers, python_rows).to_pylist()]
+        )
+        if exact.width > data.shape[1]:
+            data = np.pad(data, ((0, 0), (0, exact.width - data.shape[1])))
+        data[python_rows, : exact.width] = exact.data
+        lengths[python_rows] = exact.lengths
+    return Cells(data, lengths)
 
 
 def value_texts(values: pa.Array | pa.ChunkedArray, kind: ValueKind) -> list[str | None]:
     """The SQLite ``value_text`` column of one feature as Feast writes it (``str`` or NULL)."""
-    missing = _null_mask(values)
-    typed = pc.cast(values, pa.float64() if kind == "float64" else pa.int64())
-    texts: list[str | None] = list(map(str, typed.to_pylist()))
-    for position in np.flatnonzero(missing).tolist():
-        texts[position] = None
-    return texts
+    return [text.decode() if text else None for text in text_cells(values, kind).to_list()]
 
 
 def value_text(encoded: bytes, kind: ValueKind) -> str | None:
@@ -492,97 +549,153 @@ def _distinct_times(values: pa.Array | pa.ChunkedArray) -> tuple[list[datetime |
 
 
 class SqliteOnlineWriter:
-    """Feast's SQLite upsert, bulk: one staged row per entity, expanded by SQLite itself.
+    """Feast's SQLite rows, bulk: one staged row per entity, expanded to Feast's rows by SQLite.
 
-    Feast keeps one row per (entity, feature): 78 per customer here. Binding each of them from
-    Python costs more than SQLite's insert, so a batch goes into a temporary staging table
-    with one wide row per entity (key, times, every value and its text), and one
-    ``INSERT ... SELECT`` crossed with the feature names expands it in C, entity by entity
-    and name by name, so the primary-key B-tree is filled in order. The expansion runs in a
-    thread (SQLite releases the GIL) while the next batch is encoded. Into an empty table (a
-    first load) Feast's redundant ``{table}_ek`` index is dropped for the load and rebuilt once
-    at the end: one sort instead of one B-tree insert per row. Feast creates the table at
-    ``apply``; this writer only inserts into it.
+    Feast keeps one row per (entity, feature), 78 per customer here: binding each from Python
+    costs more than SQLite's insert. So a batch is staged with one row per entity holding
+    three packed strings (every value in a fixed-width slot, each value's length, every
+    ``value_text`` in a space-padded slot), built column-wise in NumPy, and one
+    ``INSERT ... SELECT`` crossed with the sorted feature names cuts them into Feast's rows in
+    C, entity by entity and name by name: the primary-key order. The expansion runs in a
+    thread (SQLite releases the GIL) while the next batch is encoded.
+
+    Into an empty table (a first load) the rows go into a new table that is swapped in when
+    the load completes: killed half way, the store keeps its previous state. The new table is
+    ``WITHOUT ROWID``: its primary-key B-tree holds the rows, where Feast's table writes each
+    row into a rowid B-tree, the primary key's index and the ``{table}_ek`` index (a prefix of
+    the key: redundant). Feast re-creates ``{table}_ek`` by name at every ``apply``, so the
+    new table carries an empty partial index of that name. Feast's reads and upserts work on
+    it unchanged (tested through ``get_online_features`` and ``push``). A table with rows is
+    upserted in place, one transaction per batch (an incremental load).
     """
 
     STAGE = "omniretain_online_stage"
     NAMES = "omniretain_online_names"
+    LOADING_SUFFIX = "__loading"
 
     def __init__(self, target: OnlineTarget, layout: ViewLayout, join_key: str) -> None:
         assert target.sqlite_path is not None
-        self._connection = sqlite3.connect(str(target.sqlite_path), check_same_thread=False)
+        self._connection = sqlite3.connect(
+            str(target.sqlite_path), check_same_thread=False, isolation_level=None
+        )
         for pragma in ("synchronous=OFF", "cache_size=-262144", "temp_store=MEMORY"):
             self._connection.execute(f"PRAGMA {pragma}")  # 256 MB page cache, staging in RAM
         self._layout = layout
         self._join_key = join_key
         self._encode_key = entity_key_encoder(join_key, target.entity_key_serialization_version)
         self._table = sqlite_table_name(target.project, layout.name)
-        features = len(layout.features)
-        values = [f"v{position}" for position in range(features)]
-        texts = [f"t{position}" for position in range(features)]
+        self._loading = self._table + self.LOADING_SUFFIX
+        columns = self._connection.execute(f'PRAGMA table_info("{self._table}")').fetchall()
+        if not columns:
+            raise OnlineStoreFormatError(
+                f"no online table {self._table!r} in {target.sqlite_path}: apply the repo first"
+            )
+        empty = self._connection.execute(f'SELECT 1 FROM "{self._table}" LIMIT 1').fetchone()
+        self._rebuild = empty is None
+        self._in_transaction(self._prepare_tables, [(name, kind) for _, name, kind, *_ in columns])
         self._connection.execute(
             f"CREATE TEMP TABLE {self.STAGE} (entity_key BLOB, event_ts INTEGER, "
-            f"created_ts INTEGER, {', '.join(values + texts)})"
+            "created_ts INTEGER, packed_values BLOB, value_lengths TEXT, packed_texts TEXT)"
         )
         self._connection.execute(f"CREATE TEMP TABLE {self.NAMES} (position INTEGER, name TEXT)")
         self._connection.executemany(
             f"INSERT INTO {self.NAMES} VALUES (?, ?)",
             sorted(enumerate(layout.features), key=lambda pair: pair[1]),
         )
-        self._stage_sql = f"INSERT INTO {self.STAGE} VALUES ({', '.join('?' * (3 + 2 * features))})"
-
-        def pick(columns: list[str]) -> str:
-            cases = " ".join(f"WHEN {i} THEN s.{column}" for i, column in enumerate(columns))
-            return f"CASE n.position {cases} END"
-
+        self._stage_sql = f"INSERT INTO {self.STAGE} VALUES (?, ?, ?, ?, ?, ?)"
         self._expand_sql = (
-            f'INSERT INTO "{self._table}" (entity_key, feature_name, value, value_text, '
-            f"event_ts, created_ts) SELECT s.entity_key, n.name, {pick(values)}, "
-            f"{pick(texts)}, s.event_ts, s.created_ts FROM {self.STAGE} AS s CROSS JOIN "
-            f"{self.NAMES} AS n WHERE true ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+            f'INSERT INTO "{self._loading if self._rebuild else self._table}" (entity_key, '
+            "feature_name, value, value_text, event_ts, created_ts) "
+            "SELECT s.entity_key, n.name, "
+            "substr(s.packed_values, n.position * :value_width + 1, "
+            "unicode(substr(s.value_lengths, n.position + 1, 1)) - 48), "
+            "nullif(rtrim(substr(s.packed_texts, n.position * :text_width + 1, :text_width)), ''), "
+            f"s.event_ts, s.created_ts FROM {self.STAGE} AS s CROSS JOIN {self.NAMES} AS n "
+            "WHERE true ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
             "value = excluded.value, value_text = excluded.value_text, "
             "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
         )
-        empty = self._connection.execute(f'SELECT 1 FROM "{self._table}" LIMIT 1').fetchone()
-        self._connection.commit()
-        self._index = f"{self._table}_ek"
-        self._rebuild_index = empty is None
-        if self._rebuild_index:
-            self._connection.execute(f'DROP INDEX IF EXISTS "{self._index}"')
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-online-writer")
         self._pending: Future[None] | None = None
 
-    def _staged_rows(self, table: pa.Table) -> list[list[Any]]:
-        """One row per entity, sorted by entity key: key, times, values, value texts."""
+    def _in_transaction(self, work: Callable[..., None], *arguments: Any) -> None:
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            work(*arguments)
+        except BaseException:
+            self._connection.execute("ROLLBACK")
+            raise
+        self._connection.execute("COMMIT")
+
+    def _prepare_tables(self, columns: list[tuple[str, str]]) -> None:
+        """Drop a killed load's leftover table; for a rebuild, create the new table."""
+        execute = self._connection.execute
+        execute(f'DROP TABLE IF EXISTS "{self._loading}"')
+        if not self._rebuild:
+            return
+        index = f"{self._table}_ek"
+        execute(f'DROP INDEX IF EXISTS "{index}"')  # the name moves to the new table
+        declared = ", ".join(f'"{name}" {kind}' for name, kind in columns)
+        execute(
+            f'CREATE TABLE "{self._loading}" ({declared}, '
+            "PRIMARY KEY (entity_key, feature_name)) WITHOUT ROWID"
+        )
+        execute(f'CREATE INDEX "{index}" ON "{self._loading}" (entity_key) WHERE false')
+
+    def _swap(self) -> None:
+        execute = self._connection.execute
+        execute(f'DROP TABLE "{self._table}"')
+        execute(f'ALTER TABLE "{self._loading}" RENAME TO "{self._table}"')
+
+    def _staged_rows(self, table: pa.Table) -> tuple[list[tuple[Any, ...]], int, int]:
+        """One row per entity, sorted by entity key, and the value and text slot widths."""
         keys = [
             self._encode_key(entity_id)
             for entity_id in table.column(self._join_key).cast(pa.string()).to_pylist()
         ]
         order = sorted(range(len(keys)), key=keys.__getitem__)
         table = table.take(pa.array(order, pa.int64()))
-        features = len(self._layout.features)
-        rows = np.empty((len(keys), 3 + 2 * features), dtype=object)
-        rows[:, 0] = [keys[position] for position in order]
-        for column, name in ((1, "event_timestamp"), (2, "created_timestamp")):
+        times: list[list[int | None]] = []
+        for name in ("event_timestamp", "created_timestamp"):
             if name in table.column_names:
                 moments, positions = _distinct_times(table.column(name))
                 stamps = np.array([sqlite_timestamp(moment) for moment in moments], dtype=object)
-                rows[:, column] = stamps[positions]
+                times.append(stamps[positions].tolist())
             else:
-                rows[:, column] = None
-        for position, (name, kind) in enumerate(
-            zip(self._layout.features, self._layout.kinds, strict=True)
-        ):
-            values = table.column(name)
-            rows[:, 3 + position] = encode_values(values, kind)
-            rows[:, 3 + features + position] = value_texts(values, kind)
-        return rows.tolist()
+                times.append([None] * len(keys))
+        columns = [
+            table.column(name)
+            for name, kind in zip(self._layout.features, self._layout.kinds, strict=True)
+        ]
+        kinds = self._layout.kinds
+        values = [value_cells(column, kind) for column, kind in zip(columns, kinds, strict=True)]
+        texts = [text_cells(column, kind) for column, kind in zip(columns, kinds, strict=True)]
+        value_width = max(cells.width for cells in values)
+        text_width = max(cells.width for cells in texts)
+        packed_values = _packed_slots(values, value_width, 0)
+        packed_texts = _packed_slots(texts, text_width, ord(" "))
+        lengths = (48 + np.stack([cells.lengths for cells in values], axis=1)).astype(np.uint8)
+        rows = list(
+            zip(
+                [keys[position] for position in order],
+                *times,
+                _row_bytes(packed_values),
+                [row.decode("ascii") for row in _row_bytes(lengths)],
+                [row.decode("ascii") for row in _row_bytes(packed_texts)],
+                strict=True,
+            )
+        )
+        return rows, value_width, text_width
 
-    def _execute(self, rows: list[list[Any]]) -> None:
-        with self._connection:
+    def _execute(self, rows: list[tuple[Any, ...]], value_width: int, text_width: int) -> None:
+        def write() -> None:
             self._connection.executemany(self._stage_sql, rows)
-            self._connection.execute(self._expand_sql)
+            self._connection.execute(
+                self._expand_sql, {"value_width": value_width, "text_width": text_width}
+            )
             self._connection.execute(f"DELETE FROM {self.STAGE}")
+
+        self._in_transaction(write)
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -591,22 +704,36 @@ class SqliteOnlineWriter:
 
     def write(self, table: pa.Table) -> None:
         """Queue one Arrow batch (join key, timestamps, features); raises a previous failure."""
-        rows = self._staged_rows(table)
+        rows, value_width, text_width = self._staged_rows(table)
         self._wait()
-        self._pending = self._pool.submit(self._execute, rows)
+        self._pending = self._pool.submit(self._execute, rows, value_width, text_width)
 
     def close(self) -> None:
-        """Finish the queued batch and rebuild the entity-key index if it was dropped."""
+        """Finish the queued batch; after a complete rebuild, swap the new table in."""
         try:
             self._wait()
+            if self._rebuild:
+                self._in_transaction(self._swap)
         finally:
             self._pool.shutdown()
-            if self._rebuild_index:
-                self._connection.execute(
-                    f'CREATE INDEX IF NOT EXISTS "{self._index}" ON "{self._table}" (entity_key)'
-                )
-                self._connection.commit()
             self._connection.close()
+
+
+def _packed_slots(parts: Sequence[Cells], width: int, fill: int) -> np.ndarray:
+    """Each row's cells side by side in slots of ``width`` bytes, padded with ``fill``."""
+    rows = len(parts[0])
+    packed = np.full((rows, len(parts) * width), fill, dtype=np.uint8)
+    for position, cells in enumerate(parts):
+        slot = packed[:, position * width : position * width + cells.width]
+        keep = np.arange(cells.width) < np.asarray(cells.lengths)[:, None]
+        np.copyto(slot, cells.data, where=keep)
+    return packed
+
+
+def _row_bytes(matrix: np.ndarray) -> list[bytes]:
+    """Each row of a uint8 matrix as one ``bytes`` (a single C-level conversion)."""
+    matrix = np.ascontiguousarray(matrix)
+    return matrix.view(f"V{matrix.shape[1]}").ravel().tolist()
 
 
 def redis_client(connection_string: str, timeout_seconds: float | None = None) -> Any:
@@ -635,16 +762,6 @@ def redis_client(connection_string: str, timeout_seconds: float | None = None) -
     return redis.Redis(host=host, port=int(port or 6379), **options)
 
 
-@dataclass
-class _SentBatch:
-    """Commands on the wire whose replies are not read yet, kept to redo rows with HSET."""
-
-    restore: bool
-    keys: Cells
-    fields: list[tuple[bytes, Cells]]
-    replies: int
-
-
 class RedisOnlineWriter:
     """Feast's Redis hash layout, the whole batch encoded column-wise in NumPy.
 
@@ -653,9 +770,10 @@ class RedisOnlineWriter:
     fields one by one (about 90 us per customer here). ``RESTORE`` refuses a key that exists
     (other views' fields live in the same hash), so those rows, and every row when the server
     rejects the payload (Redis before 7.0), are written with ``HSET``. Commands go on a raw
-    connection without a transaction; a batch's replies are read after the next batch is sent,
-    so Redis works while the next one is encoded. Unlike Feast's writer it does not read the
-    stored timestamps first: a load writes the latest snapshot per customer.
+    connection without a transaction. A thread sends a batch and reads its replies (socket
+    I/O releases the GIL) while the next batch is encoded, so the client's encoding and the
+    server's work overlap; at most two batches are held. Unlike Feast's writer it does not
+    read the stored timestamps first: a load writes the latest snapshot per customer.
     """
 
     def __init__(
@@ -672,19 +790,19 @@ class RedisOnlineWriter:
         self._ts_field = f"_ts:{layout.name}".encode()
         self._ttl_seconds = ttl_seconds
         self._use_restore = True
-        self._sent: deque[_SentBatch] = deque()
         self._unread = b""
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-online-writer")
+        self._pending: Future[None] | None = None
 
-    def _send(self, restore: bool, keys: Cells, fields: list[tuple[bytes, Cells]]) -> None:
+    def _commands(
+        self, restore: bool, keys: Cells, fields: list[tuple[bytes, Cells]]
+    ) -> tuple[bytes, int, bool]:
+        """The RESP bytes of a batch, its number of replies, and whether they are RESTOREs."""
         payloads = dump_payloads(fields) if restore else None
         if payloads is not None:
-            commands = redis_restore_commands(keys, payloads, self._ttl_seconds)
-            replies = len(keys)
-        else:
-            commands = redis_hset_commands(keys, fields, self._ttl_seconds)
-            replies = len(keys) * (2 if self._ttl_seconds else 1)
-        self._connection.send_packed_command([commands], check_health=False)
-        self._sent.append(_SentBatch(payloads is not None, keys, fields, replies))
+            return redis_restore_commands(keys, payloads, self._ttl_seconds), len(keys), True
+        commands = redis_hset_commands(keys, fields, self._ttl_seconds)
+        return commands, len(keys) * (2 if self._ttl_seconds else 1), False
 
     def _read_lines(self, count: int) -> list[bytes]:
         """The next ``count`` replies, read in bulk from the socket.
@@ -705,25 +823,37 @@ class RedisOnlineWriter:
         self._unread = replies.pop()
         return replies
 
-    def _read_oldest(self) -> None:
-        """Read the oldest batch's replies; redo refused ``RESTORE`` rows with ``HSET``."""
+    def _deliver(
+        self,
+        commands: bytes,
+        replies: int,
+        restore: bool,
+        keys: Cells,
+        fields: list[tuple[bytes, Cells]],
+    ) -> None:
+        """Send a batch and read its replies (I/O thread); redo refused RESTOREs with HSET."""
         from redis.exceptions import ResponseError
 
-        batch = self._sent.popleft()
-        replies = self._read_lines(batch.replies)
-        if not any(reply.startswith(b"-") for reply in replies):
+        self._connection.send_packed_command([commands], check_health=False)
+        answers = self._read_lines(replies)
+        if not any(answer.startswith(b"-") for answer in answers):
             return
-        refused = [row for row, reply in enumerate(replies) if reply.startswith(b"-")]
-        if not batch.restore:
-            raise ResponseError(replies[refused[0]][1:].decode("utf8", "replace"))
-        if any(not replies[row].startswith(b"-BUSYKEY") for row in refused):
+        refused = [row for row, answer in enumerate(answers) if answer.startswith(b"-")]
+        if not restore:
+            raise ResponseError(answers[refused[0]][1:].decode("utf8", "replace"))
+        if any(not answers[row].startswith(b"-BUSYKEY") for row in refused):
             self._use_restore = False  # the server does not take this payload
         rows = np.asarray(refused)
-        fields = [(field, cells.take(rows)) for field, cells in batch.fields]
-        self._send(False, batch.keys.take(rows), fields)
+        fields = [(field, cells.take(rows)) for field, cells in fields]
+        self._deliver(*self._commands(False, keys.take(rows), fields), keys.take(rows), fields)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def write(self, table: pa.Table) -> None:
-        """Send one Arrow batch's commands, then read the previous batch's replies."""
+        """Encode one Arrow batch, then hand it to the I/O thread once the previous is done."""
         ids = table.column(self._join_key).cast(pa.string()).to_pylist()
         if not ids:
             return
@@ -736,15 +866,15 @@ class RedisOnlineWriter:
             self._fields, self._layout.features, self._layout.kinds, strict=True
         ):
             fields.append((field, value_cells(table.column(name), kind)))
-        self._send(self._use_restore and restorable(fields), keys, fields)
-        while len(self._sent) > 1:
-            self._read_oldest()
+        encoded = self._commands(self._use_restore and restorable(fields), keys, fields)
+        self._wait()
+        self._pending = self._pool.submit(self._deliver, *encoded, keys, fields)
 
     def close(self) -> None:
         try:
-            while self._sent:
-                self._read_oldest()
+            self._wait()
         finally:
+            self._pool.shutdown()
             self._connection.disconnect()  # its socket was read past redis-py's parser
             self._client.connection_pool.release(self._connection)
             self._client.close()

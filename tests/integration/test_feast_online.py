@@ -7,6 +7,7 @@ snapshot parquet; Feast's own ``get_online_features`` must answer the same for b
 from __future__ import annotations
 
 import math
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -212,3 +213,76 @@ def test_push_rejects_unknown_fields(stores) -> None:
             ours,
             pd.DataFrame({"customer_id": ["x"], "event_timestamp": [CUTOFFS[0]], "basket": [1.0]}),
         )
+
+
+# ---- SQLite: the rebuilt table ----------------------------------------------------------------
+def online_table(settings: Settings) -> tuple[sqlite3.Connection, str]:
+    from features.store import ONLINE_STORE_FILE, PROJECT
+
+    connection = sqlite3.connect(settings.feast_dir / ONLINE_STORE_FILE)
+    return connection, f"{PROJECT}_customer_features"
+
+
+def test_first_sqlite_load_is_one_primary_key_tree_that_feast_reads_and_writes(
+    tmp_path: Path,
+) -> None:
+    """WITHOUT ROWID, Feast's reads use the key, ``apply`` keeps it, stock Feast upserts into it."""
+    from features.store import apply_repo, materialize
+
+    frame = snapshot_frame(5, CUTOFFS, CUSTOMERS)
+    ours = make_state(tmp_path / "ours", "sqlite", None, frame)
+    stock = make_state(tmp_path / "stock", "sqlite", None, frame)
+    materialize(ours)
+    materialize(stock, engine="feast")
+    connection, table = online_table(ours)
+    with connection:
+        (ddl,) = connection.execute(
+            "SELECT sql FROM sqlite_master WHERE name = ?", (table,)
+        ).fetchone()
+        plan = connection.execute(
+            f'EXPLAIN QUERY PLAN SELECT entity_key, feature_name, value, event_ts FROM "{table}" '
+            "WHERE entity_key IN (?, ?) ORDER BY entity_key",
+            (b"a", b"b"),
+        ).fetchall()
+        names = [row[0] for row in connection.execute("SELECT name FROM sqlite_master")]
+    connection.close()
+    assert ddl.endswith("WITHOUT ROWID") and "PRIMARY KEY" in " ".join(row[-1] for row in plan)
+    assert not any(name.endswith("__loading") for name in names)
+    apply_repo(ours)  # Feast's CREATE INDEX IF NOT EXISTS finds the name: nothing to rebuild
+    assert_same_answers(feast_answer(ours, IDS, "churn_v1"), feast_answer(stock, IDS, "churn_v1"))
+    materialize(ours, engine="feast", full=True)  # Feast's own upsert into our table
+    assert_same_answers(feast_answer(ours, IDS, "churn_v1"), feast_answer(stock, IDS, "churn_v1"))
+
+
+def test_an_interrupted_first_load_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    """Batches of a first load land in a side table: without the final swap nothing is served."""
+    import pyarrow as pa
+
+    from features.online_writer import open_writer
+    from features.store import (
+        apply_repo,
+        get_feature_store,
+        materialize,
+        online_target,
+        view_layout,
+    )
+
+    frame = snapshot_frame(6, CUTOFFS[-1:], CUSTOMERS)
+    ours = make_state(tmp_path, "sqlite", None, frame)
+    layout = view_layout(get_feature_store(ours).get_feature_view("customer_features"))
+    writer = open_writer(online_target(ours), layout, "customer_id")
+    writer.write(pa.Table.from_pandas(frame.iloc[:10], preserve_index=False))
+    writer._wait()  # noqa: SLF001 - the batch committed, then the process "dies" before close
+    writer._pool.shutdown()  # noqa: SLF001
+    writer._connection.close()  # noqa: SLF001
+    assert all(
+        value is None for value in feast_answer(ours, CUSTOMERS, "churn_v1")["purchases_90d"]
+    )
+    apply_repo(ours)  # as the next build-features does
+    assert materialize(ours)["customers"] == len(CUSTOMERS)
+    answer = feast_answer(ours, CUSTOMERS, "churn_v1")
+    assert answer["purchases_90d"] == frame["purchases_90d"].tolist()
+    connection, _ = online_table(ours)
+    names = [row[0] for row in connection.execute("SELECT name FROM sqlite_master")]
+    connection.close()
+    assert not any(name.endswith("__loading") for name in names)

@@ -24,6 +24,7 @@ from features.online_writer import (
     entity_key_encoder,
     int64_value_cells,
     redis_hset_commands,
+    string_cells,
     value_text,
     value_texts,
 )
@@ -127,6 +128,43 @@ def test_value_texts_match_feast(values: list) -> None:
         for proto in _feast_protos(values, "INT64" if is_int else "DOUBLE")
     ]
     assert value_texts(array, kind) == expected
+
+
+EDGE_DOUBLES = [
+    100.0,
+    -0.0,
+    0.0,
+    1e-4,
+    9.99e-5,
+    -1.5e-5,
+    5e-324,
+    1e14,
+    99999999999999.98,
+    123456789012345.6,
+    1e15,
+    1e16,
+    2.5e22,
+    1.7976931348623157e308,
+    math.inf,
+    -math.inf,
+    math.nan,
+    None,
+    0.1,
+    1 / 3,
+    -12345678.9,
+]
+
+
+def test_value_texts_are_python_str_where_arrow_formats_differently() -> None:
+    """Integral values, both exponent thresholds, infinities, NaN and null, in one column."""
+    expected = [None if value is None or value != value else str(value) for value in EDGE_DOUBLES]
+    assert value_texts(pa.array(EDGE_DOUBLES, type=pa.float64()), "float64") == expected
+
+
+def test_string_cells_of_a_sliced_array_with_nulls() -> None:
+    texts = pa.array(["skip", "a", None, "ünï", "", "last"]).slice(1, 4)
+    cells = string_cells(pa.chunked_array([texts]))
+    assert cells.to_list() == [b"a", b"", "ünï".encode(), b""]
 
 
 def _feast_protos(values: list, value_type: str) -> list:
