@@ -16,7 +16,6 @@ from features.online_writer import (
     double_value_cells,
     dump_payloads,
     int64_value_cells,
-    join_cells,
     redis_client,
 )
 
@@ -58,7 +57,9 @@ def test_dump_payloads_are_what_redis_dumps_after_hset(redis) -> None:
         (b"\x01\xff\x00a", double_value_cells(pa.array([1.5, None, float("nan"), -0.0]))),
         (b"abcd", int64_value_cells(pa.array([3, None, -7, 2**62], pa.int64()))),
     ]
-    payloads = join_cells(dump_payloads(fields)).to_list()
+    payloads = dump_payloads(fields)
+    assert payloads is not None
+    payloads = payloads.to_list()
     for row in range(4):
         key = b"k%d" % row
         client.execute_command(
