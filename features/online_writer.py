@@ -649,7 +649,12 @@ class SqliteOnlineWriter:
             )
         empty = self._connection.execute(f'SELECT 1 FROM "{self._table}" LIMIT 1').fetchone()
         self._rebuild = empty is None
-        self._in_transaction(self._prepare_tables, [(name, kind) for _, name, kind, *_ in columns])
+        leftover = self._connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (self._loading,)
+        ).fetchone()
+        if self._rebuild or leftover:  # a write transaction only when there is one to make
+            columns_declared = [(name, kind) for _, name, kind, *_ in columns]
+            self._in_transaction(self._prepare_tables, columns_declared)
         self._connection.execute(
             f"CREATE TEMP TABLE {self.STAGE} (entity_key BLOB, event_ts INTEGER, "
             "created_ts INTEGER, packed_values BLOB, value_lengths BLOB, packed_texts BLOB)"
@@ -684,10 +689,11 @@ class SqliteOnlineWriter:
         self._connection.execute("BEGIN IMMEDIATE")
         try:
             work(*arguments)
+            self._connection.execute("COMMIT")
         except BaseException:
-            self._connection.execute("ROLLBACK")
+            if self._connection.in_transaction:  # also when COMMIT itself failed (busy)
+                self._connection.execute("ROLLBACK")
             raise
-        self._connection.execute("COMMIT")
 
     def _prepare_tables(self, columns: list[tuple[str, str]]) -> None:
         """Drop a killed load's leftover table; for a rebuild, create the new table."""
