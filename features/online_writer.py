@@ -605,6 +605,9 @@ def _distinct_times(values: pa.Array | pa.ChunkedArray) -> tuple[list[datetime |
     return moments, positions.reshape(-1)
 
 
+SWAP_BUSY_TIMEOUT_MS = 30_000
+
+
 class SqliteOnlineWriter:
     """Feast's SQLite rows, bulk: one staged row per entity, expanded to Feast's rows by SQLite.
 
@@ -780,7 +783,8 @@ class SqliteOnlineWriter:
         """Finish the queued batch; after a complete rebuild, swap the new table in."""
         try:
             self._wait()
-            if self._rebuild:
+            if self._rebuild:  # wait out readers longer than a batch would: the load is done
+                self._connection.execute(f"PRAGMA busy_timeout={SWAP_BUSY_TIMEOUT_MS}")
                 self._in_transaction(self._swap)
         finally:
             self._pool.shutdown()
