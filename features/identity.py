@@ -200,30 +200,25 @@ def normalise_identifier(id_type: str, raw: str | None, default_region: str = "G
 def connected_components(n_nodes: int, left: Sequence[int], right: Sequence[int]) -> np.ndarray:
     """Component label of each node 0..n_nodes-1 given undirected edges ``left[i] - right[i]``.
 
-    Union-find with path halving; the label of a component is its smallest node, so labels do
-    not depend on edge order.
+    The label of a component is its smallest node, so labels do not depend on edge order.
+    SciPy's graph search runs in C: a Python union-find cost about a microsecond per edge,
+    seconds on millions of identifiers.
     """
-    parent = list(range(n_nodes))
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as scipy_components
 
-    def find(node: int) -> int:
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    for a, b in zip(
-        np.asarray(left, dtype=np.int64).tolist(),
-        np.asarray(right, dtype=np.int64).tolist(),
-        strict=True,
-    ):
-        root_a, root_b = find(a), find(b)
-        if root_a != root_b:
-            # Attach the larger root under the smaller: the root is then the component minimum.
-            if root_a < root_b:
-                parent[root_b] = root_a
-            else:
-                parent[root_a] = root_b
-    return np.fromiter((find(node) for node in range(n_nodes)), dtype=np.int64, count=n_nodes)
+    if n_nodes == 0:
+        return np.zeros(0, dtype=np.int64)
+    left_nodes = np.asarray(left, dtype=np.int64)
+    right_nodes = np.asarray(right, dtype=np.int64)
+    graph = coo_matrix(
+        (np.ones(len(left_nodes), dtype=np.int8), (left_nodes, right_nodes)),
+        shape=(n_nodes, n_nodes),
+    ).tocsr()
+    _, labels = scipy_components(graph, directed=False)
+    # Nodes are scanned in order, so a label first appears at its component's smallest node.
+    _, smallest = np.unique(labels, return_index=True)
+    return smallest[labels].astype(np.int64)
 
 
 def format_customer_id(number: int) -> str:
