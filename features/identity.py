@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import phonenumbers
+import pyarrow as pa
 
 from features.contract import FEEDS, ID_TYPES
 
@@ -129,14 +130,8 @@ def _phone_candidate(
     return "+" + digits if digits.isdigit() and not digits.startswith("0") else None
 
 
-def normalise_phones(values: Iterable[str | None], default_region: str = "GB") -> list[str | None]:
-    """:func:`normalise_phone` of many values, parsing each distinct number only once.
-
-    The same number is typed many ways (``07911 123456``, ``+44 7911 123456``, ``0044-...``);
-    they share one cheap candidate form, so ``phonenumbers`` (tens of microseconds a call) runs
-    once per number rather than once per spelling. Same results as calling the scalar function.
-    """
-    region = default_region.upper()
+def _phone_prefixes(region: str) -> tuple[int, str | None, str | None]:
+    """Country code, national prefix and international prefix of a region (digits, or None)."""
     metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
     country_code = phonenumbers.country_code_for_region(region)
     national_prefix = international_prefix = None
@@ -147,6 +142,18 @@ def normalise_phones(values: Iterable[str | None], default_region: str = "GB") -
             national_prefix = metadata.national_prefix
         if (metadata.international_prefix or "").isdigit():
             international_prefix = metadata.international_prefix
+    return country_code, national_prefix, international_prefix
+
+
+def normalise_phones(values: Iterable[str | None], default_region: str = "GB") -> list[str | None]:
+    """:func:`normalise_phone` of many values, parsing each distinct number only once.
+
+    The same number is typed many ways (``07911 123456``, ``+44 7911 123456``, ``0044-...``);
+    they share one cheap candidate form, so ``phonenumbers`` (tens of microseconds a call) runs
+    once per number rather than once per spelling. Same results as calling the scalar function.
+    """
+    region = default_region.upper()
+    country_code, national_prefix, international_prefix = _phone_prefixes(region)
     by_candidate: dict[str, str | None] = {}
     results: list[str | None] = []
     for raw in values:
@@ -162,6 +169,61 @@ def normalise_phones(values: Iterable[str | None], default_region: str = "GB") -
             by_candidate[candidate] = normalise_phone(candidate, region)
         results.append(by_candidate[candidate])
     return results
+
+
+# ---- the same normalisers in SQL, for the common spellings ---------------------------------
+# Values of printable ASCII only (no tabs, no Unicode spaces or case rules) are normalised in
+# DuckDB, a vectorised pass over millions of raw strings; anything else takes the Python
+# functions above. A unit test holds the two equal.
+_PLAIN_TEXT_SQL = "regexp_full_match({raw}, '[ -~]*')"
+_DIGITS_SQL = "regexp_full_match({value}, '[1-9][0-9]*')"
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def phone_compact_sql(raw: str) -> str:
+    """SQL: ``raw`` without the separators :func:`_phone_candidate` drops (plain ASCII)."""
+    return f"regexp_replace({raw}, '[ ().\\-/]', '', 'g')"
+
+
+def phone_candidate_sql(compact: str, default_region: str) -> str:
+    """SQL of :func:`_phone_candidate` given :func:`phone_compact_sql` (NULL when unsure)."""
+    country_code, national_prefix, international_prefix = _phone_prefixes(default_region.upper())
+
+    def plus(digits: str) -> str:
+        return f"CASE WHEN {_DIGITS_SQL.format(value=digits)} THEN '+' || {digits} END"
+
+    branches = [f"WHEN starts_with({compact}, '+') THEN {plus(f'substr({compact}, 2)')}"]
+    branches.append(f"WHEN NOT regexp_full_match({compact}, '[0-9]+') THEN NULL")
+    if international_prefix:
+        rest = f"substr({compact}, {len(international_prefix) + 1})"
+        branches.append(
+            f"WHEN starts_with({compact}, {_sql_literal(international_prefix)}) THEN {plus(rest)}"
+        )
+    if national_prefix:
+        rest = f"substr({compact}, {len(national_prefix) + 1})"
+        branches.append(
+            f"WHEN starts_with({compact}, {_sql_literal(national_prefix)}) THEN "
+            f"CASE WHEN {_DIGITS_SQL.format(value=rest)} THEN '+{country_code}' || {rest} END"
+        )
+    return f"CASE {' '.join(branches)} END"
+
+
+def normalised_sql(id_type: str, raw: str) -> str | None:
+    """SQL of the normaliser of ``id_type`` for a plain-ASCII ``raw``; None for phones (they
+    need ``phonenumbers``: see :func:`phone_candidate_sql`) and unknown types."""
+    if id_type == "email":
+        value = f"lower(trim({raw}))"
+        return f"CASE WHEN regexp_full_match({value}, '[^@ ]+@[^@ ]+\\.[^@ .]+') THEN {value} END"
+    if id_type == "social_handle":
+        return f"nullif(ltrim(lower(replace({raw}, ' ', '')), '@'), '')"
+    if id_type == "loyalty_card":
+        return f"nullif(lower(regexp_replace({raw}, '[ ./\\-]', '', 'g')), '')"
+    if id_type in ("device_id", "customer_ref"):
+        return f"nullif(lower(replace({raw}, ' ', '')), '')"
+    return None
 
 
 def normalise_id(raw: str | None, id_type: str = "loyalty_card") -> str | None:
@@ -359,33 +421,91 @@ CREATE TABLE IF NOT EXISTS customer_number_floor (value BIGINT);
 """
 
 
+def normalisation_sql(source: str, default_region: str) -> str:
+    """SELECT over ``source`` (``id_type``, ``raw_value``) giving ``id_value`` where SQL can
+    decide it, else ``phone_candidate`` (a phone to check with ``phonenumbers``) or
+    ``in_python`` (an odd value for the Python normaliser of its type)."""
+    by_type = " ".join(
+        f"WHEN {_sql_literal(id_type)} THEN {normalised_sql(id_type, 'raw_value')}"
+        for id_type in ID_TYPES
+        if normalised_sql(id_type, "raw_value") is not None
+    )
+    known = ", ".join(map(_sql_literal, ID_TYPES))
+    plain = _PLAIN_TEXT_SQL.format(raw="raw_value")
+    return f"""
+        SELECT id_type, raw_value, id_value, phone_candidate,
+               NOT _plain OR id_type NOT IN ({known})
+                   OR (id_type = 'phone' AND phone_candidate IS NULL) AS in_python
+        FROM (SELECT id_type, raw_value, _plain,
+                     CASE WHEN _plain THEN CASE id_type {by_type} END END AS id_value,
+                     {phone_candidate_sql("_compact", default_region)} AS phone_candidate
+              FROM (SELECT id_type, raw_value, _plain,
+                           CASE WHEN _plain AND id_type = 'phone'
+                                THEN {phone_compact_sql("raw_value")} END AS _compact
+                    FROM (SELECT id_type, raw_value, {plain} AS _plain FROM {source})))"""
+
+
 def _normalise_new_raw_values(con: duckdb.DuckDBPyConnection, default_region: str) -> int:
     """Normalise the raw identifier strings never seen before; cached in a table.
 
-    Reads ``_raw_ids`` (distinct raw strings). Only new strings go through Python
-    (``phonenumbers`` costs tens of microseconds a call), which keeps a re-run over millions of
-    records cheap.
+    Reads ``_raw_ids`` (distinct raw strings). New strings are normalised in SQL when they are
+    plain ASCII; ``phonenumbers`` (tens of microseconds a call) then checks each distinct phone
+    candidate once, and only odd strings go through the Python normalisers one by one.
     """
-    new_values = con.execute(
-        "SELECT id_type, raw_value FROM _raw_ids "
-        "EXCEPT SELECT id_type, raw_value FROM identifier_normalisation"
-    ).df()
-    if new_values.empty:
-        return 0
-    new_values["id_value"] = None
-    for id_type, group in new_values.groupby("id_type", sort=False):
-        if id_type == "phone":
-            normalised = normalise_phones(group["raw_value"], default_region)
-        else:
-            normalise = normaliser_for(str(id_type), default_region)
-            normalised = [normalise(raw) for raw in group["raw_value"]]
-        new_values.loc[group.index, "id_value"] = pd.Series(
-            normalised, index=group.index, dtype=object
+    region = default_region.upper()
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _new_raw AS {
+        normalisation_sql(
+            "(SELECT id_type, raw_value FROM _raw_ids EXCEPT "
+            "SELECT id_type, raw_value FROM identifier_normalisation)",
+            region,
         )
-    con.register("_new_normalised", new_values[["id_type", "raw_value", "id_value"]])
-    con.execute("INSERT INTO identifier_normalisation SELECT * FROM _new_normalised")
-    con.unregister("_new_normalised")
-    return len(new_values)
+    }""")
+    n_new = int(con.execute("SELECT count(*) FROM _new_raw").fetchall()[0][0])
+    if not n_new:
+        con.execute("DROP TABLE _new_raw")
+        return 0
+    candidates = [
+        row[0]
+        for row in con.execute(
+            "SELECT DISTINCT phone_candidate FROM _new_raw "
+            "WHERE phone_candidate IS NOT NULL AND NOT in_python"
+        ).fetchall()
+    ]
+    phones = pa.table(
+        {
+            "phone_candidate": pa.array(candidates, pa.string()),
+            "phone_value": pa.array(
+                [normalise_phone(candidate, region) for candidate in candidates], pa.string()
+            ),
+        }
+    )
+    odd_rows = con.execute("SELECT id_type, raw_value FROM _new_raw WHERE in_python").fetchall()
+    odd = pa.table(
+        {
+            "id_type": pa.array([id_type for id_type, _ in odd_rows], pa.string()),
+            "raw_value": pa.array([raw for _, raw in odd_rows], pa.string()),
+            "odd_value": pa.array(
+                [normaliser_for(id_type, region)(raw) for id_type, raw in odd_rows], pa.string()
+            ),
+        }
+    )
+    con.register("_phone_values", phones)
+    con.register("_odd_values", odd)
+    con.execute("""
+        INSERT INTO identifier_normalisation
+        SELECT n.id_type, n.raw_value,
+               CASE WHEN n.in_python THEN o.odd_value
+                    WHEN n.phone_candidate IS NOT NULL THEN p.phone_value
+                    ELSE n.id_value END
+        FROM _new_raw n
+        LEFT JOIN _phone_values p ON NOT n.in_python AND p.phone_candidate = n.phone_candidate
+        LEFT JOIN _odd_values o ON n.in_python AND o.id_type = n.id_type
+                               AND o.raw_value = n.raw_value""")
+    con.unregister("_phone_values")
+    con.unregister("_odd_values")
+    con.execute("DROP TABLE _new_raw")
+    return n_new
 
 
 def resolve_identities(

@@ -13,7 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from features.contract import ID_TYPES
 from features.identity import (
+    IDENTITY_DDL,
+    _normalise_new_raw_values,
     assign_customer_ids,
     connected_components,
     customer_number,
@@ -398,3 +401,68 @@ def test_batch_phone_normaliser_handles_missing_values() -> None:
         "+447911123456",
         "+447911123456",
     ]
+
+
+_NORMALISATION_DB = duckdb.connect()
+_NORMALISATION_DB.execute(IDENTITY_DDL)
+_NORMALISATION_DB.execute("CREATE TEMP TABLE _raw_ids (id_type VARCHAR, raw_value VARCHAR)")
+
+
+def sql_normalised_values(
+    pairs: list[tuple[str, str]], region: str
+) -> dict[tuple[str, str], str | None]:
+    """(id_type, raw) -> id_value through the ingest path: SQL, then phonenumbers/Python."""
+    con = _NORMALISATION_DB
+    con.execute("DELETE FROM _raw_ids; DELETE FROM identifier_normalisation")
+    if pairs:
+        con.executemany("INSERT INTO _raw_ids VALUES (?, ?)", [list(p) for p in set(pairs)])
+    _normalise_new_raw_values(con, region)
+    rows = con.execute("SELECT id_type, raw_value, id_value FROM identifier_normalisation")
+    return {(id_type, raw): value for id_type, raw, value in rows.fetchall()}
+
+
+identifier_text = st.one_of(
+    phone_text,
+    st.text(alphabet="abcXYZ019 @.-_/+()\t", max_size=14),
+    st.text(max_size=8),  # any Unicode: these take the Python normalisers
+    st.tuples(local_part, domain, spaces, spaces).map(lambda p: f"{p[2]}{p[0]}@{p[1]}.com{p[3]}"),
+    uk_mobile.map(lambda n: f"0{n[:4]} {n[4:]}"),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(ID_TYPES), identifier_text), max_size=40),
+    st.sampled_from(["GB", "US", "DE"]),
+)
+def test_sql_normalisation_agrees_with_the_python_normalisers(
+    pairs: list[tuple[str, str]], region: str
+) -> None:
+    """The vectorised normalisation used at ingest gives what the Python functions give."""
+    got = sql_normalised_values(pairs, region)
+    assert got == {pair: normalise_identifier(pair[0], pair[1], region) for pair in set(pairs)}
+
+
+def test_sql_normalisation_of_common_spellings() -> None:
+    pairs = [
+        ("email", "  Jane.Doe@Example.COM "),
+        ("email", "n/a"),
+        ("phone", "07911 123456"),
+        ("phone", "+44 (7911) 123-456"),
+        ("phone", "0044 7911 123456"),
+        ("phone", "0000000000"),
+        ("loyalty_card", "LC-0012/34"),
+        ("social_handle", "@@Jane_Doe"),
+        ("device_id", " Dev-AB 12 "),
+    ]
+    assert sql_normalised_values(pairs, "GB") == {
+        ("email", "  Jane.Doe@Example.COM "): "jane.doe@example.com",
+        ("email", "n/a"): None,
+        ("phone", "07911 123456"): "+447911123456",
+        ("phone", "+44 (7911) 123-456"): "+447911123456",
+        ("phone", "0044 7911 123456"): "+447911123456",
+        ("phone", "0000000000"): None,
+        ("loyalty_card", "LC-0012/34"): "lc001234",
+        ("social_handle", "@@Jane_Doe"): "jane_doe",
+        ("device_id", " Dev-AB 12 "): "dev-ab12",
+    }
