@@ -346,55 +346,119 @@ def assign_customer_ids(
 
 
 # ---- DuckDB edge ----------------------------------------------------------------------------
-def _record_expression(feed_name: str) -> str:
-    """An integer that identifies a record (all rows sharing the feed's key) in its table.
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
-    Most feeds keep one row per key, so the row id is the record; a feed whose rows are unique
-    only with more columns (CRM history) numbers its keys. Integers make the grouping and joins
-    below several times cheaper than the ``(source_feed, source_id)`` strings.
+
+def _raw_ids_sql() -> str:
+    """Distinct raw identifiers of every staging table: first time seen and how many rows carry
+    them (a hash aggregate per column; no per-record table)."""
+    parts = [
+        f"SELECT {_sql_literal(id_type)} AS id_type, {_quoted(column)} AS raw_value, "
+        f"min({_quoted(feed.time_column)}) AS first_seen_at, count(*) AS n_rows "
+        f"FROM raw_{feed.name} WHERE {_quoted(column)} IS NOT NULL GROUP BY {_quoted(column)}"
+        for feed in FEEDS.values()
+        for column, id_type in feed.id_columns.items()
+    ]
+    return (
+        "SELECT id_type, raw_value, min(first_seen_at) AS first_seen_at, "
+        f"sum(n_rows)::BIGINT AS n_rows FROM ({' UNION ALL '.join(parts)}) "
+        "GROUP BY id_type, raw_value"
+    )
+
+
+def _keyed_by_record(feed_name: str) -> bool:
+    """A feed whose rows are unique only with more columns than its key (CRM history): a record
+    is all the rows of one key, and links all their identifiers."""
+    feed = FEEDS[feed_name]
+    return feed.unique_columns != (feed.key,)
+
+
+def _edges_sql(feed_name: str) -> str | None:
+    """Edges ``(node, anchor)`` that the records of one feed add to the identifier graph.
+
+    A record links its identifiers: each to the smallest (the anchor), a star. Records are
+    read as their distinct combinations of raw identifiers (one person repeats the same few
+    combinations over many events), each raw value looked up as a node in ``_raw_nodes``.
+    A feed with one identifier column adds no edge.
     """
     feed = FEEDS[feed_name]
-    if feed.unique_columns == (feed.key,):
-        return "rowid"
-    return f'dense_rank() OVER (ORDER BY "{feed.key}")'
+    columns = list(feed.id_columns.items())
+    keyed = _keyed_by_record(feed_name)
+    if len(columns) < 2 and not keyed:
+        return None
+    selected = [_quoted(column) for column, _ in columns] + ([_quoted(feed.key)] if keyed else [])
+    joins = " ".join(
+        f"LEFT JOIN _raw_nodes n{i} ON n{i}.id_type = {_sql_literal(id_type)} "
+        f"AND n{i}.raw_value = c.{_quoted(column)}"
+        for i, (column, id_type) in enumerate(columns)
+    )
+    nodes = [f"n{i}.node" for i in range(len(columns))]
+    anchor = f"least({', '.join(nodes)})"
+    if keyed:
+        anchor = f"min({anchor}) OVER (PARTITION BY c.{_quoted(feed.key)})"
+    return f"""
+        SELECT node, anchor FROM (
+            SELECT unnest([{", ".join(nodes)}]) AS node, {anchor} AS anchor
+            FROM (SELECT DISTINCT {", ".join(selected)} FROM raw_{feed.name}) c {joins})
+        WHERE node <> anchor"""
 
 
-def _record_identifier_sql() -> str:
-    """One row per (record, raw identifier) over every staging table.
+def create_raw_customers(con: duckdb.DuckDBPyConnection) -> None:
+    """The temp table ``_raw_customers``: every raw identifier string with its customer.
 
-    ``feed_index`` is the feed's position in :data:`FEEDS`; ``record`` see
-    :func:`_record_expression`.
+    A record's customer is the customer of any of its identifiers (they are all in one
+    component): looking raw strings up in this table, a few hundred thousand rows, is far
+    cheaper than joining millions of records by their keys.
     """
-    parts = []
-    for index, feed in enumerate(FEEDS.values()):
-        for column, id_type in feed.id_columns.items():
-            parts.append(
-                f"SELECT {index}::USMALLINT AS feed_index, record, "
-                f"\"{feed.time_column}\" AS occurred_at, '{id_type}' AS id_type, "
-                f'"{column}" AS raw_value FROM (SELECT {_record_expression(feed.name)} AS record, '
-                f'"{feed.time_column}", "{column}" FROM raw_{feed.name}) '
-                f'WHERE "{column}" IS NOT NULL'
-            )
-    return "\nUNION ALL\n".join(parts)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _raw_customers AS
+        SELECT n.id_type, n.raw_value, l.customer_id
+        FROM identifier_normalisation n JOIN identity_links l USING (id_type, id_value)""")
+
+
+def record_customer_sql(feed_name: str, alias: str) -> tuple[str, str]:
+    """``(joins, expression)``: LEFT JOINs to add after ``raw_<feed> <alias>`` and the SQL of the
+    row's ``customer_id`` (NULL when no identifier resolves). Needs ``_raw_customers``."""
+    feed = FEEDS[feed_name]
+    columns = list(feed.id_columns.items())
+    if not columns:
+        return "", "CAST(NULL AS VARCHAR)"
+    prefix = f"_rc_{feed.name}_"
+    joins = " ".join(
+        f"LEFT JOIN _raw_customers {prefix}{i} ON {prefix}{i}.id_type = {_sql_literal(id_type)} "
+        f"AND {prefix}{i}.raw_value = {alias}.{_quoted(column)}"
+        for i, (column, id_type) in enumerate(columns)
+    )
+    expression = f"coalesce({', '.join(f'{prefix}{i}.customer_id' for i in range(len(columns)))})"
+    if not _keyed_by_record(feed_name):
+        return joins, expression
+    # All rows of a key are one record: the key's customer, whichever row names it.
+    key = _quoted(feed.key)
+    per_key = (
+        f"SELECT {alias}.{key} AS record_key, max({expression}) AS customer_id "
+        f"FROM raw_{feed.name} {alias} {joins} GROUP BY {alias}.{key}"
+    )
+    return (
+        f"LEFT JOIN ({per_key}) {prefix}key ON {prefix}key.record_key = {alias}.{key}",
+        f"{prefix}key.customer_id",
+    )
 
 
 def _record_customers_sql() -> str:
-    """``record_customers`` from ``_record_anchors`` and ``_node_customers``, feed by feed."""
+    """``record_customers`` feed by feed, from the raw identifiers of each record."""
     parts = []
-    for index, feed in enumerate(FEEDS.values()):
+    for feed in FEEDS.values():
         if not feed.id_columns:
             continue
-        records = (
-            f'SELECT {_record_expression(feed.name)} AS record, "{feed.key}" AS source_id '
-            f"FROM raw_{feed.name}"
+        joins, customer = record_customer_sql(feed.name, "s")
+        rows = (
+            f"SELECT {_sql_literal(feed.name)} AS source_feed, s.{_quoted(feed.key)} AS source_id, "
+            f"{customer} AS customer_id FROM raw_{feed.name} s {joins}"
         )
-        if feed.unique_columns != (feed.key,):
-            records = f"SELECT DISTINCT * FROM ({records})"
-        parts.append(
-            f"SELECT '{feed.name}' AS source_feed, s.source_id, nc.customer_id "
-            f"FROM ({records}) s JOIN _record_anchors a ON a.feed_index = {index} "
-            f"AND a.record = s.record JOIN _node_customers nc ON nc.node = a.anchor"
-        )
+        if _keyed_by_record(feed.name):
+            rows = f"SELECT DISTINCT * FROM ({rows})"
+        parts.append(f"SELECT * FROM ({rows}) WHERE customer_id IS NOT NULL")
     return "\nUNION ALL\n".join(parts)
 
 
@@ -516,15 +580,11 @@ def resolve_identities(
     Runs inside the caller's transaction. Returns counts for the ingest report.
     """
     con.execute(IDENTITY_DDL)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _record_raw_ids AS {_record_identifier_sql()}")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE _raw_ids AS
-        SELECT id_type, raw_value, min(occurred_at) AS first_seen_at
-        FROM _record_raw_ids GROUP BY id_type, raw_value""")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _raw_ids AS {_raw_ids_sql()}")
     _normalise_new_raw_values(con, default_region)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _raw_normalised AS
-        SELECT r.id_type, r.raw_value, n.id_value, r.first_seen_at
+        SELECT r.id_type, r.raw_value, n.id_value, r.first_seen_at, r.n_rows
         FROM _raw_ids r JOIN identifier_normalisation n USING (id_type, raw_value)
         WHERE n.id_value IS NOT NULL""")
     con.execute("""
@@ -537,20 +597,10 @@ def resolve_identities(
         CREATE OR REPLACE TEMP TABLE _raw_nodes AS
         SELECT r.id_type, r.raw_value, i.node
         FROM _raw_normalised r JOIN _identifiers i USING (id_type, id_value)""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE _record_nodes AS
-        SELECT DISTINCT r.feed_index, r.record, n.node
-        FROM _record_raw_ids r JOIN _raw_nodes n USING (id_type, raw_value)""")
-    con.execute("DROP TABLE _record_raw_ids")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE _record_anchors AS
-        SELECT feed_index, record, min(node) AS anchor FROM _record_nodes
-        GROUP BY feed_index, record""")
-    # Star edges: each identifier of a record to the record's smallest identifier.
-    edges = con.execute("""
-        SELECT DISTINCT n.node, a.anchor
-        FROM _record_nodes n JOIN _record_anchors a USING (feed_index, record)
-        WHERE n.node <> a.anchor""").fetchnumpy()
+    edges_sql = [sql for sql in map(_edges_sql, FEEDS) if sql is not None]
+    edges = con.execute(
+        f"SELECT DISTINCT node, anchor FROM ({' UNION ALL '.join(edges_sql)})"
+    ).fetchnumpy()
     n_nodes = con.execute("SELECT count(*) FROM _identifiers").fetchall()[0][0]
     labels = connected_components(int(n_nodes), edges["node"], edges["anchor"])
 
@@ -578,6 +628,7 @@ def resolve_identities(
         SELECT nc.customer_id, i.id_type, i.id_value, i.first_seen_at
         FROM _identifiers i JOIN _node_customers nc USING (node)
         ORDER BY nc.customer_id, i.id_type, i.id_value""")
+    create_raw_customers(con)
     con.execute(f"CREATE OR REPLACE TABLE record_customers AS {_record_customers_sql()}")
     con.execute("""
         CREATE OR REPLACE TABLE customers AS
@@ -596,15 +647,8 @@ def resolve_identities(
 
     n_records = con.execute(f"SELECT count(*) FROM ({_all_records_sql()})").fetchall()[0][0]
     n_linked = con.execute("SELECT count(*) FROM record_customers").fetchall()[0][0]
-    n_links = con.execute("SELECT count(*) FROM _record_nodes").fetchall()[0][0]
-    for table in (
-        "_raw_ids",
-        "_raw_normalised",
-        "_identifiers",
-        "_raw_nodes",
-        "_record_nodes",
-        "_record_anchors",
-    ):
+    n_links = con.execute("SELECT coalesce(sum(n_rows), 0) FROM _raw_normalised").fetchall()[0][0]
+    for table in ("_raw_ids", "_raw_normalised", "_identifiers", "_raw_nodes", "_raw_customers"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     return {
         "customers": int(assigned["customer_id"].nunique()) if len(assigned) else 0,

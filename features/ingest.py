@@ -31,12 +31,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
 from pydantic import BaseModel, Field
 
 from features.contract import FEEDS, UNIFIED_TABLES, Column, Feed
-from features.identity import resolve_identities
-from features.suppression import quarantine_erased
+from features.identity import create_raw_customers, record_customer_sql, resolve_identities
+from features.suppression import ERASED_REASON, quarantine_erased
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
@@ -116,7 +115,7 @@ class IdentitySummary(BaseModel):
 
     customers: int = 0
     identifiers: int = 0  # distinct normalised identifiers
-    links: int = 0  # record-identifier links (edges of the graph)
+    links: int = 0  # (record row, identifier) pairs whose identifier is valid
     records: int = 0  # accepted records of every feed
     linked_records: int = 0  # records with a customer_id
     records_without_identifier: int = 0  # customer_id NULL (e.g. anonymous web sessions)
@@ -341,9 +340,12 @@ def _trimmed_sql(value: str) -> str:
     )
 
 
-def validation_sql(feed: Feed, now: datetime, source_table: str = "_src") -> str:
+def validation_sql(
+    feed: Feed, now: datetime, source_table: str = "_src", keep: Sequence[str] = ()
+) -> str:
     """SELECT over ``source_table`` (``_line`` and one text column per contract column) giving
-    ``_line``, the typed contract columns and ``_reason`` ('' when the row is valid).
+    ``_line``, the typed contract columns, the ``keep`` columns unchanged and ``_reason`` (''
+    when the row is valid).
 
     Three levels so that each value is trimmed once and cast once: text -> parsed -> checked.
     """
@@ -356,7 +358,8 @@ def validation_sql(feed: Feed, now: datetime, source_table: str = "_src") -> str
         parsed.append(f"{text}, {parse} AS {sql_identifier(f'_v_{name}')}")
         typed.append(f"{final} AS {sql_identifier(name)}")
         reasons.append(reason)
-    extra = ", _attributes" if feed.keeps_extra_columns else ""
+    passed = [*(["_attributes"] if feed.keeps_extra_columns else []), *keep]
+    extra = "".join(f", {sql_identifier(name)}" for name in passed)
     return (
         f"SELECT _line, {', '.join(typed)}{extra}, "
         f"concat_ws('; ', {', '.join(reasons)}) AS _reason "
@@ -443,8 +446,11 @@ def _drop_rejects(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE IF EXISTS _reject_errors; DROP TABLE IF EXISTS _reject_scans")
 
 
-def _rejected_from_reader(con: duckdb.DuckDBPyConnection, header_lines: int, kind: str) -> None:
-    """``_rejected`` from DuckDB's reject table: lines the reader could not split into fields."""
+def _rejected_from_reader(con: duckdb.DuckDBPyConnection, header_lines: int, kind: str) -> int:
+    """``_rejected`` from DuckDB's reject table: lines the reader could not split into fields.
+
+    Returns how many lines were rejected.
+    """
     has_rejects = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_reject_errors'"
     ).fetchall()[0][0]
@@ -452,30 +458,35 @@ def _rejected_from_reader(con: duckdb.DuckDBPyConnection, header_lines: int, kin
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _rejected (_line BIGINT, _reason VARCHAR, _raw VARCHAR)"
         )
-        return
+        return 0
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _rejected AS
         SELECT (line - {header_lines})::BIGINT AS _line,
                'malformed {kind} line: ' || string_agg(DISTINCT lower(error_type), ', ') AS _reason,
                to_json({{'_unparsed': any_value(csv_line)}})::VARCHAR AS _raw
         FROM _reject_errors GROUP BY line""")
+    return int(con.execute("SELECT count(*) FROM _rejected").fetchall()[0][0])
+
+
+def _line_numbers_sql(n_returned: str) -> str:
+    """``ordinality -> _line``: the k-th row the reader returned is on the k-th data line that
+    ``_rejected`` does not hold (the reader skips the lines it rejects)."""
+    return f"""
+        SELECT row_number() OVER (ORDER BY i) AS ordinality, i AS _line
+        FROM range(1, ({n_returned}) + (SELECT max(_line) FROM _rejected) + 1) t(i)
+        WHERE i NOT IN (SELECT _line FROM _rejected)"""
 
 
 def _renumber_around_rejects(con: duckdb.DuckDBPyConnection) -> None:
-    """Give ``_read`` rows their data line numbers when the reader skipped rejected lines.
-
-    The reader numbers the rows it returns (``ordinality``); the k-th returned row is on the
-    k-th data line that was not rejected.
-    """
+    """Give ``_read`` rows their data line numbers when the reader skipped rejected lines."""
     n_rejected = con.execute("SELECT count(*) FROM _rejected").fetchall()[0][0]
     if not n_rejected:
         con.execute("ALTER TABLE _read RENAME COLUMN ordinality TO _line")
         return
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE _line_numbers AS
-        SELECT row_number() OVER (ORDER BY i) AS ordinality, i AS _line
-        FROM range(1, (SELECT count(*) FROM _read) + (SELECT max(_line) FROM _rejected) + 1) t(i)
-        WHERE i NOT IN (SELECT _line FROM _rejected)""")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _line_numbers AS "
+        + _line_numbers_sql("SELECT count(*) FROM _read")
+    )
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _read AS
         SELECT n._line, r.* EXCLUDE (ordinality)
@@ -483,22 +494,38 @@ def _renumber_around_rejects(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE _line_numbers")
 
 
-def _struct_json(columns: list[str], alias: str) -> str:
-    """``to_json({...})`` of the named columns of ``alias``: a row's raw values as JSON text."""
-    fields = ", ".join(f"{sql_string(name)}: {alias}.{sql_identifier(name)}" for name in columns)
-    return f"to_json({{{fields}}})::VARCHAR"
+def _struct_sql(columns: list[str]) -> str:
+    """A struct of the named columns: a row's raw values, turned into JSON only when needed."""
+    fields = ", ".join(f"{sql_string(name)}: {sql_identifier(name)}" for name in columns)
+    return f"{{{fields}}}"
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """How :func:`load_file` exposed a file as ``_src``.
+
+    Attributes:
+        raw_json: SQL over ``_src._raw_row`` giving the row's raw values as JSON text.
+        rejects_pending: the view reads the file itself (CSV): lines the reader rejects are
+            known only after the statement that scans it, and the returned rows are then
+            numbered by :func:`_collect_reader_rejects`. Otherwise ``_rejected`` already holds
+            them and ``_line`` is final.
+    """
+
+    raw_json: str
+    rejects_pending: bool
 
 
 def load_file(
     con: duckdb.DuckDBPyConnection, path: Path, feed: Feed, columns: list[str] | None = None
-) -> str:
-    """Read one file as text into temp tables; return the SQL of a row's raw JSON.
+) -> FileSource:
+    """Expose one file as the temp view ``_src`` for :func:`validation_sql`.
 
-    Leaves ``_read`` (``_line`` plus the file's own columns), the view ``_src`` (``_line`` and
-    one text column per contract column, NULL when the file lacks an optional column) and
-    ``_rejected`` (lines that could not be parsed at all, with reason and raw text). The returned
-    expression reads ``_read`` under the alias ``r``; it is only evaluated for quarantined rows,
-    because building JSON for every accepted row would cost more than the validation itself.
+    ``_src`` holds ``_line``, one text column per contract column (NULL when the file lacks an
+    optional column), ``_attributes`` when the feed keeps extra columns, and ``_raw_row`` (the
+    row's own values). A CSV or Parquet file is read by the view itself, inside the statement
+    that validates it: no copy of the text. JSON Lines are split first into ``_read``, and
+    lines that are not objects go to ``_rejected``.
 
     Raises:
         NotAFeedError: required columns missing, or DuckDB cannot read the file.
@@ -512,58 +539,59 @@ def load_file(
     location = sql_string(str(path))
     _drop_rejects(con)
     try:
+        extra = ""
+        if feed.keeps_extra_columns:
+            mapped = {source for source in mapping.values() if source is not None}
+            extra = ", " + _extra_columns_json_sql([c for c in columns if c not in mapped], suffix)
+        text = _text_columns_sql(mapping, suffix)
         if suffix == ".csv":
             names = ", ".join(f"{sql_string(name)}: 'VARCHAR'" for name in columns)
             con.execute(f"""
-                CREATE OR REPLACE TEMP TABLE _read AS SELECT * FROM read_csv({location},
-                    columns={{{names}}}, header=true, auto_detect=false, delim=',', quote='"',
-                    escape='"', {_rejects_options()}) WITH ORDINALITY""")
-            _rejected_from_reader(con, header_lines=1, kind="CSV")
-            _renumber_around_rejects(con)
-            raw = _struct_json(columns, "r")
-        elif suffix == ".parquet":
+                CREATE OR REPLACE TEMP VIEW _src AS
+                SELECT ordinality AS _line, {text}{extra}, {_struct_sql(columns)} AS _raw_row
+                FROM read_csv({location}, columns={{{names}}}, header=true, auto_detect=false,
+                              delim=',', quote='"', escape='"', {_rejects_options()})
+                     WITH ORDINALITY""")
+            return FileSource("to_json(_raw_row)::VARCHAR", rejects_pending=True)
+        if suffix == ".parquet":
             con.execute(f"""
-                CREATE OR REPLACE TEMP TABLE _read AS
-                SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS _line
+                CREATE OR REPLACE TEMP VIEW _src AS
+                SELECT file_row_number + 1 AS _line, {text}{extra},
+                       {_struct_sql(columns)} AS _raw_row
                 FROM read_parquet({location}, file_row_number=true)""")
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE _rejected (_line BIGINT, _reason VARCHAR, "
                 "_raw VARCHAR)"
             )
-            raw = _struct_json(columns, "r")
-        else:
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE _read AS SELECT * FROM "
-                f"{_jsonl_lines_sql(path)} WITH ORDINALITY"
-            )
-            _rejected_from_reader(con, header_lines=0, kind="JSON Lines")
-            _renumber_around_rejects(con)
-            con.execute("""
-                CREATE OR REPLACE TEMP TABLE _read AS
-                SELECT _line, line,
-                       CASE WHEN json_valid(line) THEN
-                           CASE WHEN json_type(line) = 'OBJECT' THEN line END END AS doc
-                FROM _read WHERE trim(line, ' \t\r') <> ''""")
-            con.execute("""
-                INSERT INTO _rejected
-                SELECT _line, 'malformed JSON Lines line: not a JSON object',
-                       to_json({'_unparsed': line})::VARCHAR
-                FROM _read WHERE doc IS NULL""")
-            con.execute("DELETE FROM _read WHERE doc IS NULL")
-            raw = "r.line"
-        extra = ""
-        if feed.keeps_extra_columns:
-            mapped = {source for source in mapping.values() if source is not None}
-            extra = ", " + _extra_columns_json_sql([c for c in columns if c not in mapped], suffix)
+            return FileSource("to_json(_raw_row)::VARCHAR", rejects_pending=False)
         con.execute(
-            f"CREATE OR REPLACE TEMP VIEW _src AS SELECT _line, "
-            f"{_text_columns_sql(mapping, suffix)}{extra} FROM _read"
+            f"CREATE OR REPLACE TEMP TABLE _read AS SELECT * FROM "
+            f"{_jsonl_lines_sql(path)} WITH ORDINALITY"
         )
+        _rejected_from_reader(con, header_lines=0, kind="JSON Lines")
+        _renumber_around_rejects(con)
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE _read AS
+            SELECT _line, line,
+                   CASE WHEN json_valid(line) THEN
+                       CASE WHEN json_type(line) = 'OBJECT' THEN line END END AS doc
+            FROM _read WHERE trim(line, ' \t\r') <> ''""")
+        con.execute("""
+            INSERT INTO _rejected
+            SELECT _line, 'malformed JSON Lines line: not a JSON object',
+                   to_json({'_unparsed': line})::VARCHAR
+            FROM _read WHERE doc IS NULL""")
+        con.execute("DELETE FROM _read WHERE doc IS NULL")
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW _src AS SELECT _line, {text}{extra}, line AS _raw_row "
+            "FROM _read"
+        )
+        return FileSource("_raw_row", rejects_pending=False)
     except duckdb.Error as error:
         raise NotAFeedError(f"{path}: unreadable as {suffix[1:]}: {error}") from error
     finally:
-        _drop_rejects(con)
-    return raw
+        if suffix != ".csv":
+            _drop_rejects(con)
 
 
 def _text_columns_sql(mapping: dict[str, str | None], suffix: str) -> str:
@@ -695,10 +723,11 @@ def _column_sql_type(table: str, column: str) -> str:
 def unified_select(feed: Feed) -> str:
     """SELECT of one feed's staging rows in the shape of its unified table, with customer_id."""
     table = feed.target_table
+    joins, customer = record_customer_sql(feed.name, "s")
     expressions = []
     for column in UNIFIED_TABLES[table] + EXTRA_UNIFIED_COLUMNS.get(table, ()):
         if column == "customer_id":
-            value = "rc.customer_id"
+            value = customer
         elif column == "occurred_at":
             value = f"s.{sql_identifier(feed.time_column)}"
         elif column == "source_feed":
@@ -716,16 +745,16 @@ def unified_select(feed: Feed) -> str:
         else:
             value = f"CAST(NULL AS {_column_sql_type(table, column)})"
         expressions.append(f"{value} AS {sql_identifier(column)}")
-    return (
-        f"SELECT {', '.join(expressions)} FROM raw_{feed.name} s "
-        f"LEFT JOIN (SELECT source_id, customer_id FROM record_customers "
-        f"WHERE source_feed = {sql_string(feed.name)}) rc "
-        f"ON rc.source_id = s.{sql_identifier(feed.key)}"
-    )
+    return f"SELECT {', '.join(expressions)} FROM raw_{feed.name} s {joins}"
 
 
 def build_unified_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """Rebuild every event table from the staging tables (idempotent by construction)."""
+    """Rebuild every event table from the staging tables (idempotent by construction).
+
+    Each row's ``customer_id`` comes from its raw identifiers (``_raw_customers``, see
+    :func:`features.identity.record_customer_sql`).
+    """
+    create_raw_customers(con)
     targets: dict[str, list[Feed]] = {}
     for feed in FEEDS.values():
         targets.setdefault(feed.target_table, []).append(feed)
@@ -735,6 +764,7 @@ def build_unified_tables(con: duckdb.DuckDBPyConnection) -> None:
             f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM ({union}) "
             "ORDER BY occurred_at, source_feed, source_id"
         )
+    con.execute("DROP TABLE _raw_customers")
 
 
 def update_category_codes(
@@ -803,45 +833,58 @@ class NewFile:
 _SEQ_FILE_SHIFT = 1 << 32  # ``_seq`` = file index * 2**32 + line: batch order, file by file
 
 
+def _collect_reader_rejects(con: duckdb.DuckDBPyConnection, index: int) -> None:
+    """After a CSV scan: ``_rejected`` from the reader's reject table, and the file's rows in
+    ``_batch`` renumbered to their data lines when the reader skipped some."""
+    try:
+        n_rejected = _rejected_from_reader(con, header_lines=1, kind="CSV")
+    finally:
+        _drop_rejects(con)
+    if not n_rejected:
+        return
+    n_returned = f"SELECT count(*) FROM _batch WHERE _file_index = {index}"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _line_numbers AS {_line_numbers_sql(n_returned)}")
+    con.execute(f"""
+        UPDATE _batch SET _line = n._line, _seq = {index * _SEQ_FILE_SHIFT} + n._line
+        FROM _line_numbers n
+        WHERE _batch._file_index = {index} AND _batch._line = n.ordinality""")
+    con.execute("DROP TABLE _line_numbers")
+
+
 def _stage_file(
     con: duckdb.DuckDBPyConnection, feed: Feed, new_file: NewFile, index: int, now: datetime
-) -> FileCounts:
-    """Validate one file into the batch tables ``_valid`` and ``_quarantine_new``.
-
-    One vectorised pass: valid rows (typed, with ``_seq``) are appended to ``_valid``; failing
-    rows and lines the reader could not split go to ``_quarantine_new`` with their raw JSON.
-    Duplicates are decided later, for the whole batch at once.
+) -> None:
+    """Validate one file into the batch table ``_batch``: one statement reads, checks and types
+    every row, keeping the raw values (as JSON) of failing rows only; lines the reader could
+    not split are added with their reason. Duplicates are decided later, for the whole batch.
     """
-    raw_json = load_file(con, new_file.path, feed, new_file.columns)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS {validation_sql(feed, now)}")
-    checked, invalid = con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE _reason <> '') FROM _checked"
-    ).fetchall()[0]
-    n_rejected = _count(con, "SELECT count(*) FROM _rejected")
+    import duckdb
+
+    source = load_file(con, new_file.path, feed, new_file.columns)
     names = [*feed.columns, *(["_attributes"] if feed.keeps_extra_columns else [])]
     plain = ", ".join(sql_identifier(name) for name in names)
-    con.execute(
-        f"INSERT INTO _valid SELECT {plain}, _line, {index * _SEQ_FILE_SHIFT} + _line "
-        "FROM _checked WHERE _reason = ''"
-    )
-    if invalid or n_rejected:  # a clean file skips the join with its raw text
-        con.execute(
-            f"""
-            INSERT INTO _quarantine_new
-            SELECT {index}, c._line, c._reason, {raw_json}
-            FROM (SELECT _line, _reason FROM _checked WHERE _reason <> '') c
-            JOIN _read r USING (_line)
-            UNION ALL SELECT {index}, _line, _reason, _raw FROM _rejected"""
-        )
+    try:
+        con.execute(f"""
+            INSERT INTO _batch
+            SELECT {index}, _line, {index * _SEQ_FILE_SHIFT} + _line, {plain}, _reason,
+                   CASE WHEN _reason <> '' THEN {source.raw_json} END
+            FROM ({validation_sql(feed, now, keep=("_raw_row",))})""")
+    except duckdb.Error as error:
+        if source.rejects_pending:
+            _drop_rejects(con)
+        # Validation itself never fails on a value: an error here is the file's bytes.
+        kind = new_file.path.suffix.lower()[1:]
+        raise NotAFeedError(f"{new_file.path}: unreadable as {kind}: {error}") from error
+    if source.rejects_pending:
+        _collect_reader_rejects(con, index)
+    nulls = ", ".join("NULL" for _ in names)
+    con.execute(f"""
+        INSERT INTO _batch
+        SELECT {index}, _line, {index * _SEQ_FILE_SHIFT} + _line, {nulls}, _reason, _raw
+        FROM _rejected""")
     con.execute("DROP VIEW IF EXISTS _src")
-    for table in ("_read", "_rejected", "_checked"):
+    for table in ("_read", "_rejected"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
-    return FileCounts(
-        feed=feed.name,
-        file=new_file.name,
-        read=int(checked) + n_rejected,
-        quarantined=int(invalid) + n_rejected,
-    )
 
 
 def ingest_feed(
@@ -849,11 +892,12 @@ def ingest_feed(
 ) -> list[FileCounts]:
     """Validate the new files of one feed and commit them together in one transaction.
 
-    Each file is read and validated in one vectorised pass; duplicates, staging and the
-    bookkeeping then run once for the whole batch, in set-based SQL: the fixed costs of a
-    statement and of a commit are paid per feed, not per file. A valid row is accepted unless
-    its key is already staged, or appeared on an earlier line of the batch (earlier file, or
-    earlier line of the same file); those are counted as duplicates of the file they are in.
+    Each file is read and validated in one vectorised statement into the batch; duplicates,
+    staging and the bookkeeping then run once for the whole batch, in set-based SQL: the fixed
+    costs of a statement and of a commit are paid per feed, not per file. A valid row is
+    accepted unless its key is already staged, or appeared on an earlier line of the batch
+    (earlier file, or earlier line of the same file); those are counted as duplicates of the
+    file they are in.
     """
     stamp = now.astimezone(UTC).replace(tzinfo=None)
     names = [*feed.columns, *(["_attributes"] if feed.keeps_extra_columns else [])]
@@ -862,83 +906,70 @@ def ingest_feed(
     )
     if feed.keeps_extra_columns:
         typed += ", _attributes VARCHAR"
+    keys = ", ".join(sql_identifier(name) for name in feed.unique_columns)
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _valid ({typed}, _line BIGINT, _seq BIGINT)")
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE _quarantine_new (_file_index BIGINT, _line BIGINT, "
-            "_reason VARCHAR, _raw VARCHAR)"
+            "CREATE OR REPLACE TEMP TABLE _batch (_file_index BIGINT, _line BIGINT, _seq BIGINT, "
+            f"{typed}, _reason VARCHAR, _raw VARCHAR)"
         )
-        counts = [
-            _stage_file(con, feed, new_file, index, now) for index, new_file in enumerate(new_files)
-        ]
-        quarantine_erased(con, feed, counts)  # rows of erased persons: quarantined, no content
-        con.register(
-            "_batch_files",
-            pd.DataFrame(
-                {
-                    "_file_index": range(len(new_files)),
-                    "_file": [new_file.name for new_file in new_files],
-                }
-            ),
-        )
-        columns = ", ".join(sql_identifier(name) for name in names)
-        file_names = "[" + ", ".join(sql_string(new_file.name) for new_file in new_files) + "]"
-        partition = ", ".join(sql_identifier(name) for name in feed.unique_columns)
-        # Keep the first occurrence of a key in the batch. Repeated keys are rare: find them
-        # with a hash aggregate, then delete their later rows, instead of a window over the
-        # whole batch.
-        keys = ", ".join(sql_identifier(name) for name in feed.unique_columns)
+        for index, new_file in enumerate(new_files):
+            _stage_file(con, feed, new_file, index, now)
+        quarantine_erased(con, feed)  # rows of erased persons: quarantined, no content
+        # Rows left out as duplicates: a key repeated in the batch after its first occurrence
+        # (found with a hash aggregate: repeats are rare), and keys staged already.
         con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _repeated AS
-            SELECT {keys} FROM _valid GROUP BY ALL HAVING count(*) > 1""")
-        if _count(con, "SELECT count(*) FROM _repeated"):
-            con.execute(f"""
-                DELETE FROM _valid WHERE _seq IN (
-                    SELECT _seq FROM (SELECT v.* FROM _valid v SEMI JOIN _repeated r
-                                      ON {_null_safe_equal(feed.unique_columns, "v", "r")})
-                    QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY _seq) > 1)""")
-        con.execute("DROP TABLE _repeated")
-        con.execute("ALTER TABLE _valid RENAME TO _fresh")
-        # Then only keys not staged already (the anti join probes the staging keys once).
+            CREATE OR REPLACE TEMP TABLE _dropped AS
+            SELECT _seq FROM (
+                SELECT v._seq, {", ".join(f"v.{sql_identifier(c)}" for c in feed.unique_columns)}
+                FROM _batch v SEMI JOIN (
+                    SELECT {keys} FROM _batch WHERE _reason = '' GROUP BY ALL
+                    HAVING count(*) > 1) r
+                ON {_null_safe_equal(feed.unique_columns, "v", "r")}
+                WHERE v._reason = '')
+            QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY _seq) > 1""")
         if _count(con, f"SELECT count(*) FROM (SELECT 1 FROM raw_{feed.name} LIMIT 1)"):
             con.execute(f"""
-                CREATE OR REPLACE TEMP TABLE _fresh AS
-                SELECT * FROM _fresh c WHERE NOT EXISTS (
+                INSERT INTO _dropped
+                SELECT _seq FROM _batch c WHERE _reason = '' AND EXISTS (
                     SELECT 1 FROM raw_{feed.name} s
                     WHERE {_null_safe_equal(feed.unique_columns, "c", "s")})""")
+        con.execute("""
+            CREATE OR REPLACE TEMP VIEW _fresh AS
+            SELECT * FROM _batch WHERE _reason = '' AND _seq NOT IN (SELECT _seq FROM _dropped)""")
         con.execute("CREATE OR REPLACE TEMP TABLE _near (_seq BIGINT)")
         if feed.near_duplicate_columns:
             con.execute(f"INSERT INTO _near {near_duplicate_lines_sql(feed)}")
-        kept = "SELECT * FROM _fresh WHERE _seq NOT IN (SELECT _seq FROM _near)"
+        columns = ", ".join(sql_identifier(name) for name in names)
+        file_names = "[" + ", ".join(sql_string(new_file.name) for new_file in new_files) + "]"
         con.execute(
             f"""
             INSERT INTO raw_{feed.name}
-            SELECT {columns}, {file_names}[_seq // {_SEQ_FILE_SHIFT} + 1], _line, ?::TIMESTAMP
-            FROM ({kept})""",
+            SELECT {columns}, {file_names}[_file_index + 1], _line, ?::TIMESTAMP
+            FROM _fresh WHERE _seq NOT IN (SELECT _seq FROM _near)""",
             [stamp],
         )
+        counts = [FileCounts(feed=feed.name, file=new_file.name) for new_file in new_files]
         per_file = con.execute(f"""
-            SELECT _seq // {_SEQ_FILE_SHIFT} AS i,
-                   count(*) FILTER (WHERE _seq NOT IN (SELECT _seq FROM _near)) AS accepted,
-                   count(*) FILTER (WHERE _seq IN (SELECT _seq FROM _near)) AS near
-            FROM _fresh GROUP BY i""").fetchall()
-        for index, accepted, near in per_file:
-            counts[index].accepted = int(accepted)
-            counts[index].near_duplicates = int(near)
-        for file_counts in counts:
-            file_counts.duplicates = (
-                file_counts.read
-                - file_counts.accepted
-                - file_counts.quarantined
-                - file_counts.near_duplicates
-            )
+            SELECT _file_index, count(*), count(*) FILTER (WHERE bad),
+                   count(*) FILTER (WHERE NOT bad AND dropped), count(*) FILTER (WHERE near),
+                   count(*) FILTER (WHERE _reason = '{ERASED_REASON}')
+            FROM (SELECT _file_index, _reason, _reason <> '' AS bad,
+                         _seq IN (SELECT _seq FROM _dropped) AS dropped,
+                         _seq IN (SELECT _seq FROM _near) AS near
+                  FROM _batch)
+            GROUP BY _file_index""").fetchall()
+        for index, read, quarantined, duplicates, near, erased in per_file:
+            file_counts = counts[index]
+            file_counts.read, file_counts.quarantined = int(read), int(quarantined)
+            file_counts.duplicates, file_counts.near_duplicates = int(duplicates), int(near)
+            file_counts.accepted = int(read - quarantined - duplicates - near)
+            file_counts.erased = int(erased)
         con.execute(
-            """
+            f"""
             INSERT INTO quarantine
-            SELECT ?, b._file, q._line, q._reason, q._raw, ?::TIMESTAMP
-            FROM _quarantine_new q JOIN _batch_files b USING (_file_index)
-            ORDER BY q._file_index, q._line""",
+            SELECT ?, {file_names}[_file_index + 1], _line, _reason, _raw, ?::TIMESTAMP
+            FROM _batch WHERE _reason <> '' ORDER BY _file_index, _line""",
             [feed.name, stamp],
         )
         con.executemany(
@@ -958,8 +989,8 @@ def ingest_feed(
                 for new_file, file_counts in zip(new_files, counts, strict=True)
             ],
         )
-        con.unregister("_batch_files")
-        for table in ("_fresh", "_near", "_quarantine_new"):
+        con.execute("DROP VIEW _fresh")
+        for table in ("_batch", "_dropped", "_near"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         con.execute("COMMIT")
     except BaseException:

@@ -52,7 +52,6 @@ from features.identity import normalise_id, normalise_phones, normaliser_for
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
 
-    from features.ingest import FileCounts
 
 KEY_ENV = "OMNIRETAIN_SUPPRESSION_KEY"
 KEY_FILE_ENV = "OMNIRETAIN_SUPPRESSION_KEY_FILE"
@@ -328,7 +327,9 @@ def _quarantined_matches(
     cached_normalisation: bool,
 ) -> list[tuple[int, int]]:
     """``(_file_index, _line)`` of the batch's quarantined rows naming a suppressed identifier."""
-    rows = con.execute("SELECT _file_index, _line, _raw FROM _quarantine_new").fetchall()
+    rows = con.execute(
+        f"SELECT _file_index, _line, _raw FROM _batch WHERE _reason NOT IN ('', '{ERASED_REASON}')"
+    ).fetchall()
     candidates: dict[tuple[int, int], set[tuple[str, str]]] = {}
     for file_index, line, raw in rows:
         pairs = set()
@@ -345,21 +346,20 @@ def _quarantined_matches(
     return sorted(where for where, pairs in candidates.items() if pairs & matched)
 
 
-def quarantine_erased(
-    con: duckdb.DuckDBPyConnection, feed: Feed, counts: Sequence[FileCounts]
-) -> int:
-    """Move the batch's rows of erased persons to quarantine (reason ``erased``, no content).
+def quarantine_erased(con: duckdb.DuckDBPyConnection, feed: Feed) -> int:
+    """Turn the batch's rows of erased persons into quarantined rows (reason ``erased``, no
+    content).
 
-    Called by ingest inside the feed's transaction, once the batch is validated into
-    ``_valid`` (typed rows, ``_seq`` = file index * 2**32 + line) and ``_quarantine_new``
-    (failing rows with their raw text), before duplicates are decided. Updates the per-file
-    counts (``quarantined``, ``erased``); returns the number of rows suppressed. With an empty
-    list (no erasure ever) it costs one query.
+    Called by ingest inside the feed's transaction, once the batch is validated into ``_batch``
+    (typed rows, ``_file_index``, ``_line``; ``_reason`` '' for valid rows, else the reason and
+    the raw text in ``_raw``), before duplicates are decided; ingest counts the ``erased``
+    rows per file. Returns the number of rows suppressed. With an empty list (no erasure ever)
+    it costs one query.
 
     Raises:
         SuppressionKeyError: the key at hand is not the one the list was written with.
     """
-    from features.ingest import _SEQ_FILE_SHIFT, sql_identifier
+    from features.ingest import sql_identifier
 
     tables = _tables(con)
     if "suppressed_identifiers" not in tables:
@@ -374,13 +374,12 @@ def quarantine_erased(
         (id_type, raw)
         for column, id_type in columns.items()
         for (raw,) in con.execute(
-            f"SELECT DISTINCT {sql_identifier(column)} FROM _valid "
-            f"WHERE {sql_identifier(column)} IS NOT NULL"
+            f"SELECT DISTINCT {sql_identifier(column)} FROM _batch "
+            f"WHERE _reason = '' AND {sql_identifier(column)} IS NOT NULL"
         ).fetchall()
     ]
     cached = "identifier_normalisation" in tables
     matched = _matching_raw_values(con, sorted(set(raw_values)), key, suppressed, region, cached)
-    erased_per_file: dict[int, int] = {}
     if matched:
         import pandas as pd
 
@@ -391,29 +390,18 @@ def quarantine_erased(
             for column, id_type in columns.items()
         )
         try:
-            moved = con.execute(
-                f"SELECT _seq // {_SEQ_FILE_SHIFT} AS i, count(*) FROM _valid "
-                f"WHERE {condition} GROUP BY i"
-            ).fetchall()
             con.execute(
-                f"INSERT INTO _quarantine_new SELECT _seq // {_SEQ_FILE_SHIFT}, _line, "
-                f"'{ERASED_REASON}', NULL FROM _valid WHERE {condition}"
+                f"UPDATE _batch SET _reason = '{ERASED_REASON}', _raw = NULL "
+                f"WHERE _reason = '' AND ({condition})"
             )
-            con.execute(f"DELETE FROM _valid WHERE {condition}")
         finally:
             con.unregister("_erased_raw")
-        for index, count in moved:
-            counts[int(index)].quarantined += int(count)
-            erased_per_file[int(index)] = erased_per_file.get(int(index), 0) + int(count)
     found = _quarantined_matches(con, set(columns.values()), key, suppressed, region, cached)
     if found:
         con.executemany(
-            f"UPDATE _quarantine_new SET _reason = '{ERASED_REASON}', _raw = NULL "
+            f"UPDATE _batch SET _reason = '{ERASED_REASON}', _raw = NULL "
             "WHERE _file_index = ? AND _line = ?",
             [list(where) for where in found],
         )
-        for index, _ in found:
-            erased_per_file[index] = erased_per_file.get(index, 0) + 1
-    for index, count in erased_per_file.items():
-        counts[index].erased += count
-    return sum(erased_per_file.values())
+    erased = con.execute(f"SELECT count(*) FROM _batch WHERE _reason = '{ERASED_REASON}'")
+    return int(erased.fetchall()[0][0])
