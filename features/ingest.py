@@ -54,7 +54,9 @@ SQL_TYPES: dict[str, str] = {
 TRUE_WORDS: tuple[str, ...] = ("true", "1", "yes")
 FALSE_WORDS: tuple[str, ...] = ("false", "0", "no")
 FUTURE_TOLERANCE = timedelta(days=1)  # clocks of source systems drift; a day later is fine
-_NAIVE_ISO_FORMAT = "%Y-%m-%dT%H:%M:%S"  # the usual export shape: no offset, read as UTC
+# The usual export shapes, UTC without an offset or with a literal UTC one: parsed strictly,
+# several times cheaper than the zone-aware cast that every other shape takes.
+_UTC_ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S+00:00")
 _QUOTED_VALUE_CHARS = 60  # long raw values are cut in reasons (the full row is in ``raw``)
 
 
@@ -265,10 +267,9 @@ def _column_checks(name: str, column: Column, future_limit: datetime) -> tuple[s
             problems.append((f"{value} NOT IN ({allowed})", f"{prefix} || {quoted} || {choices}"))
     elif column.type == "timestamp":
         # Naive text is read in the session zone (UTC); offsets are honoured; stored naive UTC.
-        # The common ISO shape without an offset takes a strict fast parse (several times
-        # cheaper than the zone-aware cast); anything else, offsets included, the full cast.
+        # The common UTC shapes take a strict fast parse; anything else the full cast.
         parsed = (
-            f"coalesce(try_strptime({text}, '{_NAIVE_ISO_FORMAT}'), "
+            f"coalesce(try_strptime({text}, [{', '.join(map(sql_string, _UTC_ISO_FORMATS))}]), "
             f"timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ)))"
         )
         problems.append((f"{value} IS NULL", f"{prefix} || {quoted} || ' is not a timestamp'"))

@@ -74,7 +74,10 @@ def test_offsets_become_naive_utc_and_allowed_values_are_lower_cased() -> None:
         ("\t2025-03-01T14:05:00\r", datetime(2025, 3, 1, 14, 5)),  # trimmed first
         ("2025-03-01 14:05:00", datetime(2025, 3, 1, 14, 5)),
         ("2025-03-01T14:05:00-05:00", datetime(2025, 3, 1, 19, 5)),  # not the naive shape
-        ("2025-03-01T14:05:00Z", datetime(2025, 3, 1, 14, 5)),
+        ("2025-03-01T14:05:00Z", datetime(2025, 3, 1, 14, 5)),  # fast path with a UTC suffix
+        ("2025-03-01T14:05:00+00:00", datetime(2025, 3, 1, 14, 5)),
+        ("2025-03-01T14:05:00.250Z", datetime(2025, 3, 1, 14, 5, 0, 250000)),  # full cast
+        ("2025-02-30T10:00:00Z", None),
         ("2025-03-01", datetime(2025, 3, 1)),
         ("2025-02-30T10:00:00", None),  # no such day on either path
     ],
