@@ -152,7 +152,8 @@ def main() -> None:
         ("raw rows read / unified events", f"{figures['rows_read']:,} / {figures['events']:,}"),
         (
             "validate, dedup, stage",
-            f"{figures['validate_stage_seconds']} s (CPU {figures['validate_stage_cpu_seconds']} s)",
+            f"{figures['validate_stage_seconds']} s "
+            f"(CPU {figures['validate_stage_cpu_seconds']} s)",
         ),
         (
             "identity + unified tables",
