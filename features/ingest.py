@@ -54,9 +54,11 @@ SQL_TYPES: dict[str, str] = {
 TRUE_WORDS: tuple[str, ...] = ("true", "1", "yes")
 FALSE_WORDS: tuple[str, ...] = ("false", "0", "no")
 FUTURE_TOLERANCE = timedelta(days=1)  # clocks of source systems drift; a day later is fine
-# The usual export shapes, UTC without an offset or with a literal UTC one: parsed strictly,
-# several times cheaper than the zone-aware cast that every other shape takes.
-_UTC_ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S+00:00")
+# The usual export shape, ``2025-03-01T14:05:00`` naive or with a literal UTC suffix: fixed
+# width, so no offset can hide in it and the plain TIMESTAMP cast (which ignores offsets) is
+# exact; it is several times cheaper than the zone-aware cast that every other shape takes.
+_ISO_SECONDS_PATTERN = "____-__-__T__:__:__%"
+_UTC_SUFFIXES = ((19, ""), (20, "Z"), (25, "+00:00"))  # total length, suffix
 _QUOTED_VALUE_CHARS = 60  # long raw values are cut in reasons (the full row is in ``raw``)
 
 
@@ -247,11 +249,14 @@ def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _column_checks(name: str, column: Column, future_limit: datetime) -> tuple[str, str, str]:
-    """SQL for one column: (parsed value, final typed value, reason).
+def _column_checks(
+    name: str, column: Column, future_limit: datetime
+) -> tuple[str, str, str, str | None]:
+    """SQL for one column: (parsed value, final typed value, reason, fine).
 
     The parsed value reads the trimmed text ``_t_<name>`` once (one ``TRY_CAST`` per value);
-    the reason reads both and is NULL when the value is fine, else names the first problem.
+    the reason reads both and is NULL when the value is fine, else names the first problem;
+    ``fine`` is the cheap boolean form of "reason is NULL" (None: always fine).
     """
     text = sql_identifier(f"_t_{name}")
     value = sql_identifier(f"_v_{name}")
@@ -269,8 +274,13 @@ def _column_checks(name: str, column: Column, future_limit: datetime) -> tuple[s
     elif column.type == "timestamp":
         # Naive text is read in the session zone (UTC); offsets are honoured; stored naive UTC.
         # The common UTC shapes take a strict fast parse; anything else the full cast.
+        plain_utc = " OR ".join(
+            f"strlen({text}) = {length}" + (f" AND ends_with({text}, '{suffix}')" if suffix else "")
+            for length, suffix in _UTC_SUFFIXES
+        )
         parsed = (
-            f"coalesce(try_strptime({text}, [{', '.join(map(sql_string, _UTC_ISO_FORMATS))}]), "
+            f"coalesce(CASE WHEN {text} LIKE '{_ISO_SECONDS_PATTERN}' AND ({plain_utc}) "
+            f"THEN TRY_CAST({text} AS TIMESTAMP) END, "
             f"timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ)))"
         )
         problems.append((f"{value} IS NULL", f"{prefix} || {quoted} || ' is not a timestamp'"))
@@ -327,7 +337,13 @@ def _column_checks(name: str, column: Column, future_limit: datetime) -> tuple[s
         raise ValueError(f"column {name}: unknown type {column.type!r}")
     branches = "".join(f" WHEN {condition} THEN {message}" for condition, message in problems)
     reason = f"CASE WHEN {text} IS NULL THEN {missing}{branches} END"
-    return parsed, final, reason
+    # The same verdict as a plain boolean: the conditions are never NULL once the text is set.
+    passes = f"NOT ({' OR '.join(condition for condition, _ in problems)})" if problems else None
+    if column.required:
+        fine = f"({text} IS NOT NULL AND {passes})" if passes else f"{text} IS NOT NULL"
+    else:
+        fine = f"({text} IS NULL OR {passes})" if passes else None
+    return parsed, final, reason, fine
 
 
 def _trimmed_sql(value: str) -> str:
@@ -337,7 +353,7 @@ def _trimmed_sql(value: str) -> str:
     than ``trim`` with a character set, which then only runs on the values that need it.
     """
     return (
-        f"CASE WHEN ascii({value}) > 32 AND ascii(right({value}, 1)) > 32 THEN {value} "
+        f"CASE WHEN ascii({value}) > 32 AND ascii({value}[-1]) > 32 THEN {value} "
         f"ELSE trim({value}, ' \t\r\n') END"
     )
 
@@ -352,9 +368,11 @@ def validation_sql(
     Three levels so that each value is trimmed once and cast once: text -> parsed -> checked.
     """
     future_limit = now.astimezone(UTC).replace(tzinfo=None) + FUTURE_TOLERANCE
-    trimmed, parsed, typed, reasons = [], [], [], []
+    trimmed, parsed, typed, reasons, fines = [], [], [], [], []
     for name, column in feed.columns.items():
-        parse, final, reason = _column_checks(name, column, future_limit)
+        parse, final, reason, fine = _column_checks(name, column, future_limit)
+        if fine is not None:
+            fines.append(fine)
         text = sql_identifier(f"_t_{name}")
         trimmed.append(f"NULLIF({_trimmed_sql(sql_identifier(name))}, '') AS {text}")
         parsed.append(f"{text}, {parse} AS {sql_identifier(f'_v_{name}')}")
@@ -364,7 +382,9 @@ def validation_sql(
     extra = "".join(f", {sql_identifier(name)}" for name in passed)
     return (
         f"SELECT _line, {', '.join(typed)}{extra}, "
-        f"concat_ws('; ', {', '.join(reasons)}) AS _reason "
+        # Reasons are spelled out only for the rows that fail a check.
+        f"CASE WHEN {' AND '.join(fines) or 'true'} THEN '' "
+        f"ELSE concat_ws('; ', {', '.join(reasons)}) END AS _reason "
         f"FROM (SELECT _line, {', '.join(parsed)}{extra} "
         f"FROM (SELECT _line, {', '.join(trimmed)}{extra} FROM {source_table}))"
     )
