@@ -6,8 +6,11 @@ to the same customer, transitively: the customers are the connected components o
 nodes are identifiers and whose edges join the identifiers seen together on one record.
 
 Why the graph is built on identifiers rather than records: there are far fewer distinct
-identifiers than records (a person has a handful of identifiers and hundreds of events), so the
-union-find runs on a small graph in Python while DuckDB does the record-level joins.
+identifiers than records (a person has a handful of identifiers and hundreds of events). All the
+record-level work is set-based in DuckDB: distinct raw strings are normalised in SQL (Python
+only for odd values and the ``phonenumbers`` check), edges come from the distinct combinations
+of identifiers on records, components are found by SciPy in C, and each record then takes the
+customer of its raw identifiers through a small lookup table rather than a join on its key.
 
 Customer ids are stable across runs: a component holding identifiers that an existing customer
 already owns keeps that customer's id; when a new record bridges two existing customers the older

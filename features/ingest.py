@@ -10,6 +10,8 @@ was already accepted are counted as duplicates. Nothing is dropped silently: for
 Why this shape:
     * Text first, then ``TRY_CAST`` in SQL: one vectorised pass validates millions of rows, and a
       bad value becomes a quarantine reason instead of a parser error that loses the whole file.
+      One statement per file reads, checks and types it into the feed's batch; the reason text
+      and the raw row (as JSON) are built only for the rows that fail.
     * One DuckDB transaction per feed for all its new files, each file keyed by its sha256 in
       ``ingested_files``: a crash leaves the previous good state, and re-running adds nothing (a
       new month adds only itself). Files are validated one by one into a batch; duplicates,
