@@ -12,3 +12,10 @@ for _name, _value in {
     "GIT_PYTHON_REFRESH": "quiet",
 }.items():
     os.environ.setdefault(_name, _value)
+
+# Speed is measured in benchmarks, not in tests: hypothesis' per-example deadline (200 ms) turns a
+# loaded CI machine into failures, so it is off for every property test.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("omniretain", deadline=None)
+settings.load_profile("omniretain")
