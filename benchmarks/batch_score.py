@@ -26,6 +26,39 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from serving.batch import BATCH_THREADS  # noqa: E402
+
+
+def predict_floor(settings: object, frame: object) -> float:
+    """Seconds of the champions' bare ``booster.predict`` calls on the scored rows (the same
+    trees and rows as the run, no calibration, no decision, no I/O): the floor of the predict
+    step."""
+    from serving.batch import feature_matrix
+    from serving.models import load_model_set
+
+    models = load_model_set(settings)  # type: ignore[arg-type]
+    boosters = []
+    for kind in ("churn", "repurchase", "value"):
+        loaded = getattr(models, kind)
+        if loaded is not None:
+            model = loaded.model
+            boosters.append((model.booster, model.feature_names, model.best_iteration, False))
+    if models.uplift is not None:
+        uplift = models.uplift.model
+        arms = len(uplift.arms) + 1 if uplift.learner == "s_learner" else 1
+        for booster in uplift.boosters.values():
+            boosters.append((booster, uplift.feature_names, None, arms))
+    total = 0.0
+    for booster, names, iterations, stacked_arms in boosters:
+        matrix = feature_matrix(frame, names)  # type: ignore[arg-type]
+        if stacked_arms:  # the S-learner scores every row once per arm (and control)
+            matrix = np.column_stack([matrix, np.zeros(len(matrix))])
+        started = time.perf_counter()
+        for _ in range(stacked_arms or 1):
+            booster.predict(matrix, num_iteration=iterations, num_threads=BATCH_THREADS)
+        total += time.perf_counter() - started
+    return total
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,6 +87,7 @@ def main() -> None:
     started = time.perf_counter()
     report = score_latest(settings, work / "scores.parquet", reasons_for=1000)
     seconds = time.perf_counter() - started
+    floor = predict_floor(settings, synthetic)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, load "
         f"{open('/proc/loadavg').read().split()[:3]}"
@@ -62,6 +96,10 @@ def main() -> None:
     print(
         f"{customers:,} customers in {seconds:.1f} s ({customers / seconds:,.0f} per second; "
         f"goal for 1M: 60 s)"
+    )
+    print(
+        "raw LightGBM floor (every champion's booster.predict on the float64 matrix, "
+        f"{BATCH_THREADS} threads): {floor:.1f} s; whole run / floor = {seconds / floor:.1f}x"
     )
     print(json.dumps({"customers": customers, "seconds": round(seconds, 2)}))
 

@@ -84,9 +84,11 @@ from serving.schemas import (
     parse_body,
     parse_customer_id,
 )
+from serving.server import spread_connections_across_workers
 
 logger = logging.getLogger(__name__)
 redact_logs()  # no API key, email address or phone number in any log line of this process
+spread_connections_across_workers()  # one listening socket per worker (serving/server.py)
 
 RECOMMEND_ROUTE = "/recommend"
 READYZ_ROUTE = "/readyz"
