@@ -147,7 +147,16 @@ def _json_value(value: Any) -> Any:
 
 
 def features_json(features: Mapping[str, Any]) -> str:
-    """Feature values as a compact JSON object, NaN/inf as null (JSON has no NaN)."""
+    """Feature values as a compact JSON object, NaN/inf as null (JSON has no NaN).
+
+    Served features are plain finite floats with string names almost always: those are dumped
+    as they are (the writer thread shares the GIL with the requests); anything else goes
+    through :func:`_json_value`.
+    """
+    if all(type(v) is float and math.isfinite(v) for v in features.values()) and all(
+        type(k) is str for k in features
+    ):
+        return json.dumps(features, separators=(",", ":"))
     return json.dumps({str(k): _json_value(v) for k, v in features.items()}, separators=(",", ":"))
 
 
@@ -157,7 +166,8 @@ def _utc(moment: datetime) -> datetime:
 
 def decision_row(record: DecisionRecord | Mapping[str, Any]) -> dict[str, Any]:
     """A record as one row of :data:`DECISION_SCHEMA` (a mapping may omit optional fields)."""
-    values = asdict(record) if isinstance(record, DecisionRecord) else dict(record)
+    # Attributes, not dataclasses.asdict: asdict deep-copies the features of every record.
+    values = record.__dict__ if isinstance(record, DecisionRecord) else dict(record)
     row = {name: values.get(name) for name in DECISION_SCHEMA.names}
     row["features"] = features_json(values.get("features") or {})
     row["decision_id"] = str(row["decision_id"] or uuid.uuid4().hex)
