@@ -174,8 +174,13 @@ class ContributionCache:
                 self._entries.move_to_end(key)
                 self.hits += 1
                 return cached
+        from serving.models import contributions_one
+
         model = champion.model
-        values = model.contributions(row)[0, :-1]  # the last column is the bias
+        if len(row) == 1 and hasattr(model, "booster"):  # LightGBM's single-row fast path
+            values = contributions_one(model, row)[0, :-1]  # the last column is the bias
+        else:
+            values = model.contributions(row)[0, :-1]
         contributions = dict(zip(model.feature_names, values.tolist(), strict=True))
         with self._lock:
             self.misses += 1

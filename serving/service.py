@@ -56,7 +56,13 @@ from serving.fallback import (
     OnlineStoreUnavailableError,
     degraded_decision,
 )
-from serving.models import ModelSet, load_model_set, load_model_set_or_cache
+from serving.models import (
+    ModelSet,
+    churn_probability_one,
+    load_model_set,
+    load_model_set_or_cache,
+    value_one,
+)
 from serving.policy import (
     ContactStore,
     contacts_path,
@@ -155,13 +161,19 @@ def score_rows(
             matrices[key] = feature_rows(features, names)
         return matrices[key]
 
+    one = len(features) == 1  # /recommend: LightGBM's single-row fast path (serving.models)
     churn_matrix = matrix_of(models.churn.model.feature_names)
-    churn = models.churn.model.predict_proba(churn_matrix)[:, 1]
+    churn = _probabilities(models.churn.model, churn_matrix, one)
     repurchase_model = models.repurchase.model
-    repurchase = repurchase_model.predict_proba(matrix_of(repurchase_model.feature_names))[:, 1]
+    repurchase = _probabilities(repurchase_model, matrix_of(repurchase_model.feature_names), one)
     values = None
     if models.value is not None:
-        values = models.value.model.predict(matrix_of(models.value.model.feature_names))
+        value_model = models.value.model
+        value_matrix = matrix_of(value_model.feature_names)
+        if one and hasattr(value_model, "booster"):
+            values = np.array([value_one(value_model, value_matrix)])
+        else:
+            values = value_model.predict(value_matrix)
     uplift = None
     if models.uplift is not None:
         uplift_model = models.uplift.model
@@ -180,6 +192,13 @@ def score_rows(
         )
         for index, (row, cold) in enumerate(zip(features, cold_start, strict=True))
     ]
+
+
+def _probabilities(model: Any, matrix: np.ndarray, one: bool) -> np.ndarray:
+    """P(positive) per row of a calibrated classifier (one row: the single-row fast path)."""
+    if one and hasattr(model, "booster") and hasattr(model, "calibrator"):
+        return np.array([churn_probability_one(model, matrix)])
+    return model.predict_proba(matrix)[:, 1]
 
 
 class ApiGate:
