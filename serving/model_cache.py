@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from omniretain.settings import Settings
 from training.registry import MODEL_NAMES, LoadedModel, ModelNotFoundError
 
 MANIFEST_FILE = "manifest.json"
+PRUNE_AFTER_S = 3600.0  # a copy no server serves is dropped after an hour untouched
 MODEL_FILE = "MLmodel"  # present in every MLflow model folder: the sign of a complete copy
 
 
@@ -94,7 +96,12 @@ def fetch_champion(settings: Settings, kind: str) -> LoadedModel:
 
 
 def record_served(settings: Settings, loaded: dict[str, LoadedModel | None]) -> None:
-    """Write the manifest of the champions now served and drop cached versions no longer in it."""
+    """Write the manifest of the champions now served and drop cached versions no longer in it.
+
+    Only copies untouched for ``PRUNE_AFTER_S`` go: another process on the same state (batch
+    scoring, a second server) may have just fetched a version this one does not serve, and be
+    loading it.
+    """
     entries = {
         kind: asdict(CachedModel(kind, model.name, model.version, model.run_id))
         for kind, model in loaded.items()
@@ -103,12 +110,17 @@ def record_served(settings: Settings, loaded: dict[str, LoadedModel | None]) -> 
     manifest = {"saved_at": datetime.now(UTC).isoformat(), "models": entries}
     _write_atomically(cache_dir(settings) / MANIFEST_FILE, json.dumps(manifest, indent=2))
     keep = {(entry["name"], entry["version"]) for entry in entries.values()}
+    now = time.time()
     for name in MODEL_NAMES.values():
         folder = cache_dir(settings) / name
         if not folder.is_dir():
             continue
         for version_dir in folder.iterdir():
-            if (name, version_dir.name) not in keep and not version_dir.name.startswith("."):
+            if (
+                (name, version_dir.name) not in keep
+                and not version_dir.name.startswith(".")
+                and now - version_dir.stat().st_mtime > PRUNE_AFTER_S
+            ):
                 shutil.rmtree(version_dir, ignore_errors=True)
 
 
