@@ -23,7 +23,7 @@ demo: install ## Simulate a retailer, run every stage, ask the live service for 
 	$(VENV)/bin/omniretain demo
 
 test: install ## Run the whole test suite (unit, integration, end-to-end)
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: install ## Unit tests only
 	$(VENV)/bin/pytest -q tests/unit

@@ -14,19 +14,14 @@ floor_p99_ms, batch_customers_per_s.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import benchmark_parser, serve_state_dir, telemetry_off
 
 
 async def load(
@@ -106,24 +101,18 @@ def in_process_floor(ids: list[str], requests: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--state-dir", type=Path, required=True, help="a trained state")
-    parser.add_argument("--quick", action="store_true", help="fewer requests")
+    parser = benchmark_parser(
+        __doc__, state_dir="a trained state", state_dir_required=True, quick="fewer requests"
+    )
     args = parser.parse_args()
-    for name, value in {
-        "FEAST_USAGE": "False",
-        "BENTOML_DO_NOT_TRACK": "True",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "1",
-    }.items():
-        os.environ.setdefault(name, value)
-    os.environ["OMNIRETAIN_STATE_DIR"] = str(args.state_dir.resolve())
+    telemetry_off()
+    state_dir = serve_state_dir(args.state_dir)
 
     from omniretain.settings import load_settings
     from serving.batch import features_path, read_latest_snapshot
     from serving.server import running_server
 
-    settings = load_settings(state_dir=args.state_dir.resolve())
+    settings = load_settings(state_dir=state_dir)
     ids = read_latest_snapshot(features_path(settings))["customer_id"].astype(str).tolist()
     requests = {1: 100, 16: 400, 64: 640} if args.quick else {1: 1000, 16: 4000, 64: 6400}
 

@@ -18,7 +18,6 @@ Last line: JSON with no_action, random, top_risk, ours, oracle, ips_estimate_our
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -29,9 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, benchmark_parser, telemetry_off
 
 
 def run_pipeline(
@@ -205,8 +202,7 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> tuple[float, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small population")
+    parser = benchmark_parser(__doc__, state_dir="reuse a trained state", quick="small population")
     parser.add_argument("--customers", type=int, default=None)
     parser.add_argument("--months", type=int, default=15)
     parser.add_argument("--seed", type=int, default=101, help="a population unlike the default")
@@ -223,15 +219,8 @@ def main() -> None:
         default=0.15,
         help="share held out as control in each simulated campaign (default setting: 0.10)",
     )
-    parser.add_argument("--state-dir", type=Path, default=None, help="reuse a trained state")
     args = parser.parse_args()
-    for name, value in {
-        "FEAST_USAGE": "False",
-        "BENTOML_DO_NOT_TRACK": "True",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "1",
-    }.items():
-        os.environ.setdefault(name, value)
+    telemetry_off()
 
     from omniretain.policy_sim import (
         NO_CHOICE,

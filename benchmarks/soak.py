@@ -16,23 +16,18 @@ Last line: JSON with seconds, requests, errors, rss_start_mb, rss_end_mb, p99_ms
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import random
-import sys
 import time
-from pathlib import Path
 
 import gevent
 import locust  # noqa: F401  (its import patches the standard library with gevent)
 import numpy as np
+from _common import benchmark_parser, serve_state_dir, telemetry_off
 from locust import FastHttpUser, constant_throughput, task
 from locust.env import Environment
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 USERS = 10  # concurrent users; each sends rate / USERS requests per second
 COLD_START_SHARE = 0.05
@@ -89,21 +84,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--state-dir", type=Path, required=True, help="a trained state")
+    parser = benchmark_parser(__doc__, state_dir="a trained state", state_dir_required=True)
     parser.add_argument("--seconds", type=int, default=600, help="length of the soak")
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second")
     args = parser.parse_args()
     if args.seconds <= 0 or args.rate <= 0:
         parser.error("--seconds and --rate must be positive")
-    for name, value in {
-        "FEAST_USAGE": "False",
-        "BENTOML_DO_NOT_TRACK": "True",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "1",
-    }.items():
-        os.environ.setdefault(name, value)
-    os.environ["OMNIRETAIN_STATE_DIR"] = str(args.state_dir.resolve())
+    telemetry_off()
+    state_dir = serve_state_dir(args.state_dir)
 
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -111,7 +99,7 @@ def main() -> None:
     from omniretain.settings import load_settings
     from serving.server import process_tree_rss_mb, server_process
 
-    settings = load_settings(state_dir=args.state_dir.resolve())
+    settings = load_settings(state_dir=state_dir)
     snapshot = pq.read_table(
         settings.features_dir / "customer_features.parquet",
         columns=["customer_id", "event_timestamp"],

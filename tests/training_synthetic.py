@@ -13,38 +13,9 @@ from datetime import datetime, timedelta
 import duckdb
 import numpy as np
 import pandas as pd
-
-from features.contract import UNIFIED_TABLES
+from unified_tables import create_unified_tables
 
 START = datetime(2025, 1, 1)
-COLUMN_TYPES = {
-    "occurred_at": "TIMESTAMP",
-    "first_seen_at": "TIMESTAMP",
-    "n_source_ids": "INTEGER",
-    "amount": "DOUBLE",
-    "items": "INTEGER",
-    "discount_amount": "DOUBLE",
-    "is_return": "BOOLEAN",
-    "unit_price": "DOUBLE",
-    "price_seen": "DOUBLE",
-    "resolved": "BOOLEAN",
-    "handle_minutes": "DOUBLE",
-    "sentiment": "DOUBLE",
-    "score": "DOUBLE",
-    "granted": "BOOLEAN",
-    "price": "DOUBLE",
-}
-WAREHOUSE_TABLES = (
-    "customers",
-    "purchases",
-    "web_events",
-    "messages",
-    "contacts",
-    "social",
-    "surveys",
-    "consents",
-    "price_observations",
-)
 
 
 def simulate_purchases(customers: int = 400, days: int = 330, seed: int = 3) -> pd.DataFrame:
@@ -82,18 +53,10 @@ def customers_of(purchases: pd.DataFrame) -> pd.DataFrame:
 
 def write_warehouse(path, purchases: pd.DataFrame) -> None:
     """A DuckDB warehouse with the contract's unified tables: customers and purchases filled."""
-    filled = {"customers": customers_of(purchases), "purchases": purchases}
     with duckdb.connect(str(path)) as connection:
-        for table in WAREHOUSE_TABLES:
-            columns = UNIFIED_TABLES[table]
-            ddl = ", ".join(f"{c} {COLUMN_TYPES.get(c, 'VARCHAR')}" for c in columns)
-            connection.execute(f"CREATE TABLE {table} ({ddl})")
-            if table in filled:
-                frame = filled[table]
-                connection.register("_rows", frame)
-                names = ", ".join(c for c in columns if c in frame.columns)
-                connection.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _rows")
-                connection.unregister("_rows")
+        create_unified_tables(
+            connection, {"customers": customers_of(purchases), "purchases": purchases}
+        )
 
 
 def point_in_time_features(purchases: pd.DataFrame, cutoffs: list[pd.Timestamp]) -> pd.DataFrame:

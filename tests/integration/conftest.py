@@ -1,5 +1,7 @@
-"""Integration fixtures: a real ``redis-server`` for the Redis online store tests, and
-``served_state``: a tiny trained and materialized state that the serving tests share.
+"""Integration fixtures: a real ``redis-server`` for the Redis online store tests,
+``served_state``: a tiny trained and materialized state that the serving tests share, and the
+ways to serve it: ``serve_in_process`` (the ASGI app under Starlette's ``TestClient``) and
+``serve_http`` (``bentoml serve`` on loopback), each in an ``environment`` of its own.
 
 ``served_state`` builds the state the way the pipeline does, only smaller: a warehouse with
 purchases, a features parquet with every column of the feature list, ``features.store``'s apply and
@@ -10,7 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,19 +24,43 @@ import pytest
 from features.local_redis import local_redis_server, redis_server_path
 from omniretain.settings import Settings, load_settings
 
+Environment = Callable[..., AbstractContextManager[None]]
+
 
 @pytest.fixture(scope="session")
-def redis_connection_string() -> Iterator[str]:
-    """``host:port`` of a redis-server started for this session (no persistence).
+def environment() -> Environment:
+    """``with environment(NAME="value", OTHER=None):`` sets (``None``: removes) environment
+    variables, and restores them all on leaving: the service reads its settings there."""
 
-    Without ``redis-server`` the Redis tests skip locally and fail in CI (``CI`` set), where
-    ``.ci/run`` installs it.
-    """
-    if redis_server_path() is None:
+    @contextmanager
+    def apply(**values: str | None) -> Iterator[None]:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in values.items():
+                if value is None:
+                    patch.delenv(name, raising=False)
+                else:
+                    patch.setenv(name, value)
+            yield
+
+    return apply
+
+
+@pytest.fixture(scope="session")
+def redis_server_executable() -> str:
+    """The ``redis-server`` program. Without it the Redis tests skip locally and fail in CI
+    (``CI`` set), where ``.ci/run`` installs it."""
+    executable = redis_server_path()
+    if executable is None:
         message = "redis-server is not installed (apt-get install redis-server)"
         if os.environ.get("CI"):
             pytest.fail(message + "; CI must install it")
         pytest.skip(message)
+    return executable
+
+
+@pytest.fixture(scope="session")
+def redis_connection_string(redis_server_executable: str) -> Iterator[str]:
+    """``host:port`` of a redis-server started for this session (no persistence)."""
     with local_redis_server() as connection_string:
         yield connection_string
 
@@ -137,7 +164,9 @@ def build_feature_rows(purchases: pd.DataFrame, rng: np.random.Generator) -> pd.
 
 
 @pytest.fixture(scope="session")
-def served_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def served_state(
+    tmp_path_factory: pytest.TempPathFactory, environment: Environment
+) -> Iterator[Settings]:
     """A tiny trained and materialized state; OMNIRETAIN_STATE_DIR points the service at it."""
     from features.build import FEATURES_FILE_NAME
     from features.store import apply_repo, materialize
@@ -167,22 +196,13 @@ def served_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]
     # depend on luck and on the wall clock: exploration (a random 5% of decisions) and quiet
     # hours (SMS and app closed from 21:00 to 08:00 London time). Both are switched off here so
     # that every run sees the same decisions; the unit tests cover both rules.
-    env = {
-        "OMNIRETAIN_STATE_DIR": str(state_dir),
-        "OMNIRETAIN_SERVING__EXPLORATION_SHARE": "0",
-        "OMNIRETAIN_CONTACT_POLICY__QUIET_HOURS_START": "0",
-        "OMNIRETAIN_CONTACT_POLICY__QUIET_HOURS_END": "0",
-    }
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
+    with environment(
+        OMNIRETAIN_STATE_DIR=str(state_dir),
+        OMNIRETAIN_SERVING__EXPLORATION_SHARE="0",
+        OMNIRETAIN_CONTACT_POLICY__QUIET_HOURS_START="0",
+        OMNIRETAIN_CONTACT_POLICY__QUIET_HOURS_END="0",
+    ):
         yield settings
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
@@ -206,3 +226,35 @@ def service_app() -> Any:
     from serving.service import OmniRetain
 
     return OmniRetain.to_asgi()
+
+
+@pytest.fixture(scope="session")
+def serve_in_process(service_app: Any, environment: Environment) -> Callable[..., Any]:
+    """``with serve_in_process(**env) as client:`` a new service instance, started in that
+    environment by the app's lifespan, behind a Starlette ``TestClient``; stopped on leaving.
+
+    One instance at a time: the app holds a single instance, and a lifespan left open past its
+    module would be shut down again by the next one.
+    """
+    from starlette.testclient import TestClient
+
+    @contextmanager
+    def start(**env: str | None) -> Iterator[Any]:
+        with environment(**env), TestClient(service_app, raise_server_exceptions=False) as client:
+            yield client
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def serve_http(served_state: Settings, environment: Environment) -> Callable[..., Any]:
+    """``with serve_http(**env) as base_url:`` ``bentoml serve`` on loopback over the session's
+    state, in that environment (API keys, limits...); always stopped on leaving."""
+    from serving.server import running_server
+
+    @contextmanager
+    def start(**env: str | None) -> Iterator[str]:
+        with environment(**env), running_server(served_state, timeout_s=300) as base_url:
+            yield base_url
+
+    return start

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +32,9 @@ FUZZ_CASES = 1_100  # generated requests, over every operation; each is sent twi
 
 
 @pytest.fixture(scope="module")
-def hardened_server(
-    served_state: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def hardened_server(serve_http: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``bentoml serve`` with keys read from a file outside the repo, default batch limit."""
     from serving.auth import hash_key
-    from serving.server import running_server
 
     keys_file = tmp_path_factory.mktemp("secrets") / "api_keys.json"
     keys = [
@@ -47,22 +43,12 @@ def hardened_server(
         {"name": "events", "sha256": hash_key(FEEDBACK_KEY), "scopes": ["feedback"]},
     ]
     keys_file.write_text(json.dumps(keys))
-    env = {
-        "OMNIRETAIN_SERVING__API_KEYS_FILE": str(keys_file),
-        "OMNIRETAIN_SERVING__API_KEYS": "[]",
-        "OMNIRETAIN_SERVING__MAX_BATCH_IDS": "10000",
-    }
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        with running_server(served_state, timeout_s=300) as base_url:
-            yield base_url
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with serve_http(
+        OMNIRETAIN_SERVING__API_KEYS_FILE=str(keys_file),
+        OMNIRETAIN_SERVING__API_KEYS="[]",
+        OMNIRETAIN_SERVING__MAX_BATCH_IDS="10000",
+    ) as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from features.local_redis import free_port, redis_server_path
+from features.local_redis import free_port
 from omniretain.settings import Settings, load_settings
 
 READ_TIMEOUT_SECONDS = 0.2
@@ -35,7 +35,8 @@ DEGRADED_BUDGET_SECONDS = 1.5
 class RedisProcess:
     """A real ``redis-server`` on a fixed port with an RDB file, so a restart keeps the data."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, executable: str, data_dir: Path) -> None:
+        self.executable = executable
         self.port = free_port()
         self.data_dir = data_dir
         self.process: subprocess.Popen[bytes] | None = None
@@ -47,10 +48,8 @@ class RedisProcess:
     def start(self) -> None:
         import redis
 
-        executable = redis_server_path()
-        assert executable is not None
         self.process = subprocess.Popen(
-            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
              str(self.data_dir), "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -91,32 +90,11 @@ class RedisProcess:
             self.process.wait()
 
 
-@contextmanager
-def environment(**values: str | None) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    for name, value in values.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 @pytest.fixture(scope="module")
-def redis_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    if redis_server_path() is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must install it")
-        pytest.skip(message)
-    server = RedisProcess(tmp_path_factory.mktemp("redis_data"))
+def redis_store(
+    tmp_path_factory: pytest.TempPathFactory, redis_server_executable: str
+) -> Iterator[RedisProcess]:
+    server = RedisProcess(redis_server_executable, tmp_path_factory.mktemp("redis_data"))
     server.start()
     try:
         yield server
@@ -126,7 +104,10 @@ def redis_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProce
 
 @pytest.fixture(scope="module")
 def redis_state(
-    served_state: Settings, redis_store: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+    served_state: Settings,
+    redis_store: RedisProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+    environment: Any,
 ) -> Iterator[dict[str, str]]:
     """The session's features and registry, served from Redis; the service's environment."""
     from features.store import apply_repo, materialize
@@ -148,19 +129,6 @@ def redis_state(
         apply_repo(settings)
         materialize(settings)
         yield env
-
-
-@pytest.fixture(scope="module")
-def service(service_app: Any) -> Any:
-    """A context manager: a new service instance in this environment, over the session's app."""
-    from starlette.testclient import TestClient
-
-    @contextmanager
-    def start(env: dict[str, str]) -> Iterator[Any]:
-        with environment(**env), TestClient(service_app, raise_server_exceptions=False) as c:
-            yield c
-
-    return start
 
 
 def known_customers(served_state: Settings, count: int = 5) -> list[str]:
@@ -195,10 +163,13 @@ def wait_until(check: Any, timeout_s: float = 15.0) -> Any:
 
 
 def test_redis_down_then_back_degrades_and_recovers_by_itself(
-    redis_state: dict[str, str], redis_store: RedisProcess, served_state: Settings, service: Any
+    redis_state: dict[str, str],
+    redis_store: RedisProcess,
+    served_state: Settings,
+    serve_in_process: Any,
 ) -> None:
     ids = known_customers(served_state)
-    with service(redis_state) as client:
+    with serve_in_process(**redis_state) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
         healthy = client.post("/recommend", json={"customer_id": ids[0]}).json()
@@ -234,7 +205,11 @@ def test_redis_down_then_back_degrades_and_recovers_by_itself(
 
 
 def test_a_hung_redis_is_bounded_by_the_read_timeout(
-    redis_state: dict[str, str], redis_store: RedisProcess, served_state: Settings, service: Any
+    redis_state: dict[str, str],
+    redis_store: RedisProcess,
+    served_state: Settings,
+    serve_in_process: Any,
+    environment: Any,
 ) -> None:
     import redis
 
@@ -244,7 +219,7 @@ def test_a_hung_redis_is_bounded_by_the_read_timeout(
     with environment(**redis_state):
         reader = OnlineFeatureReader(load_settings(), timeout_seconds=READ_TIMEOUT_SECONDS)
     assert reader.get(ids[:1])[0] is not None
-    with service(redis_state) as client:
+    with serve_in_process(**redis_state) as client:
         with redis_store.frozen():
             started = time.perf_counter()
             with pytest.raises(redis.TimeoutError):
@@ -263,14 +238,14 @@ def test_a_hung_redis_is_bounded_by_the_read_timeout(
 
 
 def test_registry_unreachable_at_start_serves_the_cached_champions(
-    redis_state: dict[str, str], served_state: Settings, service: Any
+    redis_state: dict[str, str], served_state: Settings, serve_in_process: Any
 ) -> None:
     from serving.model_cache import cache_dir
     from training.registry import champion_versions
 
     ids = known_customers(served_state)
     champions = champion_versions(served_state)
-    with service(redis_state) as client:  # registry reachable: the champions get cached
+    with serve_in_process(**redis_state) as client:  # registry reachable: the champions get cached
         expected = client.post("/recommend", json={"customer_id": ids[0]}).json()
     assert (cache_dir(load_settings(state_dir=redis_state["OMNIRETAIN_STATE_DIR"]))).is_dir()
     unreachable = {
@@ -279,7 +254,7 @@ def test_registry_unreachable_at_start_serves_the_cached_champions(
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
     }
-    with service(unreachable) as client:
+    with serve_in_process(**unreachable) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["status"] == "degraded" and "cached" in ready.json()["reason"]
@@ -291,7 +266,7 @@ def test_registry_unreachable_at_start_serves_the_cached_champions(
 
 
 def test_registry_unreachable_without_a_cache_refuses_to_become_ready(
-    redis_state: dict[str, str], tmp_path: Path, service: Any
+    redis_state: dict[str, str], tmp_path: Path, serve_in_process: Any
 ) -> None:
     shutil.copytree(Path(redis_state["OMNIRETAIN_STATE_DIR"]) / "features", tmp_path / "features")
     shutil.copytree(Path(redis_state["OMNIRETAIN_STATE_DIR"]) / "feast", tmp_path / "feast")
@@ -302,7 +277,7 @@ def test_registry_unreachable_without_a_cache_refuses_to_become_ready(
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
     }
-    with service(fresh) as client:
+    with serve_in_process(**fresh) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503, ready.text
         reason = ready.json()["reason"]

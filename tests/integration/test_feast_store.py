@@ -9,6 +9,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from unified_tables import create_unified_tables
 
 from features.build import (
     FEATURE_COLUMNS,
@@ -17,25 +18,8 @@ from features.build import (
     FeatureReport,
     build_features,
 )
-from features.contract import UNIFIED_TABLES
 from omniretain.settings import Settings, load_settings
 
-_COLUMN_TYPES = {
-    "occurred_at": "TIMESTAMP",
-    "first_seen_at": "TIMESTAMP",
-    "n_source_ids": "INTEGER",
-    "amount": "DOUBLE",
-    "items": "INTEGER",
-    "discount_amount": "DOUBLE",
-    "is_return": "BOOLEAN",
-    "unit_price": "DOUBLE",
-    "price_seen": "DOUBLE",
-    "resolved": "BOOLEAN",
-    "handle_minutes": "DOUBLE",
-    "sentiment": "DOUBLE",
-    "score": "DOUBLE",
-    "granted": "BOOLEAN",
-}
 START = datetime(2025, 1, 1)
 LAST_EVENT = datetime(2025, 6, 15, 12)
 CUSTOMERS = [f"cust-{n:03d}" for n in range(40)]
@@ -103,15 +87,7 @@ def write_small_warehouse(settings: Settings) -> None:
     )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(settings.warehouse_path)) as con:
-        for table in FEATURE_SOURCE_TABLES:
-            columns = UNIFIED_TABLES[table]
-            ddl = ", ".join(f"{c} {_COLUMN_TYPES.get(c, 'VARCHAR')}" for c in columns)
-            con.execute(f"CREATE TABLE {table} ({ddl})")
-            if rows[table]:
-                frame = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows[table]])
-                con.register("_rows", frame)
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
-                con.unregister("_rows")
+        create_unified_tables(con, rows)
 
 
 @pytest.fixture(scope="module")

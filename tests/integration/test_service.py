@@ -10,9 +10,7 @@ from the registry exactly as ``bentoml serve`` does).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,19 +22,10 @@ import pytest
 from omniretain.settings import Settings, load_settings
 
 
-@pytest.fixture(scope="session")
-def client(served_state: Settings, service_app: Any) -> Iterator[Any]:
-    from starlette.testclient import TestClient
-
-    test_client = TestClient(service_app, raise_server_exceptions=False)
-    test_client.__enter__()
-    try:
+@pytest.fixture(scope="module")
+def client(served_state: Settings, serve_in_process: Any) -> Iterator[Any]:
+    with serve_in_process() as test_client:
         yield test_client
-    finally:
-        # The app is shared by the session (BentoML allows one per process): when another module
-        # on this worker already ran its lifespan, BentoML's second shutdown finds nothing to stop.
-        with contextlib.suppress(AttributeError):
-            test_client.__exit__(None, None, None)
 
 
 def test_probes_answer(client: Any) -> None:
@@ -277,31 +266,20 @@ RECOMMEND_KEY, FEEDBACK_KEY = "test-recommend-key", "test-feedback-key"
 
 
 @pytest.fixture(scope="module")
-def http_server(served_state: Settings) -> Iterator[str]:
+def http_server(serve_http: Any) -> Iterator[str]:
     """``bentoml serve`` on loopback with two API keys and a small batch limit (from the env)."""
     from serving.auth import hash_key
-    from serving.server import running_server
 
     keys = [
         {"name": "crm", "sha256": hash_key(RECOMMEND_KEY), "scopes": ["recommend"]},
         {"name": "events", "sha256": hash_key(FEEDBACK_KEY), "scopes": ["feedback"]},
     ]
-    env = {
-        "OMNIRETAIN_SERVING__API_KEYS": json.dumps(keys),
-        "OMNIRETAIN_SERVING__MAX_BATCH_IDS": "50",
-        "OMNIRETAIN_SERVING__RELOAD_POLL_SECONDS": "1",
-    }
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        with running_server(served_state, timeout_s=240) as base_url:
-            yield base_url
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with serve_http(
+        OMNIRETAIN_SERVING__API_KEYS=json.dumps(keys),
+        OMNIRETAIN_SERVING__MAX_BATCH_IDS="50",
+        OMNIRETAIN_SERVING__RELOAD_POLL_SECONDS="1",
+    ) as base_url:
+        yield base_url
 
 
 def test_http_probes_are_open_and_the_api_needs_a_key(http_server: str) -> None:

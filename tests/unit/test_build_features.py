@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from unified_tables import create_unified_tables
 
 from features.build import (
     FEATURE_COLUMNS,
     FEATURE_DESCRIPTIONS,
-    FEATURE_SOURCE_TABLES,
     NO_ABANDONED_CART_HOURS,
     NULLABLE_FEATURES,
     FeatureBuildError,
@@ -29,42 +29,10 @@ from features.build import (
     snapshot_cutoffs,
     write_features_atomically,
 )
-from features.contract import DECISION_FEATURES, UNIFIED_TABLES
+from features.contract import DECISION_FEATURES
 from omniretain.settings import LabelSettings
 
 CUTOFF = datetime(2025, 6, 1, tzinfo=UTC)
-
-_COLUMN_TYPES = {
-    "occurred_at": "TIMESTAMP",
-    "first_seen_at": "TIMESTAMP",
-    "n_source_ids": "INTEGER",
-    "amount": "DOUBLE",
-    "items": "INTEGER",
-    "discount_amount": "DOUBLE",
-    "is_return": "BOOLEAN",
-    "unit_price": "DOUBLE",
-    "price_seen": "DOUBLE",
-    "price": "DOUBLE",
-    "resolved": "BOOLEAN",
-    "handle_minutes": "DOUBLE",
-    "sentiment": "DOUBLE",
-    "score": "DOUBLE",
-    "granted": "BOOLEAN",
-}
-
-
-def create_unified_tables(con: duckdb.DuckDBPyConnection, rows: dict[str, list[dict]]) -> None:
-    """Create the contract's unified tables (exact columns) and insert the given rows."""
-    for table in FEATURE_SOURCE_TABLES:
-        columns = UNIFIED_TABLES[table]
-        ddl = ", ".join(f"{c} {_COLUMN_TYPES.get(c, 'VARCHAR')}" for c in columns)
-        con.execute(f"CREATE TABLE {table} ({ddl})")
-        table_rows = rows.get(table, [])
-        if table_rows:
-            frame = pd.DataFrame([{c: row.get(c) for c in columns} for row in table_rows])
-            con.register("_rows", frame)
-            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
-            con.unregister("_rows")
 
 
 def ts(text: str) -> datetime:
