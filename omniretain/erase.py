@@ -463,6 +463,9 @@ def erase_customer(
             report.removed.update(scrub_sqlite(path, person.customer_ids, entity_keys))
     if target is not None and getattr(target, "kind", None) == "redis":
         report.removed["redis.online_store"] += erase_redis(target, entity_keys)
+    from serving.erased import add_erased
+
+    add_erased(settings.state_dir, person.customer_ids)  # the service refuses them from now on
     if rewritten_raw and warehouse.exists():
         _update_ingest_ledger(settings, rewritten_raw)
     report.removed = Counter({name: count for name, count in report.removed.items() if count})

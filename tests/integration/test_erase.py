@@ -250,6 +250,10 @@ def test_erase_leaves_no_trace_and_is_idempotent(erase_state: Settings, erased: 
     assert audits[1]["suppressed_identifiers"] == 0
     audit_text = "\n".join(audit_lines).lower()
     assert not [t for t in traces if t in audit_text], "the audit log holds no personal data"
+    from serving.erased import ErasedCustomers
+
+    served_list = ErasedCustomers(erase_state.state_dir)  # the service refuses them (410)
+    assert customer_id in served_list and other_id not in served_list
 
 
 def test_a_rerun_of_ingest_after_erase_does_not_bring_the_customer_back(
