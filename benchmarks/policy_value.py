@@ -93,22 +93,31 @@ def our_decisions(settings, frame, churn, repurchase, uplift):
     return decisions, churn_p
 
 
-def ips_estimate_ours(settings, churn, repurchase, uplift) -> tuple[float, float, int, float]:
-    """Inverse-propensity estimate (with a baseline) of our policy's incremental value per
-    customer from the randomised monthly campaigns the simulated retailer logged
-    (``campaigns`` in the warehouse).
+def ips_estimate_ours(settings, churn, repurchase, uplift) -> dict[str, float]:
+    """Off-policy estimates of our policy's incremental value per customer from the randomised
+    monthly campaigns the simulated retailer logged (``campaigns`` in the warehouse).
 
     For each campaign with 90 days of follow-up: our choice from the newest snapshot before it
     (point in time), the logged (action, channel) and propensity, and the retained-value reward
     ``-(churned within 90 days) x spend_365d`` (churn from the truth: the outcome, not a model of
-    it) minus a baseline ``-P(churn) x spend_365d`` from the churn score (the same for every
-    action, so it removes variance, not value). The cost of our choice is known for every unit
-    and is subtracted exactly.
+    it). Two estimators (``omniretain.policy_sim``):
+
+    * ``ipw``: inverse propensity with a baseline ``-P(churn) x spend_365d`` from the churn score
+      (the same for every action, so it removes variance, not value);
+    * ``dr``: doubly robust, the engine's own expected gain of its choice (expected value plus
+      cost) corrected by the inverse-propensity weighted residuals.
+
+    The cost of our choices is known for every unit and is subtracted exactly. Returns each
+    estimate with its bootstrap standard error, the logged units and the support share.
     """
     import duckdb
     import pandas as pd
 
-    from omniretain.policy_sim import customer_persons, ipw_incremental_value
+    from omniretain.policy_sim import (
+        customer_persons,
+        doubly_robust_incremental_value,
+        ipw_incremental_value,
+    )
     from serving.batch import features_path
 
     horizon = pd.Timedelta(days=settings.labels.churn_window_days)
@@ -153,12 +162,15 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> tuple[float, float
         )
         decisions, churn_p = our_decisions(settings, snapshot, churn, repurchase, uplift)
         value = snapshot["spend_365d"].fillna(0.0).clip(lower=0.0)
+        cost = pd.Series(decisions.action).map(costs).fillna(0.0).to_numpy()
         ours = pd.DataFrame(
             {
                 "customer_id": snapshot["customer_id"],
                 "our_action": decisions.action,
                 "our_channel": decisions.channel,
-                "our_cost": pd.Series(decisions.action).map(costs).fillna(0.0).to_numpy(),
+                "our_cost": cost,
+                # the engine's expected retained value of its choice (its expected value + cost)
+                "our_gain": np.where(decisions.column >= 0, decisions.expected_value + cost, 0.0),
                 "value": value,
                 "baseline": -churn_p * value.to_numpy(),  # control variate: the churn score
             }
@@ -182,23 +194,37 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> tuple[float, float
         units["propensity"].to_numpy(dtype=float),
         (-churned * units["value"]).to_numpy(dtype=float),
         units["baseline"].to_numpy(dtype=float),
+        units["our_gain"].to_numpy(dtype=float),
         units["our_cost"].to_numpy(dtype=float),
     )
 
-    def estimate(treats, matched, control, propensity, retained, baseline, cost) -> float:
+    def estimates(treats, matched, control, propensity, retained, baseline, gain, cost):
         # Costs of our choices are known for every unit: only the churn part needs weighting.
-        retained_value = ipw_incremental_value(
-            treats, matched, control, propensity, retained, baseline
+        scale, paid = max(support_share, 1e-9), float(cost.mean())
+        ipw = ipw_incremental_value(treats, matched, control, propensity, retained, baseline)
+        dr = doubly_robust_incremental_value(
+            treats, matched, control, propensity, retained, baseline, gain
         )
-        return retained_value / max(support_share, 1e-9) - float(cost.mean())
+        return np.array([ipw / scale - paid, dr / scale - paid])
 
-    value = estimate(*arrays)
-    rng = np.random.default_rng(0)  # bootstrap over logged units: the estimate's noise
-    resamples = [
-        estimate(*(a[sample] for a in arrays))
-        for sample in (rng.integers(0, len(units), len(units)) for _ in range(200))
-    ]
-    return value, float(np.std(resamples)), len(units), support_share
+    point = estimates(*arrays)
+    rng = np.random.default_rng(0)  # bootstrap over logged units: the estimates' noise
+    resamples = np.array(
+        [
+            estimates(*(a[sample] for a in arrays))
+            for sample in (rng.integers(0, len(units), len(units)) for _ in range(200))
+        ]
+    )
+    error = resamples.std(axis=0)
+    return {
+        "ipw": float(point[0]),
+        "ipw_se": float(error[0]),
+        "dr": float(point[1]),
+        "dr_se": float(error[1]),
+        "units": len(units),
+        "matched": int((arrays[0] & arrays[1] & ~arrays[2]).sum()),
+        "support_share": support_share,
+    }
 
 
 def main() -> None:
@@ -312,10 +338,8 @@ def main() -> None:
     figures: dict[str, float | None] = {
         name: round(policy_value(net_gain, choice), 2) for name, choice in policies.items()
     }
-    ips_per_customer, ips_error, logged_units, support_share = ips_estimate_ours(
-        settings, churn, repurchase, uplift
-    )
-    figures["ips_estimate_ours"] = round(ips_per_customer * len(frame), 2)
+    offline = ips_estimate_ours(settings, churn, repurchase, uplift)
+    figures["ips_estimate_ours"] = round(offline["ipw"] * len(frame), 2)
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, load "
@@ -345,13 +369,20 @@ def main() -> None:
         f"(oracle without the contact budget: {int((unlimited_oracle != NO_CHOICE).sum())} "
         f"contacts, {policy_value(net_gain, unlimited_oracle):,.2f})"
     )
+    n = len(frame)
     print(
-        f"IPS estimate (churn-score baseline) of ours from {logged_units:,} logged "
-        "randomised campaign units, "
-        f"scaled to {len(frame):,} customers: {figures['ips_estimate_ours']:,.2f} "
-        f"+- {ips_error * len(frame):,.0f} (bootstrap s.e.; true: {figures['ours']:,.2f}); "
-        f"{support_share:.0%} of our contacts had logging support (the rest extrapolated)"
+        f"off-policy estimates of ours from {offline['units']:,} logged randomised campaign "
+        f"units ({offline['matched']:,} treated as ours would), scaled to {n:,} customers "
+        f"(true: {figures['ours']:,.2f}; +- bootstrap s.e., [95% interval]); "
+        f"{offline['support_share']:.0%} of our contacts had logging support (the rest "
+        "extrapolated):"
     )
+    for key, label in (("ipw", "IPS, churn-score baseline"), ("dr", "doubly robust")):
+        estimate, error = offline[key] * n, offline[f"{key}_se"] * n
+        print(
+            f"  {label:<26}{estimate:>12,.2f} +- {error:,.0f} "
+            f"[{estimate - 1.96 * error:,.0f}, {estimate + 1.96 * error:,.0f}]"
+        )
     if figures["top_risk"]:
         print(f"ours / top_risk = {figures['ours'] / figures['top_risk']:.2f}")
     print(json.dumps(figures))
