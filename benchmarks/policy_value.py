@@ -71,8 +71,6 @@ def our_decisions(settings, frame, churn, repurchase, uplift):
         feature_matrix,
         predict_probability,
     )
-    from serving.decision import DecisionContext
-    from training.uplift import engine_uplift
 
     churn_p = predict_probability(churn, feature_matrix(frame, churn.feature_names))
     repurchase_p = predict_probability(repurchase, feature_matrix(frame, repurchase.feature_names))
@@ -84,13 +82,71 @@ def our_decisions(settings, frame, churn, repurchase, uplift):
         [(c.action.name, c.channel) for c in columns],
         np.array([c.action.base_uplift for c in columns]),
     )
+    return decide_with_reductions(settings, frame, churn_p, repurchase_p, reduction), churn_p
+
+
+def decide_with_reductions(settings, frame, churn_p, repurchase_p, reduction):
+    """The engine given per-customer absolute reductions of P(churn) (customers x columns):
+    ``engine_uplift`` and no at-risk gate, as the service uses an uplift champion."""
+    from serving.batch import action_channel_columns, decide_batch
+    from serving.decision import MODEL_UPLIFT_CONTEXT
+    from training.uplift import engine_uplift
+
+    columns = action_channel_columns(settings.actions)
     retention = np.array([c.action.goal == "retention" for c in columns])
     movable = np.where(retention[None, :], churn_p[:, None], 1.0 - repurchase_p[:, None])
     # A per-customer uplift model already says who can be moved: no at-risk gate on top.
-    context = DecisionContext(at_risk_threshold=0.0)
     uplift_matrix = engine_uplift(reduction, movable)
-    decisions = decide_batch(frame, churn_p, repurchase_p, settings.actions, uplift_matrix, context)
-    return decisions, churn_p
+    return decide_batch(
+        frame, churn_p, repurchase_p, settings.actions, uplift_matrix, MODEL_UPLIFT_CONTEXT
+    )
+
+
+def diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed) -> None:
+    """What the features could give (diagnosis only, reads the truth; never the product path).
+
+    Runs the engine on (a) the true realised reductions ``gain`` (persons x columns: ``p0 - p1``,
+    0 for the already churned), the engine's own ceiling; (b) a regression of that truth on the
+    observed features (LightGBM per column, cross-fitted on two halves of the persons): what a
+    perfect learner could reach from these features with this many persons; and prints how the
+    churn score relates to the *retainable* risk (alive and churning within 90 days).
+    """
+    import lightgbm as lgb
+
+    from omniretain.policy_sim import NO_CHOICE, oracle_policy, policy_value
+    from training.train import feature_columns
+
+    features = feature_columns(frame)
+    X = frame[features].to_numpy(dtype=float, na_value=np.nan)
+    folds = np.random.default_rng(0).integers(0, 2, len(frame))
+    fitted = np.zeros_like(gain)
+    for fold in range(2):
+        for j in range(gain.shape[1]):
+            regression = lgb.LGBMRegressor(
+                n_estimators=200, learning_rate=0.05, num_leaves=15, min_child_samples=20
+            )
+            regression.set_params(verbose=-1, n_jobs=1)
+            regression.fit(X[folds != fold], gain[folds != fold, j])
+            fitted[folds == fold, j] = regression.predict(X[folds == fold])
+    print("diagnosis (reads the truth; never used by the product):")
+    for label, reduction in (
+        ("engine on the true realised reductions", gain),
+        ("engine on a regression of them on the features", fitted),
+    ):
+        choice = decide_with_reductions(settings, frame, churn_p, repurchase_p, reduction).column
+        choice = np.where(choice >= 0, choice, NO_CHOICE)
+        oracle = policy_value(net_gain, oracle_policy(net_gain, allowed, int((choice >= 0).sum())))
+        value = policy_value(net_gain, choice)
+        correlation = np.corrcoef(reduction[allowed], gain[allowed])[0, 1]
+        print(
+            f"  {label:<50}{value:>12,.2f}  {value / oracle:.0%} of the oracle at equal "
+            f"contacts; correlation with the truth {correlation:.2f}"
+        )
+    retainable = gain.max(axis=1)
+    print(
+        "  correlation of the churn score with the best retainable reduction: "
+        f"{np.corrcoef(churn_p, retainable)[0, 1]:.2f}"
+    )
 
 
 def ips_estimate_ours(settings, churn, repurchase, uplift) -> dict[str, float]:
@@ -245,6 +301,12 @@ def main() -> None:
         default=0.15,
         help="share held out as control in each simulated campaign (default setting: 0.10)",
     )
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also run the engine on the true effects and on a regression of them on the "
+        "features (reads the truth: what the features could give)",
+    )
     args = parser.parse_args()
     telemetry_off()
 
@@ -261,12 +323,10 @@ def main() -> None:
     from omniretain.settings import load_settings
     from serving.batch import (
         action_channel_columns,
-        action_eligible_matrix,
-        channel_allowed_matrix,
         features_path,
         read_latest_snapshot,
     )
-    from serving.decision import DecisionContext
+    from serving.decision import DecisionContext, allowed_matrix, decision_table
     from training.registry import load_champion
 
     state_dir = args.state_dir
@@ -316,8 +376,8 @@ def main() -> None:
     # Every policy faces the same hard constraints as ours: consent and the catalogue's
     # eligibility rules (a call-back needs an open case, a cart reminder a recent cart...).
     # The at-risk gate of the catalogue prior is our engine's own choice, not a constraint.
-    allowed = channel_allowed_matrix(frame, columns) & action_eligible_matrix(
-        frame, churn_p, columns, DecisionContext(at_risk_threshold=0.0)
+    allowed = allowed_matrix(
+        frame, churn_p, decision_table(settings.actions), DecisionContext(at_risk_threshold=0.0)
     )
 
     ours = np.where(decisions.column >= 0, decisions.column, NO_CHOICE)
@@ -385,6 +445,16 @@ def main() -> None:
         )
     if figures["top_risk"]:
         print(f"ours / top_risk = {figures['ours'] / figures['top_risk']:.2f}")
+    if args.diagnose:
+        from omniretain.policy_sim import retained_gain
+        from serving.batch import feature_matrix, predict_probability
+
+        repurchase_p = predict_probability(
+            repurchase, feature_matrix(frame, repurchase.feature_names)
+        )
+        p0, alive = end.churn_probability_90d[rows], end.alive[rows]
+        gain = retained_gain(p0[:, None], effects, alive[:, None])
+        diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed)
     print(json.dumps(figures))
 
 
