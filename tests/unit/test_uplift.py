@@ -102,7 +102,12 @@ def test_learners_find_who_responds_with_a_negative_effect(planted, learner) -> 
 def test_learners_are_measured_on_held_out_campaigns(planted) -> None:
     comparison = compare_learners(planted, ["f", "noise"], learners=("s_learner",))
     assert comparison["s_learner"]["discount|sms"] > 0.005  # the planted effect ranks first
-    assert set(comparison["s_learner"]) == {"mean_qini", "discount|sms", "points|email"}
+    assert set(comparison["s_learner"]) == {
+        "mean_qini",
+        "random_targeting_qini",
+        "discount|sms",
+        "points|email",
+    }
 
 
 def test_fit_evaluated_refits_the_product_learner_on_every_campaign(planted) -> None:
@@ -210,3 +215,14 @@ def test_the_interaction_learner_needs_a_trait_column() -> None:
         learners=("interaction",),
     )
     assert np.isnan(comparison["interaction"]["mean_qini"])  # measured as unable, not a crash
+
+
+def test_random_targeting_sets_the_bar_a_champion_must_clear(planted) -> None:
+    """A planted effect ranks far above what shuffled scores reach by chance; with the outcomes
+    shuffled (no effect left to find) the model's held-out Qini stays under that bar."""
+    found = compare_learners(planted, ["f", "noise"], learners=("s_learner",))["s_learner"]
+    assert found["mean_qini"] > found["random_targeting_qini"] > 0
+    rng = np.random.default_rng(8)
+    noise = planted.assign(churned=rng.permutation(planted["churned"].to_numpy()))
+    none = compare_learners(noise, ["f", "noise"], learners=("s_learner",))["s_learner"]
+    assert none["mean_qini"] <= none["random_targeting_qini"]
