@@ -425,6 +425,9 @@ def test_batch_scoring_logs_every_decision(served_state: Settings, tmp_path: Pat
     from monitoring.logs import read_decisions
     from serving.batch import score_latest
 
+    # the in-process app and the HTTP server of this module log off the request path: let their
+    # writers flush what earlier tests asked (batch requests are logged with source "batch" too)
+    time.sleep(served_state.monitoring.decision_log.flush_seconds + 1.5)
     before = read_decisions(served_state)
     report = score_latest(served_state, tmp_path / "scores.parquet", reasons_for=5)
     logged = read_decisions(served_state)
