@@ -21,8 +21,9 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 ERASED_FILE = "erased_customers.json"
 CHECK_EVERY_S = 1.0
@@ -89,10 +90,24 @@ class ErasedCustomers:
         salt = self._salt
         return salt is not None and _digest(salt, str(customer_id)) in self._hashes
 
-    def error(self, customer_id: str, field: str = "customer_id") -> dict[str, str]:
-        """The 410 body: names the field; the id is the caller's own."""
-        return {
-            "error": f"{field}: customer {customer_id!r} was erased (right to be forgotten); "
+    def refusal(self, customer_ids: Sequence[str], field: str = "customer_id") -> Any:
+        """The 410 answer when any of ``customer_ids`` was erased (naming the field), else None.
+
+        A batch (``field`` = ``customer_ids``) is refused whole, naming its first erased index:
+        a CRM must drop them, not get decisions for the others only.
+        """
+        erased = [index for index, customer_id in enumerate(customer_ids) if customer_id in self]
+        if not erased:
+            return None
+        from starlette.responses import JSONResponse
+
+        customer_id = customer_ids[erased[0]]
+        name = f"{field}[{erased[0]}]" if field == "customer_ids" else field
+        body: dict[str, Any] = {
+            "error": f"{name}: customer {customer_id!r} was erased (right to be forgotten); "
             "nothing is recorded or answered for them",
             "customer_id": customer_id,
         }
+        if field == "customer_ids":
+            body["erased_indices"] = erased
+        return JSONResponse(body, status_code=410)

@@ -519,8 +519,8 @@ class OmniRetain:
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     def recommend(self, customer_id: str, context: RequestContext | None = None) -> Recommendation:
         """Score one customer with the champions and choose the next best action."""
-        if customer_id in self.erased:
-            return JSONResponse(self.erased.error(customer_id), status_code=410)  # type: ignore[return-value]
+        if (refusal := self.erased.refusal([customer_id])) is not None:
+            return refusal  # type: ignore[no-any-return]
         models = self.models
         assert models is not None  # ApiGate answers 503 until the models are loaded
         rows = self._read_features([customer_id])
@@ -533,13 +533,8 @@ class OmniRetain:
         self, customer_ids: list[str], explain: bool = False
     ) -> BatchRecommendation:
         """Up to ``serving.max_batch_ids`` customers; unknown ids get the cold-start decision."""
-        erased = [
-            index for index, customer_id in enumerate(customer_ids) if customer_id in self.erased
-        ]
-        if erased:  # the whole batch: a CRM must drop them, not get a decision for the others only
-            body = self.erased.error(customer_ids[erased[0]], f"customer_ids[{erased[0]}]")
-            body["erased_indices"] = erased  # type: ignore[assignment]
-            return JSONResponse(body, status_code=410)  # type: ignore[return-value]
+        if (refusal := self.erased.refusal(customer_ids, "customer_ids")) is not None:
+            return refusal  # type: ignore[no-any-return]
         models = self.models
         assert models is not None  # ApiGate answers 503 until the models are loaded
         results: list[Recommendation] = []
@@ -581,8 +576,8 @@ class OmniRetain:
         """Store an outcome: the contact policy counts it from now on; monitoring logs it."""
         from monitoring.logs import FeedbackRecord
 
-        if customer_id in self.erased:
-            return JSONResponse(self.erased.error(customer_id), status_code=410)  # type: ignore[return-value]
+        if (refusal := self.erased.refusal([customer_id])) is not None:
+            return refusal  # type: ignore[no-any-return]
         known_actions = {a.name for a in self.settings.actions}
         if action not in known_actions:
             error = {"error": f"action: unknown action {action!r}; known: {sorted(known_actions)}"}
@@ -613,8 +608,8 @@ class OmniRetain:
         """
         import pandas as pd
 
-        if customer_id in self.erased:
-            return JSONResponse(self.erased.error(customer_id), status_code=410)  # type: ignore[return-value]
+        if (refusal := self.erased.refusal([customer_id])) is not None:
+            return refusal  # type: ignore[no-any-return]
         if event_type in ("consent_withdrawn", "consent_granted"):
             granted = event_type == "consent_granted"
             self.contacts.record_consent(
@@ -670,8 +665,8 @@ class OmniRetain:
             customer_id = parse_customer_id(customer_id)
         except RequestBodyError as error:
             return JSONResponse(error.to_json(), status_code=error.status_code)
-        if customer_id in self.erased:
-            return JSONResponse(self.erased.error(customer_id), status_code=410)
+        if (refusal := self.erased.refusal([customer_id])) is not None:
+            return refusal
         models = self.models
         assert models is not None
         rows = self._read_features([customer_id])
