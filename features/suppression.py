@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
 KEY_ENV = "OMNIRETAIN_SUPPRESSION_KEY"
 KEY_FILE_ENV = "OMNIRETAIN_SUPPRESSION_KEY_FILE"
 ERASED_REASON = "erased"
-CUSTOMER_ID_TYPE = "customer_id"  # the resolved ids: serving can refuse an erased id
+CUSTOMER_ID_TYPE = "customer_id"  # the resolved ids (the service refuses them via serving.erased)
 # Feed keys that name a person, not an event: the CRM's record id is a source customer id.
 PERSON_KEY_TYPES: dict[str, tuple[str, str]] = {"crm_attributes": ("crm_id", "crm_id")}
 SUPPRESSION_DDL = """
