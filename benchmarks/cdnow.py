@@ -122,7 +122,7 @@ def load_through_product(name: str, state: Path) -> tuple[pd.DataFrame, pd.DataF
             con, sorted({*INNER_CUTOFFS, *REHEARSAL_FIT_CUTOFFS, CALIBRATION_END})
         )
         purchases = con.execute(
-            "SELECT customer_id, occurred_at, coalesce(is_return, false) AS is_return "
+            "SELECT customer_id, occurred_at, coalesce(is_return, false) AS is_return, items "
             "FROM purchases WHERE customer_id IS NOT NULL"
         ).df()
     return features, purchases
