@@ -17,7 +17,8 @@ blend weight are picked there by ROC AUC. The chosen one is refitted on 13-week 
 1997-03..07 and scores the customers at 1997-10-01; the holdout is looked at once.
 Features: the product's point-in-time features plus ``customer_base_features`` of
 ``training/bgnbd.py`` (BG/NBD refitted at each cutoff: expected purchases and P(any purchase)
-over the label window, P(alive); purchase-gap mean, spread and overdue ratio).
+over the label window, P(alive); purchase-gap mean, spread and overdue ratio; items per
+purchase day).
 
 ``repeat_forecast`` (ours): the BG/NBD forecast of holdout repeat transactions times the
 correction its inner rehearsal supports (``forecast_rehearsal``: BG/NBD fitted at 1997-04..08-01
@@ -122,7 +123,7 @@ def load_through_product(name: str, state: Path) -> tuple[pd.DataFrame, pd.DataF
             con, sorted({*INNER_CUTOFFS, *REHEARSAL_FIT_CUTOFFS, CALIBRATION_END})
         )
         purchases = con.execute(
-            "SELECT customer_id, occurred_at, coalesce(is_return, false) AS is_return "
+            "SELECT customer_id, occurred_at, coalesce(is_return, false) AS is_return, items "
             "FROM purchases WHERE customer_id IS NOT NULL"
         ).df()
     return features, purchases

@@ -184,6 +184,21 @@ def test_customer_base_gap_features_by_hand() -> None:
     assert 0.0 < a["bgnbd_p_any_purchase"] < 1.0 and a["bgnbd_expected_purchases"] > 0.0
 
 
+def test_mean_items_per_purchase_sums_a_day_and_skips_returns() -> None:
+    # a: 2 + 1 items on one day (one occasion of 3), then 1 item; the return and the purchase
+    # from the cutoff on do not count. Without an ``items`` column the feature is NaN.
+    purchases = _log([("a", "2020-01-01"), ("a", "2020-01-01 18:00"), ("a", "2020-01-20")])
+    purchases.loc[len(purchases)] = ["a", pd.Timestamp("2020-01-25"), True]
+    purchases.loc[len(purchases)] = ["a", pd.Timestamp("2020-02-01"), False]
+    purchases["items"] = [2, 1, 1, 7, 9]
+    cutoff = pd.Timestamp("2020-02-01")
+    rows = customer_base_features(purchases, [cutoff], horizon_days=30).set_index("customer_id")
+    assert rows.loc["a", "mean_items_per_purchase"] == pytest.approx(2.0)
+    assert rows.loc["a", "repeat_purchases"] == 1
+    without = customer_base_features(purchases.drop(columns="items"), [cutoff], horizon_days=30)
+    assert without["mean_items_per_purchase"].isna().all()
+
+
 def test_customer_base_features_ignore_purchases_from_the_cutoff_on(cdnow: pd.DataFrame) -> None:
     cutoff = pd.Timestamp("1997-07-01")
     before = cdnow[cdnow["occurred_at"] < cutoff]
