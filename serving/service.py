@@ -299,7 +299,7 @@ class OmniRetain:
         self.store_breaker = OnlineStoreBreaker(serving.online_retry_seconds)
         HEALTH.breaker = self.store_breaker
         HEALTH.probe = lambda: self.features.get(["__readyz_probe__"])
-        self.contributions = ContributionCache()
+        self.contributions = ContributionCache(method=serving.reasons)
         self.contacts = ContactStore(contacts_path(self.settings))
         self.erased = ErasedCustomers(self.settings.state_dir)
         self.decision_log = DecisionLogger(self.settings)
@@ -419,7 +419,7 @@ class OmniRetain:
         customer_value, uplift = scored.customer_value, scored.uplift
         current_channel = context.current_channel if context else None
         contributions: dict[str, float] = {}
-        if explain and not cold_start:  # TreeSHAP: the costliest step, only where it is shown
+        if explain and not cold_start:  # reason codes: computed only where they are shown
             contributions = self.contributions.get(models.churn, scored.churn_row)
 
         policy = self.settings.contact_policy
