@@ -3,7 +3,7 @@
 Starts ``bentoml serve`` on loopback on a trained state (``serving.server.running_server``),
 sends a bounded number of requests at concurrency 1, 16 and 64 (httpx async, one client), then
 ``/recommend/batch`` if the service has it, and computes the same decisions in this process
-without HTTP (``OmniRetain.inner().recommend``: the same models, reads and decision): the floor.
+without HTTP (``OmniRetain.inner().recommend_one``: the same models, reads and decision): the floor.
 The load generator shares the 2 cores with the server: every figure here is pessimistic.
 
     python benchmarks/latency.py --state-dir DIR [--quick]
@@ -147,18 +147,18 @@ def batch_throughput(base_url: str, ids: list[str], rounds: int) -> float | None
 
 
 def in_process_floor(ids: list[str], requests: int) -> tuple[dict[str, float], Any]:
-    """The same ``recommend`` of the service class, called in this process without HTTP
+    """The same ``recommend_one`` of the service class, called in this process without HTTP
     (BentoML's ``inner`` class: the models, feature reader, policy and logs of the server).
     Returns the figures and the service (its models explain the reasons' agreement)."""
     from serving.service import OmniRetain
 
     service = OmniRetain.inner()
     for customer_id in ids[-20:]:  # warm-up on other customers than the measured ones
-        service.recommend(customer_id)
+        service.recommend_one(customer_id)
     totals = []
     for index in range(requests):
         started = time.perf_counter()
-        service.recommend(ids[index % len(ids)])
+        service.recommend_one(ids[index % len(ids)])
         totals.append((time.perf_counter() - started) * 1000)
     cache = service.contributions
     return {
@@ -276,7 +276,7 @@ def main() -> None:
             f"{figures['server_cpu_ms']:>19.2f}{figures['client_cpu_ms']:>19.2f}"
         )
     print(
-        f"in-process floor (service.recommend without HTTP): p50 {floor['p50_ms']:.2f} ms, "
+        f"in-process floor (service.recommend_one without HTTP): p50 {floor['p50_ms']:.2f} ms, "
         f"p99 {floor['p99_ms']:.2f} ms"
     )
     print(
