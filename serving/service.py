@@ -72,7 +72,7 @@ from serving.policy import (
     import_feed_contacts,
 )
 from serving.profile import WarehouseUnavailableError, build_profile, read_warehouse_profile
-from serving.reasons import ContributionCache
+from serving.reasons import ContributionCache, path_attribution
 from serving.schemas import (
     BatchRecommendation,
     BatchRecommendRequest,
@@ -340,10 +340,23 @@ class OmniRetain:
                 HEALTH.models_error = str(error)
             logger.error("not ready: %s", error)
             return
+        self._prepare_reasons(models)
         self.models = models  # one atomic swap
         if HEALTH.owner is self:
             HEALTH.models_error, HEALTH.models_note = None, note
             HEALTH.versions = models.versions
+
+    def _prepare_reasons(self, models: ModelSet) -> None:
+        """Build the churn model's path-attribution tables before the models serve (about 0.4 s
+        of CPU for 300 trees), so neither the first request nor the first after a hot reload
+        pays for them. A failure is logged: the first request then builds them (or says why)."""
+        model = models.churn.model
+        if self.settings.serving.reasons != "path" or not hasattr(model, "booster"):
+            return
+        try:
+            path_attribution(model)
+        except Exception:
+            logger.exception("preparing the reason codes of churn model %s", models.churn.version)
 
     def _read_features(self, customer_ids: list[str]) -> list[dict[str, float] | None] | None:
         """Online rows, or ``None`` when the store failed (now or within the retry interval)."""
@@ -396,7 +409,9 @@ class OmniRetain:
                 current = self.models.versions
                 served = {k: v for k, v in current.items() if v is not None}
                 if champion_versions(self.settings) != served:
-                    self.models = load_model_set(self.settings)  # one atomic swap
+                    models = load_model_set(self.settings)
+                    self._prepare_reasons(models)
+                    self.models = models  # one atomic swap
                     HEALTH.versions = self.models.versions
                     logger.info("champions reloaded: %s -> %s", current, self.models.versions)
                 self._import_feed_contacts()
