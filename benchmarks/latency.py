@@ -1,10 +1,16 @@
 """Latency and throughput of ``POST /recommend`` over real HTTP, next to the in-process floor.
 
-Starts ``bentoml serve`` on loopback on a trained state (``serving.server.running_server``),
-sends a bounded number of requests at concurrency 1, 16 and 64 (httpx async, one client), then
-``/recommend/batch`` if the service has it, and computes the same decisions in this process
-without HTTP (``OmniRetain.inner().recommend``: the same models, reads and decision): the floor.
-The load generator shares the 2 cores with the server: every figure here is pessimistic.
+Starts ``bentoml serve`` on loopback on a trained state (``serving.server.server_process``),
+sends a bounded number of requests at concurrency 1, 16 and 64, then ``/recommend/batch`` if
+the service has it, and computes the same decisions in this process without HTTP
+(``OmniRetain.inner().recommend_one``: the same models, reads and decision): the floor. Last,
+how often the served churn drivers (path attribution) name the same top 3 as TreeSHAP, on the
+latest snapshot's customers.
+
+The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams (uvloop), one
+connection per request in flight (:class:`Connection`: about 0.3 ms of CPU per request against
+1-3 ms for httpx). It shares the 2 cores with the server, so every figure here is pessimistic;
+the table shows the CPU per request of the server's processes and of this client.
 
     python benchmarks/latency.py --state-dir DIR [--quick]
 
@@ -19,9 +25,71 @@ import json
 import os
 import platform
 import time
+from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from _common import benchmark_parser, serve_state_dir, telemetry_off
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams: the load generator's client.
+
+    A generic client (httpx: about 1-2 ms of CPU per request) takes from the two cores what the
+    server needs; this one writes a prepared request and reads the status line, the headers and
+    a ``Content-Length`` (or chunked) body, nothing more: tens of microseconds per request. A
+    response that closes the connection, or a broken one, reconnects on the next request.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post_json(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """POST ``body`` (JSON) to ``path``; the status and the response body."""
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode("ascii") + body)
+        try:
+            headers = await self.reader.readuntil(b"\r\n\r\n")
+            status_line, *lines = headers.decode("latin-1").split("\r\n")
+            status = int(status_line.split(" ", 2)[1])
+            fields = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in lines if line)
+            }
+            if fields.get("transfer-encoding", "").lower() == "chunked":
+                content = await self._read_chunked()
+            else:
+                content = await self.reader.readexactly(int(fields.get("content-length", "0")))
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            self.close()
+            raise
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return status, content
+
+    async def _read_chunked(self) -> bytes:
+        assert self.reader is not None
+        parts = []
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:  # the last chunk, then trailers up to an empty line
+                while await self.reader.readuntil(b"\r\n") != b"\r\n":
+                    pass
+                return b"".join(parts)
+            parts.append((await self.reader.readexactly(size + 2))[:-2])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
 
 
 async def load(
@@ -29,33 +97,38 @@ async def load(
 ) -> dict:
     """``requests`` POSTs with ``concurrency`` in flight; latencies in ms and requests/s.
 
-    Customers are taken in order from ``offset`` (wrapping around): the service caches reason
-    codes per customer and feature vector, so each phase starts where the previous one ended
-    and repeats a customer only once the population is used up."""
-    import httpx
-
+    One keep-alive connection per request in flight (:class:`Connection`), as a CRM's
+    connection pool. Customers are taken in order from ``offset`` (wrapping around): the
+    service caches reason codes per customer and feature vector, so each phase starts where the
+    previous one ended and repeats a customer only once the population is used up."""
+    url = urlsplit(base_url)
     latencies: list[float] = []
     errors = 0
     queue = iter(range(requests))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+    connections = [
+        Connection(url.hostname or "127.0.0.1", url.port or 80) for _ in range(concurrency)
+    ]
 
-        async def worker() -> None:
-            nonlocal errors
-            for index in queue:
-                body = {"customer_id": ids[(offset + index) % len(ids)]}
-                started = time.perf_counter()
-                try:
-                    response = await client.post("/recommend", json=body)
-                except httpx.TransportError:  # e.g. a keep-alive connection closed under load
-                    errors += 1
-                    continue
-                latencies.append((time.perf_counter() - started) * 1000)
-                errors += response.status_code != 200
+    async def worker(connection: Connection) -> None:
+        nonlocal errors
+        for index in queue:
+            body = json.dumps({"customer_id": ids[(offset + index) % len(ids)]}).encode()
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(30):
+                    status, _ = await connection.post_json("/recommend", body)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                connection.close()  # e.g. a keep-alive connection closed under load
+                errors += 1
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+            errors += status != 200
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(connection) for connection in connections))
+    elapsed = time.perf_counter() - started
+    for connection in connections:
+        connection.close()
     values = np.array(latencies)
     return {
         "p50": float(np.percentile(values, 50)),
@@ -79,25 +152,82 @@ def batch_throughput(base_url: str, ids: list[str], rounds: int) -> float | None
     return rounds * len(body["customer_ids"]) / (time.perf_counter() - started)
 
 
-def in_process_floor(ids: list[str], requests: int) -> dict[str, float]:
-    """The same ``recommend`` of the service class, called in this process without HTTP
-    (BentoML's ``inner`` class: the models, feature reader, policy and logs of the server)."""
+def in_process_floor(ids: list[str], requests: int) -> tuple[dict[str, float], Any]:
+    """The same ``recommend_one`` of the service class, called in this process without HTTP
+    (BentoML's ``inner`` class: the models, feature reader, policy and logs of the server).
+    Returns the figures and the service (its models explain the reasons' agreement)."""
     from serving.service import OmniRetain
 
     service = OmniRetain.inner()
     for customer_id in ids[-20:]:  # warm-up on other customers than the measured ones
-        service.recommend(customer_id)
+        service.recommend_one(customer_id)
     totals = []
     for index in range(requests):
         started = time.perf_counter()
-        service.recommend(ids[index % len(ids)])
+        service.recommend_one(ids[index % len(ids)])
         totals.append((time.perf_counter() - started) * 1000)
     cache = service.contributions
     return {
         "p50_ms": float(np.percentile(totals, 50)),
         "p99_ms": float(np.percentile(totals, 99)),
         "reason_cache_hits": cache.hits / max(cache.hits + cache.misses, 1),
+    }, service
+
+
+def reasons_agreement(model: object, matrix: np.ndarray, limit: int = 3) -> dict[str, float]:
+    """How often path attribution names the same top churn drivers as TreeSHAP.
+
+    The drivers are what ``serving.reasons.top_churn_drivers`` shows: the ``limit`` features
+    with the largest positive contributions (ties by name)."""
+    from serving.reasons import contributions
+
+    def top(row: np.ndarray) -> list[int]:
+        order = sorted(
+            (index for index in range(len(row)) if row[index] > 0), key=lambda i: -row[i]
+        )
+        return order[:limit]
+
+    path = contributions(model, matrix, "path")[:, :-1]
+    shap = contributions(model, matrix, "treeshap")[:, :-1]
+    same_set = same_order = same_first = overlap = 0
+    for path_row, shap_row in zip(path, shap, strict=True):
+        ours, exact = top(path_row), top(shap_row)
+        same_set += set(ours) == set(exact)
+        same_order += ours == exact
+        same_first += ours[:1] == exact[:1]
+        overlap += len(set(ours) & set(exact)) / max(len(exact), 1)
+    rows = max(len(matrix), 1)
+    return {
+        "customers": len(matrix),
+        "same_set": same_set / rows,
+        "same_order": same_order / rows,
+        "same_first": same_first / rows,
+        "overlap": overlap / rows,
     }
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants (the server's workers)."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def run(coroutine: Any) -> Any:
+    """Run the load generator on uvloop when it is installed (it is, with BentoML): cheaper."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def main() -> None:
@@ -110,39 +240,60 @@ def main() -> None:
 
     from omniretain.settings import load_settings
     from serving.batch import features_path, read_latest_snapshot
-    from serving.server import running_server
+    from serving.server import server_process
 
     settings = load_settings(state_dir=state_dir)
-    ids = read_latest_snapshot(features_path(settings))["customer_id"].astype(str).tolist()
+    snapshot = read_latest_snapshot(features_path(settings))
+    ids = snapshot["customer_id"].astype(str).tolist()
     requests = {1: 100, 16: 400, 64: 640} if args.quick else {1: 1000, 16: 4000, 64: 6400}
 
     results: dict[int, dict] = {}
-    with running_server(settings, timeout_s=600) as base_url:
-        asyncio.run(load(base_url, ids, 4, 40, offset=len(ids) - 40))  # warm-up: the last ids
+    with server_process(settings, timeout_s=600) as (base_url, process):
+        run(load(base_url, ids, 4, 40, offset=len(ids) - 40))  # warm-up: the last ids
         offset = 0
         for concurrency, count in requests.items():
-            results[concurrency] = asyncio.run(load(base_url, ids, concurrency, count, offset))
+            server_cpu, client_cpu = tree_cpu_seconds(process.pid), time.process_time()
+            results[concurrency] = run(load(base_url, ids, concurrency, count, offset))
+            results[concurrency]["server_cpu_ms"] = (
+                (tree_cpu_seconds(process.pid) - server_cpu) * 1000 / count
+            )
+            results[concurrency]["client_cpu_ms"] = (
+                (time.process_time() - client_cpu) * 1000 / count
+            )
             offset += count
         batch = batch_throughput(base_url, ids, 2 if args.quick else 10)
-    floor = in_process_floor(ids, requests[1])
+    floor, service = in_process_floor(ids, requests[1])
+    churn = service.models.churn.model
+    sample = snapshot.reindex(columns=churn.feature_names).head(500 if args.quick else 3000)
+    agreement = reasons_agreement(churn, sample.to_numpy(dtype=np.float64))
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, load "
         f"{open('/proc/loadavg').read().split()[:3]} (load generator on the same cores)"
     )
-    print(f"{'concurrency':>12}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}")
+    print(
+        f"{'concurrency':>12}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}"
+        f"{'server CPU ms/req':>19}{'client CPU ms/req':>19}"
+    )
     for concurrency, figures in results.items():
         print(
             f"{concurrency:>12}{requests[concurrency]:>10}{figures['p50']:>9.1f}"
             f"{figures['p99']:>9.1f}{figures['rps']:>9.0f}{figures['errors']:>8}"
+            f"{figures['server_cpu_ms']:>19.2f}{figures['client_cpu_ms']:>19.2f}"
         )
     print(
-        f"in-process floor (service.recommend without HTTP): p50 {floor['p50_ms']:.2f} ms, "
+        f"in-process floor (service.recommend_one without HTTP): p50 {floor['p50_ms']:.2f} ms, "
         f"p99 {floor['p99_ms']:.2f} ms"
     )
     print(
-        f"reason codes (TreeSHAP) served from the cache in the floor: "
+        f"reason codes ({settings.serving.reasons}) served from the cache in the floor: "
         f"{floor['reason_cache_hits']:.0%} of requests"
+    )
+    print(
+        f"top-3 churn drivers, path attribution vs TreeSHAP on {agreement['customers']:,} "
+        f"customers: same three {agreement['same_set']:.0%}, same order "
+        f"{agreement['same_order']:.0%}, same first {agreement['same_first']:.0%}, "
+        f"mean overlap {agreement['overlap']:.0%}"
     )
     print(f"HTTP p50 at c1 / floor p50 = {results[1]['p50'] / floor['p50_ms']:.1f}x")
     print(f"/recommend/batch: {batch:,.0f} customers/s" if batch else "/recommend/batch: absent")

@@ -119,6 +119,8 @@ class ServingSettings(BaseModel):
     # ``online_retry_seconds`` (and by every /readyz).
     online_read_timeout_seconds: float = Field(0.2, gt=0.0)
     online_retry_seconds: float = Field(1.0, ge=0.0)
+    # churn drivers of /recommend: path attribution (~0.2 ms) or TreeSHAP (~2-4 ms), serving/reasons
+    reasons: Literal["path", "treeshap"] = "path"
     api_keys: list[ApiKey] = Field(default_factory=list)  # none configured: the API is open
     # more keys from a JSON file outside the repo (a secret store's mount), added to api_keys
     api_keys_file: Path | None = None

@@ -87,7 +87,7 @@ def load_model_set_or_cache(settings: Settings) -> tuple[ModelSet, str | None]:
 
 
 # ---- one row at a time: LightGBM's single-row fast path ----------------------------------------
-PREDICT_NORMAL, PREDICT_RAW, PREDICT_CONTRIB = 0, 1, 3  # LightGBM's C_API_PREDICT_* codes
+PREDICT_NORMAL, PREDICT_RAW, PREDICT_LEAF, PREDICT_CONTRIB = 0, 1, 2, 3  # C_API_PREDICT_* codes
 
 
 class SingleRowPredictor:
@@ -121,7 +121,15 @@ class SingleRowPredictor:
                 ctypes.byref(self._handle),
             )
         )
-        width = n_features + 1 if predict_type == PREDICT_CONTRIB else 1
+        width = 1
+        if predict_type == PREDICT_CONTRIB:
+            width = n_features + 1
+        elif predict_type == PREDICT_LEAF:  # one leaf index per tree used
+            trees = booster.num_trees()
+            per_iteration = booster.num_model_per_iteration()
+            if num_iteration and num_iteration > 0:
+                trees = min(trees, num_iteration * per_iteration)
+            width = trees
         self._width = width
         self._length = ctypes.c_int64(0)
         self._lock = threading.Lock()
@@ -194,3 +202,12 @@ def contributions_one(model: Any, row: np.ndarray) -> np.ndarray:
         model.booster, PREDICT_CONTRIB, model.best_iteration, len(model.feature_names)
     )
     return predictor(row)
+
+
+def leaves_one(model: Any, row: np.ndarray) -> np.ndarray:
+    """The leaf ``row`` reaches in each tree of a classifier's booster (``pred_leaf``), fast:
+    shape (1, trees), int64. What :class:`serving.reasons.PathAttribution` explains."""
+    predictor = single_row_predictor(
+        model.booster, PREDICT_LEAF, model.best_iteration, len(model.feature_names)
+    )
+    return predictor(row).astype(np.int64)

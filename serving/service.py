@@ -72,7 +72,7 @@ from serving.policy import (
     import_feed_contacts,
 )
 from serving.profile import WarehouseUnavailableError, build_profile, read_warehouse_profile
-from serving.reasons import ContributionCache
+from serving.reasons import ContributionCache, path_attribution
 from serving.schemas import (
     BatchRecommendation,
     BatchRecommendRequest,
@@ -275,10 +275,23 @@ class ApiGate:
 app = FastAPI(title="omniretain profile")
 
 
-# Two worker processes: a request is CPU-bound Python (BentoML's own ~4.6 ms, then features,
-# four models, the decision), so a second process on the second core is what adds throughput;
+# Two worker processes: a request is CPU-bound Python (BentoML's stack, then features, four
+# models, the decision), so a second process on the second core is what adds throughput;
 # threads would share one GIL. Each worker loads its own models and polls the registry.
-@bentoml.service(name="omniretain", workers=SERVER_WORKERS, traffic={"timeout": 60})
+# Per request, BentoML's own stack cost more CPU than the decision (py-spy on a worker under
+# benchmarks/latency.py); two of its layers are switched off by its configuration, each
+# reversible with a BENTOML_CONFIG file (it overrides these defaults):
+# - the access log: one formatted log line per request; every decision is already in the
+#   decision log (monitoring/logs.py) with its id, and errors are still logged;
+# - OpenTelemetry spans for /recommend (and /recommend/batch): no exporter is configured, so
+#   they were built and dropped. Prometheus /metrics stays on.
+@bentoml.service(
+    name="omniretain",
+    workers=SERVER_WORKERS,
+    traffic={"timeout": 60},
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": [RECOMMEND_ROUTE]},
+)
 @bentoml.asgi_app(app, path="/profile")
 @bentoml.asgi_app(dashboard_app(), path="/dashboard")  # the KPI page (admin scope)
 class OmniRetain:
@@ -299,7 +312,7 @@ class OmniRetain:
         self.store_breaker = OnlineStoreBreaker(serving.online_retry_seconds)
         HEALTH.breaker = self.store_breaker
         HEALTH.probe = lambda: self.features.get(["__readyz_probe__"])
-        self.contributions = ContributionCache()
+        self.contributions = ContributionCache(method=serving.reasons)
         self.contacts = ContactStore(contacts_path(self.settings))
         self.erased = ErasedCustomers(self.settings.state_dir)
         self.decision_log = DecisionLogger(self.settings)
@@ -327,10 +340,23 @@ class OmniRetain:
                 HEALTH.models_error = str(error)
             logger.error("not ready: %s", error)
             return
+        self._prepare_reasons(models)
         self.models = models  # one atomic swap
         if HEALTH.owner is self:
             HEALTH.models_error, HEALTH.models_note = None, note
             HEALTH.versions = models.versions
+
+    def _prepare_reasons(self, models: ModelSet) -> None:
+        """Build the churn model's path-attribution tables before the models serve (about 0.4 s
+        of CPU for 300 trees), so neither the first request nor the first after a hot reload
+        pays for them. A failure is logged: the first request then builds them (or says why)."""
+        model = models.churn.model
+        if self.settings.serving.reasons != "path" or not hasattr(model, "booster"):
+            return
+        try:
+            path_attribution(model)
+        except Exception:
+            logger.exception("preparing the reason codes of churn model %s", models.churn.version)
 
     def _read_features(self, customer_ids: list[str]) -> list[dict[str, float] | None] | None:
         """Online rows, or ``None`` when the store failed (now or within the retry interval)."""
@@ -383,7 +409,9 @@ class OmniRetain:
                 current = self.models.versions
                 served = {k: v for k, v in current.items() if v is not None}
                 if champion_versions(self.settings) != served:
-                    self.models = load_model_set(self.settings)  # one atomic swap
+                    models = load_model_set(self.settings)
+                    self._prepare_reasons(models)
+                    self.models = models  # one atomic swap
                     HEALTH.versions = self.models.versions
                     logger.info("champions reloaded: %s -> %s", current, self.models.versions)
                 self._import_feed_contacts()
@@ -419,7 +447,7 @@ class OmniRetain:
         customer_value, uplift = scored.customer_value, scored.uplift
         current_channel = context.current_channel if context else None
         contributions: dict[str, float] = {}
-        if explain and not cold_start:  # TreeSHAP: the costliest step, only where it is shown
+        if explain and not cold_start:  # reason codes: computed only where they are shown
             contributions = self.contributions.get(models.churn, scored.churn_row)
 
         policy = self.settings.contact_policy
@@ -517,8 +545,24 @@ class OmniRetain:
 
     # ---- the API ---------------------------------------------------------------------------
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, customer_id: str, context: RequestContext | None = None) -> Recommendation:
-        """Score one customer with the champions and choose the next best action."""
+    async def recommend(
+        self, customer_id: str, context: RequestContext | None = None
+    ) -> Recommendation:
+        """Score one customer with the champions and choose the next best action.
+
+        ``async`` so that BentoML runs it on the worker's event loop instead of handing it to a
+        thread and back (a queue, a wake-up and two GIL hand-overs: about a seventh of a
+        worker's CPU per request, measured). It never awaits: the work is CPU-bound Python
+        and two local reads bounded by ``serving.online_read_timeout_seconds``, and BentoML ran
+        one request at a time per worker anyway (``threads`` 1). The other routes (batch: up to
+        10,000 ids) stay in BentoML's thread.
+        """
+        return self.recommend_one(customer_id, context)
+
+    def recommend_one(
+        self, customer_id: str, context: RequestContext | None = None
+    ) -> Recommendation:
+        """``POST /recommend`` without HTTP: the same reads, models, decision and log."""
         if (refusal := self.erased.refusal([customer_id])) is not None:
             return refusal  # type: ignore[no-any-return]
         models = self.models

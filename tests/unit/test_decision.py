@@ -564,7 +564,7 @@ def test_contribution_cache_returns_treeshap_exactly_and_recomputes_on_change() 
         def __init__(self, version: str) -> None:
             self.version, self.model = version, model
 
-    cache = ContributionCache(max_entries=2)
+    cache = ContributionCache(max_entries=2, method="treeshap")
     row = np.array([[280.0, 0.1]])
     first = cache.get(Champion("1"), row)
     exact = model.contributions(row)[0, :-1]
