@@ -71,9 +71,7 @@ def test_compiled_once_then_loaded_from_the_cache(tmp_path: Path) -> None:
     )
 
 
-def test_a_failed_compile_leaves_lightgbm(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_failed_compile_leaves_lightgbm(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     booster, probe = _booster("binary", rounds=5)
     blocked = tmp_path / "not_a_directory"
     blocked.write_text("a file where the cache folder should be")
