@@ -275,6 +275,7 @@ class ScoreReport:
     path: Path
     seconds: dict[str, float]
     model_versions: dict[str, str]
+    trees: str = ""  # how the trees were evaluated (compiled now, from the cache, LightGBM)
 
     def render(self) -> str:
         chosen = ", ".join(f"{n:,} x {name}" for name, n in self.actions.items())
@@ -283,7 +284,7 @@ class ScoreReport:
             f"{self.customers:,} customers scored at snapshot {self.snapshot}\n"
             f"decisions: {chosen}\n"
             f"expected value of the actions: {self.expected_value_total:,.2f}\n"
-            f"models: {self.model_versions}\n"
+            f"models: {self.model_versions}{f' ({self.trees})' if self.trees else ''}\n"
             f"written to {self.path}\n"
             f"steps: {steps}"
         )
@@ -444,9 +445,13 @@ def contact_policy_blocks(
     return blocked
 
 
-def compile_champions(models: Any, settings: Settings) -> CompileReport:
+def compile_champions(models: Any, settings: Settings, rows: int | None = None) -> CompileReport:
     """Compile every champion's trees for this batch (or load them from the cache: a compile
-    happens once per model, on its first batch), as :func:`score_frame` predicts them."""
+    happens once per model, on its first large batch), as :func:`score_frame` predicts them.
+
+    A batch of fewer than ``serving.batch_compile_min_rows`` rows only loads libraries already
+    compiled: a compile costs more than LightGBM spends on such a batch.
+    """
     from serving.model_cache import cache_dir
 
     boosters: list[tuple[Any, int | None, bool]] = [
@@ -459,7 +464,10 @@ def compile_champions(models: Any, settings: Settings) -> CompileReport:
         boosters += [(booster, None, False) for booster in models.uplift.model.boosters.values()]
     elif models.uplift is not None:
         boosters.append((models.uplift.model.boosters["base"], None, False))
-    return compile_boosters(boosters, compiled_dir(cache_dir(settings)), threads=BATCH_THREADS)
+    build = rows is None or rows >= settings.serving.batch_compile_min_rows
+    return compile_boosters(
+        boosters, compiled_dir(cache_dir(settings)), threads=BATCH_THREADS, build=build
+    )
 
 
 def score_latest(
@@ -480,12 +488,11 @@ def score_latest(
     seconds["load_models"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
-    compile_report = compile_champions(models, settings)
-    seconds["compile"] = compile_report.seconds
-
-    started = time.perf_counter()
     frame = read_latest_snapshot(features_path(settings))
     seconds["read"] = round(time.perf_counter() - started, 3)
+
+    compiling = compile_champions(models, settings, rows=len(frame))
+    seconds["compile"] = compiling.seconds
 
     started = time.perf_counter()
     control = control_group_mask(frame[ENTITY_KEY].astype(str).tolist(), settings)
@@ -528,4 +535,8 @@ def score_latest(
         path=path,
         seconds=seconds,
         model_versions=versions,
+        trees=(
+            f"trees: {compiling.compiled} model(s) compiled now, {compiling.cached} compiled "
+            f"before, {compiling.failed + compiling.skipped} by LightGBM"
+        ),
     )

@@ -49,6 +49,7 @@ class CompileReport:
     compiled: int = 0  # built now
     cached: int = 0  # loaded from the cache
     failed: int = 0  # left to LightGBM
+    skipped: int = 0  # not compiled yet and not built now (a small batch): LightGBM
     seconds: float = 0.0
 
 
@@ -81,11 +82,13 @@ def compile_booster(
     num_iteration: int | None = None,
     raw_score: bool = False,
     threads: int = 2,
-) -> bool:
+    build: bool = True,
+) -> bool | None:
     """Compile ``booster`` (its first ``num_iteration`` trees) or load it from ``directory``,
     and use it for :func:`predict` on that booster from now on.
 
-    Returns True when a library was built now, False when it came from the cache.
+    Returns True when a library was built now, False when it came from the cache, None when
+    there was none and ``build`` is False (LightGBM predicts it).
 
     Raises:
         Exception: whatever lleaves or LLVM raise; :func:`compile_boosters` turns it into a log
@@ -99,6 +102,8 @@ def compile_booster(
     directory.mkdir(parents=True, exist_ok=True)
     library = directory / f"{digest}-{kind}.so"
     model_file = directory / f"{digest}.txt"
+    if not build and not library.exists():
+        return None
     built = False
     with open(directory / f".{digest}-{kind}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits, then loads the library
@@ -130,10 +135,14 @@ def compile_booster(
 
 
 def compile_boosters(
-    boosters: list[tuple[Any, int | None, bool]], directory: Path, threads: int = 2
+    boosters: list[tuple[Any, int | None, bool]],
+    directory: Path,
+    threads: int = 2,
+    build: bool = True,
 ) -> CompileReport:
     """Compile (or load from the cache) each ``(booster, num_iteration, raw_score)``; a failure
-    is logged and leaves that booster to LightGBM."""
+    is logged and leaves that booster to LightGBM, as does a missing library when ``build`` is
+    False."""
     report = CompileReport()
     started = time.perf_counter()
     for booster, num_iteration, raw_score in boosters:
@@ -144,6 +153,7 @@ def compile_boosters(
                 num_iteration=num_iteration,
                 raw_score=raw_score,
                 threads=threads,
+                build=build,
             )
         except Exception:  # noqa: BLE001 - any compiler failure: LightGBM still answers
             logger.warning(
@@ -151,8 +161,11 @@ def compile_boosters(
             )
             report.failed += 1
             continue
-        report.compiled += built
-        report.cached += not built
+        if built is None:
+            report.skipped += 1
+        else:
+            report.compiled += built
+            report.cached += not built
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 

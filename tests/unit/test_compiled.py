@@ -61,6 +61,9 @@ def test_compiled_once_then_loaded_from_the_cache(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
 
     same_model = lgb.Booster(model_str=booster.model_to_string())  # another process's copy
+    unseen = compiled.compile_boosters([(same_model, 6, True)], tmp_path, build=False)
+    assert (unseen.compiled, unseen.cached, unseen.skipped) == (0, 0, 1)  # a small batch
+    assert not compiled.is_compiled(same_model, True)
     again = compiled.compile_boosters([(same_model, 8, True)], tmp_path)
     assert (again.compiled, again.cached) == (0, 1)
     np.testing.assert_allclose(
