@@ -7,7 +7,7 @@ Compiling is slow (tens of seconds to minutes per model), so it happens once per
 the compiled library is cached beside the model cache
 (``<state_dir>/serving/model_cache/compiled/<sha256 of the trees>-<raw|normal>.so``), under a file
 lock so two processes never compile the same model at once, written under a temporary name and
-renamed into place. A model that cannot be compiled (lleaves missing, a tree LightGBM writes
+renamed into place; a library no batch loaded for 30 days is deleted. A model that cannot be compiled (lleaves missing, a tree LightGBM writes
 that lleaves does not know) is predicted by LightGBM, with a log line: slower, never wrong.
 
 Every compiled predictor checks itself against ``Booster.predict`` on the first rows of each
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 COMPILED_DIR = "compiled"
 CHECK_ROWS = 256  # rows of every scored matrix also predicted by LightGBM, to compare
+PRUNE_AFTER_S = 30 * 24 * 3600.0  # a library no batch loaded for 30 days is deleted
 TOLERANCE = 1e-9  # absolute; float64 trees give the same sums up to rounding (~1e-14 seen)
 
 Predict = Callable[[Any, np.ndarray], np.ndarray]
@@ -114,6 +115,8 @@ def compile_booster(
         model = lleaves.Model(model_file=str(model_file))
         if library.exists():
             model.compile(cache=str(library), raw_score=raw_score)
+            os.utime(library)  # its age is the time since last use (see prune_unused)
+            os.utime(model_file)
         else:
             temporary = library.with_name(f".{library.name}.{os.getpid()}.tmp")
             temporary.unlink(missing_ok=True)
@@ -166,8 +169,25 @@ def compile_boosters(
         else:
             report.compiled += built
             report.cached += not built
+    prune_unused(directory)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def prune_unused(directory: Path, older_than_s: float = PRUNE_AFTER_S) -> int:
+    """Delete compiled libraries (and their model texts) unused for ``older_than_s``: the
+    champions of past versions. Returns how many files went."""
+    if not directory.is_dir():
+        return 0
+    now, removed = time.time(), 0
+    for path in [*directory.glob("*.so"), *directory.glob("*.txt")]:
+        try:
+            if now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process pruned it first
+            continue
+    return removed
 
 
 def is_compiled(booster: Any, raw_score: bool = False) -> bool:

@@ -98,3 +98,18 @@ def test_a_compiled_model_that_disagrees_is_dropped(
         got = compiled.predict(booster, probe, raw_score=True)
     assert "differs from LightGBM" in caplog.text and not compiled.is_compiled(booster, True)
     np.testing.assert_array_equal(got, booster.predict(probe, raw_score=True))
+
+
+def test_libraries_unused_for_long_are_pruned(tmp_path: Path) -> None:
+    import os
+    import time
+
+    booster, _ = _booster("binary", rounds=3)
+    compiled.compile_booster(booster, tmp_path, raw_score=True)
+    files = sorted(tmp_path.glob("*.so")) + sorted(tmp_path.glob("*.txt"))
+    assert len(files) == 2
+    assert compiled.prune_unused(tmp_path) == 0  # just used
+    old = time.time() - compiled.PRUNE_AFTER_S - 60
+    for path in files:
+        os.utime(path, (old, old))
+    assert compiled.prune_unused(tmp_path) == 2 and not any(p.exists() for p in files)
