@@ -7,8 +7,9 @@ Compiling is slow (tens of seconds to minutes per model), so it happens once per
 the compiled library is cached beside the model cache
 (``<state_dir>/serving/model_cache/compiled/<sha256 of the trees>-<raw|normal>.so``), under a file
 lock so two processes never compile the same model at once, written under a temporary name and
-renamed into place; a library no batch loaded for 30 days is deleted. A model that cannot be compiled (lleaves missing, a tree LightGBM writes
-that lleaves does not know) is predicted by LightGBM, with a log line: slower, never wrong.
+renamed into place; a library no batch loaded for 30 days is deleted. A model that cannot be
+compiled (lleaves missing, a tree LightGBM writes that lleaves does not know) is predicted by
+LightGBM, with a log line: slower, never wrong.
 
 Every compiled predictor checks itself against ``Booster.predict`` on the first rows of each
 matrix it scores (:data:`CHECK_ROWS`); a difference beyond :data:`TOLERANCE` drops it for that
