@@ -119,7 +119,9 @@ def main() -> None:
     print(
         f"{customers:,} customers in {seconds:.1f} s, {cpu_seconds:.1f} CPU-s "
         f"({customers / seconds:,.0f} per second; goal for 1M: 60 s); `seconds` is this run, "
-        "on compiled champions (their cached libraries loaded in its compile step)"
+        "on compiled champions (their cached libraries loaded in its compile step); its "
+        "load_models is warm (MLflow imported and the champions copied into the model cache "
+        "before): a new `omniretain score` process adds the MLflow import, seconds of CPU"
     )
     print(
         "raw LightGBM floor (every champion's booster.predict on the float64 matrix, "
