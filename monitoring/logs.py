@@ -406,7 +406,10 @@ def log_decision_frame(
     table = pa.table(
         {
             "decision_id": random_ids(n),
-            "decided_at": pa.array([moment] * n, pa.timestamp("us", tz="UTC")),
+            # one numpy timestamp repeated: a list of a million datetimes costs seconds
+            "decided_at": pa.array(
+                np.full(n, np.datetime64(moment.replace(tzinfo=None), "us"))
+            ).cast(pa.timestamp("us", tz="UTC")),
             "customer_id": decisions["customer_id"].astype(str).to_numpy(),
             "source": [source] * n,
             "churn_probability": decisions["churn_probability"].astype("float64").to_numpy(),

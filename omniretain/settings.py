@@ -114,6 +114,10 @@ class ServingSettings(BaseModel):
     control_salt: str = "omniretain-control-v1"  # change it to draw a new control group
     max_batch_ids: int = Field(10_000, ge=1)  # POST /recommend/batch limit (413 above)
     reload_poll_seconds: float = Field(30.0, gt=0.0)  # champion alias poll, off the request path
+    # Batch scoring compiles the champions' trees (serving/compiled.py, a minute or two per model,
+    # once per version) for a batch of at least this many rows; smaller ones use a library
+    # already compiled, else LightGBM (0: always compile).
+    batch_compile_min_rows: int = Field(100_000, ge=0)
     # Online store faults (serving/fallback.py): a read waits at most this long; after a failed
     # read, requests answer the flagged fallback at once and the store is tried again after
     # ``online_retry_seconds`` (and by every /readyz).

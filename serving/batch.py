@@ -24,12 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from omniretain.settings import Action, Settings
+from serving.compiled import CompileReport, compile_boosters, compiled_dir
+from serving.compiled import predict as predict_trees
 from serving.decision import (
     CHANNELS_WITHOUT_CONSENT,
     CONSENT_FEATURE_BY_CHANNEL,
@@ -41,7 +43,6 @@ from serving.decision import (
     decide_arrays,
     decision_table,
     feature_column,
-    in_control_group,
     uplift_matrix,
 )
 from serving.reasons import top_churn_drivers
@@ -198,8 +199,8 @@ def predict_probability(
 ) -> np.ndarray:
     """Calibrated P(positive) for a whole matrix, with every core (the model's own
     ``predict_proba`` pins one thread, right for a server worker, slow for a million rows)."""
-    raw = model.booster.predict(
-        matrix, raw_score=True, num_iteration=model.best_iteration, num_threads=threads
+    raw = predict_trees(
+        model.booster, matrix, raw_score=True, num_iteration=model.best_iteration, threads=threads
     )
     return np.clip(model.calibrator.transform(raw), 0.0, 1.0)
 
@@ -208,8 +209,15 @@ def predict_value(
     model: CustomerValueModel, matrix: np.ndarray, threads: int = BATCH_THREADS
 ) -> np.ndarray:
     """:meth:`CustomerValueModel.predict` with every core (its own pins one thread)."""
-    window = model.booster.predict(matrix, num_iteration=model.best_iteration, num_threads=threads)
+    window = predict_trees(
+        model.booster, matrix, num_iteration=model.best_iteration, threads=threads
+    )
     return window * model.scale
+
+
+def predict_uplift_trees(booster: Any, matrix: np.ndarray) -> np.ndarray:
+    """An uplift booster's ``predict`` with every core (compiled when it was compiled)."""
+    return predict_trees(booster, matrix, threads=BATCH_THREADS)
 
 
 def risk_bands(
@@ -267,6 +275,7 @@ class ScoreReport:
     path: Path
     seconds: dict[str, float]
     model_versions: dict[str, str]
+    trees: str = ""  # how the trees were evaluated (compiled now, from the cache, LightGBM)
 
     def render(self) -> str:
         chosen = ", ".join(f"{n:,} x {name}" for name, n in self.actions.items())
@@ -275,7 +284,7 @@ class ScoreReport:
             f"{self.customers:,} customers scored at snapshot {self.snapshot}\n"
             f"decisions: {chosen}\n"
             f"expected value of the actions: {self.expected_value_total:,.2f}\n"
-            f"models: {self.model_versions}\n"
+            f"models: {self.model_versions}{f' ({self.trees})' if self.trees else ''}\n"
             f"written to {self.path}\n"
             f"steps: {steps}"
         )
@@ -324,7 +333,9 @@ def score_frame(
         customer_value = predict_value(value_model, matrix_of(value_model.feature_names))
     decision_context = context
     if uplift is None and uplift_model is not None:
-        effects = uplift_model.effects(matrix_of(uplift_model.feature_names))
+        effects = uplift_model.effects(
+            matrix_of(uplift_model.feature_names), predict=predict_uplift_trees
+        )
         table = decision_table(actions)
         uplift = uplift_matrix(
             effects, uplift_model.arms, table, churn_probability, repurchase_probability
@@ -373,13 +384,28 @@ def score_frame(
 
 
 def control_group_mask(customer_ids: Sequence[str], settings: Settings) -> np.ndarray:
-    """The stable hash-based control group of ``/recommend``, per customer."""
+    """The stable hash-based control group of ``/recommend``, per customer.
+
+    :func:`serving.decision.in_control_group` for every id at once: the same SHA-256 of
+    ``salt:customer_id``, its first 8 bytes as an unsigned number over 2**64, computed by
+    DuckDB on all cores (a Python loop takes seconds per million ids).
+    """
+    import duckdb
+    import pyarrow as pa
+
     share, salt = settings.serving.control_share, settings.serving.control_salt
-    return np.fromiter(
-        (in_control_group(str(i), share, salt) for i in customer_ids),
-        dtype=bool,
-        count=len(customer_ids),
-    )
+    if share <= 0 or len(customer_ids) == 0:
+        return np.zeros(len(customer_ids), dtype=bool)
+    ids = pa.table({"customer_id": pa.array([str(i) for i in customer_ids], pa.string())})
+    with duckdb.connect() as con:
+        con.execute("SET enable_progress_bar = false")
+        con.register("ids", ids)
+        prefix = con.execute(
+            """SELECT ('0x' || substr(sha256(? || ':' || customer_id), 1, 16))::UBIGINT AS h
+               FROM ids""",
+            [salt],
+        ).fetchnumpy()["h"]
+    return np.asarray(prefix, dtype=np.uint64).astype(np.float64) / 2.0**64 < share
 
 
 def contact_policy_blocks(
@@ -419,6 +445,31 @@ def contact_policy_blocks(
     return blocked
 
 
+def compile_champions(models: Any, settings: Settings, rows: int | None = None) -> CompileReport:
+    """Compile every champion's trees for this batch (or load them from the cache: a compile
+    happens once per model, on its first large batch), as :func:`score_frame` predicts them.
+
+    A batch of fewer than ``serving.batch_compile_min_rows`` rows only loads libraries already
+    compiled: a compile costs more than LightGBM spends on such a batch.
+    """
+    from serving.model_cache import cache_dir
+
+    boosters: list[tuple[Any, int | None, bool]] = [
+        (models.churn.model.booster, models.churn.model.best_iteration, True),
+        (models.repurchase.model.booster, models.repurchase.model.best_iteration, True),
+    ]
+    if models.value is not None:
+        boosters.append((models.value.model.booster, models.value.model.best_iteration, False))
+    if models.uplift is not None and models.uplift.model.learner != "interaction":
+        boosters += [(booster, None, False) for booster in models.uplift.model.boosters.values()]
+    elif models.uplift is not None:
+        boosters.append((models.uplift.model.boosters["base"], None, False))
+    build = rows is None or rows >= settings.serving.batch_compile_min_rows
+    return compile_boosters(
+        boosters, compiled_dir(cache_dir(settings)), threads=BATCH_THREADS, build=build
+    )
+
+
 def score_latest(
     settings: Settings, out: Path | None = None, reasons_for: int = 1000
 ) -> ScoreReport:
@@ -440,8 +491,11 @@ def score_latest(
     frame = read_latest_snapshot(features_path(settings))
     seconds["read"] = round(time.perf_counter() - started, 3)
 
+    compiling = compile_champions(models, settings, rows=len(frame))
+    seconds["compile"] = compiling.seconds
+
     started = time.perf_counter()
-    control = control_group_mask(frame[ENTITY_KEY].tolist(), settings)
+    control = control_group_mask(frame[ENTITY_KEY].astype(str).tolist(), settings)
     decided_at = datetime.now(UTC)
     blocked = contact_policy_blocks(frame[ENTITY_KEY], settings, decided_at, settings.actions)
     seconds["policy"] = round(time.perf_counter() - started, 3)
@@ -481,4 +535,8 @@ def score_latest(
         path=path,
         seconds=seconds,
         model_versions=versions,
+        trees=(
+            f"trees: {compiling.compiled} model(s) compiled now, {compiling.cached} compiled "
+            f"before, {compiling.failed + compiling.skipped} by LightGBM"
+        ),
     )

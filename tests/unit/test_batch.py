@@ -177,7 +177,9 @@ def tiny_models():
     churn_label = (X[:, 1] / 300 + rng.normal(0, 0.3, 600) > 0.5).astype(int)
     repurchase_label = 1 - churn_label
     return tuple(
-        fit_calibrated_classifier(X[:400], y[:400], X[400:], y[400:], names, {"n_estimators": 20})
+        fit_calibrated_classifier(
+            X[:400], y[:400], X[400:], y[400:], names, {"n_estimators": 20, "n_jobs": 1}
+        )
         for y in (churn_label, repurchase_label)
     )
 
@@ -260,7 +262,7 @@ def test_score_frame_uses_the_value_and_uplift_models_like_recommend(tiny_models
         feature_names = ["spend_365d"]
         arms = [("loyalty_points", "email")]
 
-        def effects(self, matrix: np.ndarray) -> np.ndarray:
+        def effects(self, matrix: np.ndarray, predict: object = None) -> np.ndarray:
             return np.full((len(matrix), 1), -0.5)  # P(churn) down by 0.5
 
     plain = score_frame(frame, churn, repurchase, CATALOGUE)
@@ -273,3 +275,53 @@ def test_score_frame_uses_the_value_and_uplift_models_like_recommend(tiny_models
     )
     assert (uplifted["action"].iloc[0], uplifted["channel"].iloc[0]) == ("loyalty_points", "email")
     assert len(decision_table(CATALOGUE).columns) == len(action_channel_columns(CATALOGUE))
+
+
+def test_compiled_champions_score_the_batch_as_lightgbm(tiny_models, tmp_path) -> None:
+    """The same frame scored by LightGBM and by the champions' compiled trees: same scores,
+    same decisions (compiled on first use, as ``omniretain score`` does)."""
+    from serving import compiled
+
+    churn, repurchase = tiny_models
+    rng = np.random.default_rng(2)
+    n = 300
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"C{i}" for i in range(n)],
+            "event_timestamp": pd.Timestamp("2025-06-01", tz="UTC"),
+            "spend_365d": np.where(rng.random(n) < 0.1, np.nan, rng.gamma(2, 300, n)),
+            "days_since_last_purchase": rng.integers(0, 300, n).astype(float),
+            "open_cases": rng.integers(0, 2, n).astype(float),
+            "consent_email": 1.0,
+        }
+    )
+    by_lightgbm = score_frame(frame, churn, repurchase, CATALOGUE)
+    report = compiled.compile_boosters(
+        [(m.booster, m.best_iteration, True) for m in (churn, repurchase)], tmp_path
+    )
+    try:
+        assert report.failed == 0 and compiled.is_compiled(churn.booster, raw_score=True)
+        by_compiled = score_frame(frame, churn, repurchase, CATALOGUE)
+    finally:
+        compiled.forget(churn.booster)
+        compiled.forget(repurchase.booster)
+    pd.testing.assert_frame_equal(by_compiled, by_lightgbm)
+
+
+def test_control_group_mask_equals_the_control_group_of_recommend() -> None:
+    from serving.batch import control_group_mask
+    from serving.decision import in_control_group
+
+    settings = load_settings()
+    ids = [f"C{i:06d}" for i in range(4000)] + ["", "o'brien", "émile", "42"]
+    mask = control_group_mask(ids, settings)
+    share, salt = settings.serving.control_share, settings.serving.control_salt
+    assert mask.tolist() == [in_control_group(i, share, salt) for i in ids]
+    assert 0 < mask.sum() < len(ids)
+    wider = settings.model_copy(deep=True)
+    wider.serving.control_share, wider.serving.control_salt = 0.5, "another salt"
+    assert control_group_mask(ids, wider).tolist() == [
+        in_control_group(i, 0.5, "another salt") for i in ids
+    ]
+    wider.serving.control_share = 0.0
+    assert not control_group_mask(ids, wider).any()
