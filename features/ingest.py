@@ -14,9 +14,11 @@ Why this shape:
       and the raw row (as JSON) are built only for the rows that fail.
     * One DuckDB transaction per feed for all its new files, each file keyed by its sha256 in
       ``ingested_files``: a crash leaves the previous good state, and re-running adds nothing (a
-      new month adds only itself). Files are validated one by one into a batch; duplicates,
-      near duplicates, staging and bookkeeping then run once per feed, set-based: per-file
-      statements and commits (each a disk sync) dominated the time on large histories.
+      new month adds only itself). Files are validated into a batch, as many side by side as
+      DuckDB has threads (a CSV read with line numbers runs on one thread, so one file at a
+      time left a core idle); duplicates, near duplicates, staging and bookkeeping then run
+      once per feed, set-based: per-file statements and commits (each a disk sync) dominated
+      the time on large histories.
     * Identity resolution and the unified tables are rebuilt from the staging tables whenever
       the staging tables changed: simple, idempotent, and a fix to the resolver applies to all
       history.
