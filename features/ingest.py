@@ -14,9 +14,11 @@ Why this shape:
       and the raw row (as JSON) are built only for the rows that fail.
     * One DuckDB transaction per feed for all its new files, each file keyed by its sha256 in
       ``ingested_files``: a crash leaves the previous good state, and re-running adds nothing (a
-      new month adds only itself). Files are validated one by one into a batch; duplicates,
-      near duplicates, staging and bookkeeping then run once per feed, set-based: per-file
-      statements and commits (each a disk sync) dominated the time on large histories.
+      new month adds only itself). Files are validated into a batch, as many side by side as
+      DuckDB has threads (a CSV read with line numbers runs on one thread, so one file at a
+      time left a core idle); duplicates, near duplicates, staging and bookkeeping then run
+      once per feed, set-based: per-file statements and commits (each a disk sync) dominated
+      the time on large histories.
     * Identity resolution and the unified tables are rebuilt from the staging tables whenever
       the staging tables changed: simple, idempotent, and a fix to the resolver applies to all
       history.
@@ -41,6 +43,7 @@ from features.suppression import ERASED_REASON, quarantine_erased
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
+    import pyarrow as pa
     from rich.console import Group
 
     from omniretain.settings import CrmAttribute, Settings
@@ -532,8 +535,8 @@ class FileSource:
         raw_json: SQL over ``_src._raw_row`` giving the row's raw values as JSON text.
         rejects_pending: the view reads the file itself (CSV): lines the reader rejects are
             known only after the statement that scans it, and the returned rows are then
-            numbered by :func:`_collect_reader_rejects`. Otherwise ``_rejected`` already holds
-            them and ``_line`` is final.
+            numbered by :func:`_renumber_around_reader_rejects`. Otherwise ``_rejected``
+            already holds them and ``_line`` is final.
     """
 
     raw_json: str
@@ -857,30 +860,38 @@ class NewFile:
 _SEQ_FILE_SHIFT = 1 << 32  # ``_seq`` = file index * 2**32 + line: batch order, file by file
 
 
-def _collect_reader_rejects(con: duckdb.DuckDBPyConnection, index: int) -> None:
-    """After a CSV scan: ``_rejected`` from the reader's reject table, and the file's rows in
-    ``_batch`` renumbered to their data lines when the reader skipped some."""
+def _renumber_around_reader_rejects(
+    con: duckdb.DuckDBPyConnection, rows: pa.Table, index: int
+) -> pa.Table:
+    """After a CSV scan: ``_rejected`` from the reader's reject table, and the file's ``rows``
+    renumbered to their data lines when the reader skipped some."""
     try:
         n_rejected = _rejected_from_reader(con, header_lines=1, kind="CSV")
     finally:
         _drop_rejects(con)
     if not n_rejected:
-        return
-    n_returned = f"SELECT count(*) FROM _batch WHERE _file_index = {index}"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _line_numbers AS {_line_numbers_sql(n_returned)}")
-    con.execute(f"""
-        UPDATE _batch SET _line = n._line, _seq = {index * _SEQ_FILE_SHIFT} + n._line
-        FROM _line_numbers n
-        WHERE _batch._file_index = {index} AND _batch._line = n.ordinality""")
-    con.execute("DROP TABLE _line_numbers")
+        return rows
+    con.register("_file_rows", rows)
+    try:
+        return con.sql(f"""
+            SELECT r.* REPLACE (n._line AS _line, {index * _SEQ_FILE_SHIFT} + n._line AS _seq)
+            FROM _file_rows r JOIN ({_line_numbers_sql(str(rows.num_rows))}) n
+                 ON r._line = n.ordinality
+            ORDER BY n._line""").to_arrow_table()
+    finally:
+        con.unregister("_file_rows")
 
 
-def _stage_file(
+def _validate_file(
     con: duckdb.DuckDBPyConnection, feed: Feed, new_file: NewFile, index: int, now: datetime
-) -> None:
-    """Validate one file into the batch table ``_batch``: one statement reads, checks and types
-    every row, keeping the raw values (as JSON) of failing rows only; lines the reader could
-    not split are added with their reason. Duplicates are decided later, for the whole batch.
+) -> list[pa.Table]:
+    """Validate one file into rows of the batch table ``_batch``, as Arrow tables.
+
+    One statement reads, checks and types every row, keeping the raw values (as JSON) of
+    failing rows only; lines the reader could not split are added with their reason.
+    Duplicates are decided later, for the whole batch. ``con`` is a cursor of this file's own:
+    reading a CSV file with line numbers runs on one thread, so :func:`_validate_files` runs
+    files side by side, and only the typed result goes back to the connection that writes.
     """
     import duckdb
 
@@ -888,11 +899,11 @@ def _stage_file(
     names = [*feed.columns, *(["_attributes"] if feed.keeps_extra_columns else [])]
     plain = ", ".join(sql_identifier(name) for name in names)
     try:
-        con.execute(f"""
-            INSERT INTO _batch
-            SELECT {index}, _line, {index * _SEQ_FILE_SHIFT} + _line, {plain}, _reason,
-                   CASE WHEN _reason <> '' THEN {source.raw_json} END
-            FROM ({validation_sql(feed, now, keep=("_raw_row",))})""")
+        rows = con.sql(f"""
+            SELECT {index}::BIGINT AS _file_index, _line::BIGINT AS _line,
+                   ({index * _SEQ_FILE_SHIFT} + _line)::BIGINT AS _seq, {plain}, _reason,
+                   CASE WHEN _reason <> '' THEN {source.raw_json} END AS _raw
+            FROM ({validation_sql(feed, now, keep=("_raw_row",))})""").to_arrow_table()
     except duckdb.Error as error:
         if source.rejects_pending:
             _drop_rejects(con)
@@ -900,15 +911,64 @@ def _stage_file(
         kind = new_file.path.suffix.lower()[1:]
         raise NotAFeedError(f"{new_file.path}: unreadable as {kind}: {error}") from error
     if source.rejects_pending:
-        _collect_reader_rejects(con, index)
-    nulls = ", ".join("NULL" for _ in names)
-    con.execute(f"""
-        INSERT INTO _batch
-        SELECT {index}, _line, {index * _SEQ_FILE_SHIFT} + _line, {nulls}, _reason, _raw
-        FROM _rejected""")
+        rows = _renumber_around_reader_rejects(con, rows, index)
+    nulls = ", ".join(f"NULL::{SQL_TYPES[column.type]}" for column in feed.columns.values()) + (
+        ", NULL::VARCHAR" if feed.keeps_extra_columns else ""
+    )
+    rejected = con.sql(f"""
+        SELECT {index}::BIGINT, _line::BIGINT, ({index * _SEQ_FILE_SHIFT} + _line)::BIGINT,
+               {nulls}, _reason::VARCHAR, _raw::VARCHAR
+        FROM _rejected""").to_arrow_table()
     con.execute("DROP VIEW IF EXISTS _src")
     for table in ("_read", "_rejected"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
+    return [rows, rejected] if rejected.num_rows else [rows]
+
+
+def _validate_files(
+    con: duckdb.DuckDBPyConnection, feed: Feed, new_files: Sequence[NewFile], now: datetime
+) -> None:
+    """Validate ``new_files`` into ``_batch``, as many files at a time as DuckDB has threads.
+
+    Each file is validated on a cursor of its own (same database, own temp objects) in a
+    worker thread; DuckDB releases the GIL while it works, so two files use two cores. The
+    rows are appended to ``_batch`` on ``con``, inside its transaction, in file order.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from queue import SimpleQueue
+
+    workers = max(1, min(len(new_files), _count(con, "SELECT current_setting('threads')")))
+    time_zone = sql_string(str(con.execute("SELECT current_setting('TimeZone')").fetchall()[0][0]))
+    # Cursors are opened here: ``con`` refuses calls from other threads while it is busy.
+    cursors: SimpleQueue[duckdb.DuckDBPyConnection] = SimpleQueue()
+    opened = [con.cursor() for _ in range(workers)]
+    for cursor in opened:
+        cursor.execute(f"SET TimeZone = {time_zone}")
+        cursors.put(cursor)
+
+    def validate(index: int) -> list[pa.Table]:
+        cursor = cursors.get()
+        try:
+            return _validate_file(cursor, feed, new_files[index], index, now)
+        finally:
+            cursors.put(cursor)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(validate, index) for index in range(len(new_files))]
+            try:
+                for future in futures:
+                    for part in future.result():
+                        con.register("_file_rows", part)
+                        con.execute("INSERT INTO _batch SELECT * FROM _file_rows")
+                        con.unregister("_file_rows")
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    finally:
+        for cursor in opened:
+            cursor.close()
 
 
 def ingest_feed(
@@ -937,8 +997,7 @@ def ingest_feed(
             "CREATE OR REPLACE TEMP TABLE _batch (_file_index BIGINT, _line BIGINT, _seq BIGINT, "
             f"{typed}, _reason VARCHAR, _raw VARCHAR)"
         )
-        for index, new_file in enumerate(new_files):
-            _stage_file(con, feed, new_file, index, now)
+        _validate_files(con, feed, new_files, now)
         quarantine_erased(con, feed)  # rows of erased persons: quarantined, no content
         # Rows left out as duplicates: a key repeated in the batch after its first occurrence
         # (found with a hash aggregate: repeats are rare), and keys staged already.

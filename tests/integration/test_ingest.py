@@ -301,6 +301,54 @@ def test_malformed_csv_lines_are_quarantined_and_line_numbers_stay_right(
     assert lines == [("K1", 1), ("K3", 3)]
 
 
+def test_files_validated_side_by_side_keep_their_own_lines_and_order(
+    settings: Settings,
+) -> None:
+    """Files of one feed are validated two at a time: each keeps its line numbers, a reader
+    reject in a later file renumbers that file only, and a key repeated in a later file is
+    that file's duplicate whichever file finished first."""
+    header = "contact_id,occurred_at,case_id,phone,contact_channel,reason,resolved\n"
+    for month in range(1, 6):
+        rows = [f"K{month}{n},2025-0{month}-02,case{month},,chat,billing,true\n" for n in (1, 2)]
+        if month == 4:
+            rows.insert(0, "K40,2025-04-02,case4,,chat,billing,true,surplus\n")
+        if month == 5:
+            rows.append("K11,2025-05-03,case5,,chat,billing,true\n")
+        write(
+            settings.raw_dir,
+            f"contact_center/contact_center_2025-0{month}.csv",
+            header + "".join(rows),
+        )
+    report = ingest(settings, progress=False, now=NOW)
+    by_file = {
+        c.file.rsplit("_", 1)[1]: (c.read, c.accepted, c.quarantined, c.duplicates)
+        for c in report.files
+        if c.feed == "contact_center"
+    }
+    assert by_file == {
+        "2025-01.csv": (2, 2, 0, 0),
+        "2025-02.csv": (2, 2, 0, 0),
+        "2025-03.csv": (2, 2, 0, 0),
+        "2025-04.csv": (3, 2, 1, 0),
+        "2025-05.csv": (3, 2, 0, 1),
+    }
+    quarantined = "SELECT file, line FROM quarantine WHERE feed = 'contact_center'"
+    assert query(settings, quarantined) == [("contact_center/contact_center_2025-04.csv", 1)]
+    staged = query(settings, "SELECT contact_id, _line FROM raw_contact_center ORDER BY 1")
+    assert staged == [
+        ("K11", 1),
+        ("K12", 2),
+        ("K21", 1),
+        ("K22", 2),
+        ("K31", 1),
+        ("K32", 2),
+        ("K41", 2),
+        ("K42", 3),
+        ("K51", 1),
+        ("K52", 2),
+    ]
+
+
 def test_unreadable_parquet_raises_not_a_feed(settings: Settings) -> None:
     write(settings.raw_dir, "social/social_2025-01.parquet", "this is not parquet")
     with pytest.raises(NotAFeedError, match=r"social_2025-01\.parquet: unreadable"):
