@@ -90,19 +90,14 @@ def our_decisions(settings, frame, churn, repurchase, uplift):
 
 
 def decide_with_reductions(settings, frame, churn_p, repurchase_p, reduction):
-    """The engine given per-customer absolute reductions of P(churn) (customers x columns):
-    ``engine_uplift`` and no at-risk gate, as the service uses an uplift champion."""
-    from serving.batch import action_channel_columns, decide_batch
+    """The engine given per-customer absolute reductions of P(churn) (customers x columns),
+    valued as they are (``reduction x value - cost``) with no at-risk gate, as the service
+    uses an uplift champion (:data:`serving.decision.MODEL_UPLIFT_CONTEXT`)."""
+    from serving.batch import decide_batch
     from serving.decision import MODEL_UPLIFT_CONTEXT
-    from training.uplift import engine_uplift
 
-    columns = action_channel_columns(settings.actions)
-    retention = np.array([c.action.goal == "retention" for c in columns])
-    movable = np.where(retention[None, :], churn_p[:, None], 1.0 - repurchase_p[:, None])
-    # A per-customer uplift model already says who can be moved: no at-risk gate on top.
-    uplift_matrix = engine_uplift(reduction, movable)
     return decide_batch(
-        frame, churn_p, repurchase_p, settings.actions, uplift_matrix, MODEL_UPLIFT_CONTEXT
+        frame, churn_p, repurchase_p, settings.actions, reduction, MODEL_UPLIFT_CONTEXT
     )
 
 

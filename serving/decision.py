@@ -30,9 +30,14 @@ scores are known. The rules, in order:
    - growth: ``(1 - repurchase_probability) x uplift x customer_value - cost``: a customer who
      would buy anyway gains nothing from a nudge, so only the share who would *not* repurchase
      can be moved.
-   ``uplift`` comes from ``DecisionContext.uplift`` (the catalogue's ``base_uplift`` until uplift
-   models land) and ``customer_value`` is ``spend_365d`` (floored at 0: net refunds put nothing at
-   stake).
+   ``uplift`` comes from ``DecisionContext.uplift`` (the catalogue's ``base_uplift``, a
+   *relative* uplift: the share of the movable probability the action removes) and
+   ``customer_value`` is ``spend_365d`` (floored at 0: net refunds put nothing at stake).
+   An uplift model estimates the *absolute* reduction of P(churn) instead, which already says
+   who can be moved (a customer who is gone or would stay anyway has ~0): with
+   ``DecisionContext.uplift_is_reduction`` (:data:`MODEL_UPLIFT_CONTEXT`) the value is
+   ``reduction x customer_value - cost``, with no movable share and no clip
+   (:func:`uplift_matrix`).
    The channel the customer is using right now (request context) gets its uplift multiplied by
    ``DecisionContext.in_session_uplift_factor``; a cart in the request counts as a cart
    abandoned now (:func:`apply_request_context`).
@@ -101,6 +106,9 @@ class DecisionContext:
         at_risk_threshold: churn probability from which retention actions are allowed.
         high_risk_threshold: churn probability of the "high" risk band (for reporting).
         in_session_uplift_factor: uplift multiplier of the channel the customer is using now.
+        uplift_is_reduction: the uplift matrix holds absolute reductions of the movable
+            probability (an uplift model's, :func:`uplift_matrix`): value = reduction x
+            customer value - cost, not movable share x uplift x customer value - cost.
         max_alternatives: how many runner-up actions to return.
         max_drivers: how many churn drivers to put in the reasons.
         wording: feature name -> wording of its value, for the reasons.
@@ -110,6 +118,7 @@ class DecisionContext:
     at_risk_threshold: float = MEDIUM_RISK_FROM
     high_risk_threshold: float = HIGH_RISK_FROM
     in_session_uplift_factor: float = IN_SESSION_UPLIFT_FACTOR
+    uplift_is_reduction: bool = False
     max_alternatives: int = 3
     max_drivers: int = 3
     wording: Mapping[str, Wording] = field(default_factory=lambda: FEATURE_WORDING)
@@ -118,8 +127,9 @@ class DecisionContext:
 DEFAULT_CONTEXT = DecisionContext()
 # With a per-customer uplift model the at-risk gate goes: the model's reduction already says who
 # can be moved, and the gate (which protects the catalogue's flat prior) shuts out most of the
-# customers worth keeping (measured on the simulator: docs/models.md).
-MODEL_UPLIFT_CONTEXT = DecisionContext(at_risk_threshold=0.0)
+# customers worth keeping (measured on the simulator: docs/models.md). Its uplift matrix holds
+# absolute reductions (:func:`uplift_matrix`), valued as they are.
+MODEL_UPLIFT_CONTEXT = DecisionContext(at_risk_threshold=0.0, uplift_is_reduction=True)
 
 
 class Alternative(BaseModel):
@@ -326,6 +336,14 @@ def _why_chosen(
     described = action.name
     if action.description:
         described += f" ({action.description.rstrip('.')})"
+    if context.uplift_is_reduction:
+        lowered = "churn risk" if action.goal == "retention" else "the chance of no purchase"
+        return (
+            f"{described} by {chosen.channel} has the highest expected value: it is expected "
+            f"to lower {lowered} by {chosen.uplift:.1%} (uplift model) x "
+            f"{customer_value:,.2f} customer value - {action.cost:.2f} cost = "
+            f"{chosen.expected_value:.2f}."
+        )
     return (
         f"{described} by {chosen.channel} has the highest expected value: {odds} x "
         f"{chosen.uplift:.0%} expected uplift x {customer_value:,.2f} customer value "
@@ -625,7 +643,9 @@ def decide_arrays(
             here: pass ``uplift``).
         customer_value: (n,) value at stake (NaN = unknown); ``spend_365d`` when omitted;
             floored at 0.
-        uplift: (n x columns) absolute uplift; the catalogue's ``base_uplift`` when omitted.
+        uplift: (n x columns) uplift, relative to the movable share (the catalogue's
+            ``base_uplift`` when omitted), or absolute reductions with
+            ``context.uplift_is_reduction`` (:func:`uplift_matrix`).
         in_session: (n x columns) True where the customer is on that channel now.
         blocked: (n x columns) True where the contact policy holds the column back.
         control: (n,) True for the control group: no action, propensity 1.
@@ -654,7 +674,8 @@ def decide_arrays(
         churn_probability[:, None],
         1.0 - repurchase_probability[:, None],
     )
-    values = movable * uplift * value[:, None] - table.cost[None, :]
+    reduction = uplift if context.uplift_is_reduction else movable * uplift
+    values = reduction * value[:, None] - table.cost[None, :]
     allowed = allowed_matrix(features, churn_probability, table, context)
     if blocked is not None:
         allowed &= ~blocked
@@ -748,30 +769,29 @@ def uplift_matrix(
     churn_probability: np.ndarray,
     repurchase_probability: np.ndarray,
 ) -> np.ndarray:
-    """(customers x columns) engine uplift from an uplift model's (customers x arms) effects on
-    P(churn), the catalogue's prior where the model lacks the arm.
+    """(customers x columns) absolute reductions of the movable probability, for
+    :data:`MODEL_UPLIFT_CONTEXT`: an uplift model's ``-effect`` on P(churn) where it has the arm,
+    else the catalogue's relative prior times the movable share (P(churn), or
+    1 - P(repurchase) for growth actions), so both mean the same thing.
 
-    The model's ``-effect`` is an *absolute* reduction of P(churn), which already says who can
-    be moved; the engine multiplies its uplift by the movable share (P(churn), or
-    1 - P(repurchase) for growth actions), so the reduction is divided by that share
-    (:func:`training.uplift.engine_uplift`) to make the product the model's reduction. Use it
-    with :data:`MODEL_UPLIFT_CONTEXT` (no at-risk gate: the model already says who is movable).
+    The model's reduction already says who can be moved, so the engine values it as it is
+    (``reduction x value - cost``): no division by the movable share and no clip, which
+    undervalued every customer whose true reduction exceeds the churn score (16 points of the
+    oracle with the true effects, docs/models.md). Without the at-risk gate either.
     """
-    from training.uplift import engine_uplift
-
     churn_probability = np.asarray(churn_probability, dtype=np.float64)
     repurchase_probability = np.asarray(repurchase_probability, dtype=np.float64)
-    matrix = np.tile(table.base_uplift, (len(effects), 1))
+    movable = np.where(
+        table.is_retention[None, :],
+        churn_probability[:, None],
+        1.0 - repurchase_probability[:, None],
+    )
+    matrix = movable * table.base_uplift[None, :]
     arm_index = {tuple(arm): i for i, arm in enumerate(arms)}
     for index, column in enumerate(table.columns):
         position = arm_index.get((column.action.name, column.channel))
         if position is not None:
-            movable = (
-                churn_probability
-                if column.action.goal == "retention"
-                else 1.0 - repurchase_probability
-            )
-            matrix[:, index] = engine_uplift(-effects[:, position], movable)
+            matrix[:, index] = -np.asarray(effects[:, position], dtype=np.float64)
     return matrix
 
 
