@@ -101,18 +101,22 @@ def decide_with_reductions(settings, frame, churn_p, repurchase_p, reduction):
     )
 
 
-def diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed) -> None:
+def diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed, alive_p0) -> None:
     """What the features could give (diagnosis only, reads the truth; never the product path).
 
     Runs the engine on (a) the true realised reductions ``gain`` (persons x columns: ``p0 - p1``,
     0 for the already churned), the engine's own ceiling; (b) a regression of that truth on the
     observed features (LightGBM per column, cross-fitted on two halves of the persons): what a
-    perfect learner could reach from these features with this many persons; and prints how the
-    churn score relates to the *retainable* risk (alive and churning within 90 days).
+    perfect learner could reach from these features with this many persons; (c) each arm's mean
+    true effect and the true effects, capped by the churn score and by the product's retainable
+    risk (:func:`serving.decision.retainable_risk`), i.e. what a perfect average-effect model
+    gives with each notion of who can be moved; and prints how both scores relate to the true
+    retainable risk ``alive x p0``.
     """
     import lightgbm as lgb
 
     from omniretain.policy_sim import NO_CHOICE, oracle_policy, policy_value
+    from serving.decision import decision_table, retainable_risk
     from training.train import feature_columns
 
     features = feature_columns(frame)
@@ -127,10 +131,30 @@ def diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed) ->
             regression.set_params(verbose=-1, n_jobs=1)
             regression.fit(X[folds != fold], gain[folds != fold, j])
             fitted[folds == fold, j] = regression.predict(X[folds == fold])
+    retainable = retainable_risk(frame, churn_p)
+    retention = decision_table(settings.actions).is_retention[None, :]
+    mean_effect = np.array(
+        [
+            gain[allowed[:, j], j].mean() if allowed[:, j].any() else 0.0
+            for j in range(gain.shape[1])
+        ]
+    )
+    per_arm = np.broadcast_to(mean_effect, gain.shape)
+
+    def capped(reduction, risk):  # a retention reduction never exceeds who can be moved
+        return np.where(retention, np.minimum(reduction, risk[:, None]), reduction)
+
     print("diagnosis (reads the truth; never used by the product):")
     for label, reduction in (
         ("engine on the true realised reductions", gain),
         ("engine on a regression of them on the features", fitted),
+        ("true reductions capped by the churn score", capped(gain, churn_p)),
+        ("true reductions capped by the retainable risk", capped(gain, retainable)),
+        (
+            "arm mean true reduction capped by the churn score",
+            capped(per_arm, churn_p),
+        ),
+        ("arm mean capped by the retainable risk", capped(per_arm, retainable)),
     ):
         choice = decide_with_reductions(settings, frame, churn_p, repurchase_p, reduction).column
         choice = np.where(choice >= 0, choice, NO_CHOICE)
@@ -141,11 +165,13 @@ def diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed) ->
             f"  {label:<50}{value:>12,.2f}  {value / oracle:.0%} of the oracle at equal "
             f"contacts; correlation with the truth {correlation:.2f}"
         )
-    retainable = gain.max(axis=1)
-    print(
-        "  correlation of the churn score with the best retainable reduction: "
-        f"{np.corrcoef(churn_p, retainable)[0, 1]:.2f}"
-    )
+    best = gain.max(axis=1)
+    for label, score in (("churn score", churn_p), ("retainable risk", retainable)):
+        print(
+            f"  correlation of the {label} with alive x p0 "
+            f"{np.corrcoef(score, alive_p0)[0, 1]:.2f}, with the best retainable reduction "
+            f"{np.corrcoef(score, best)[0, 1]:.2f}"
+        )
 
 
 def ips_estimate_ours(settings, churn, repurchase, uplift) -> dict[str, float]:
@@ -247,7 +273,10 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> dict[str, float]:
         matches.to_numpy(),
         units["is_control"].to_numpy(dtype=bool),
         units["propensity"].to_numpy(dtype=float),
-        (-churned * units["value"]).to_numpy(dtype=float),
+        # -churned x value: ``-churned`` of a boolean Series is its negation (not churned),
+        # which made the reward the retained value while the baseline predicts minus the lost
+        # one: no bias, but a control variate of the wrong sign that multiplied the noise.
+        -(churned.to_numpy(dtype=float) * units["value"].to_numpy(dtype=float)),
         units["baseline"].to_numpy(dtype=float),
         units["our_gain"].to_numpy(dtype=float),
         units["our_cost"].to_numpy(dtype=float),
@@ -453,7 +482,7 @@ def main() -> None:
         )
         p0, alive = end.churn_probability_90d[rows], end.alive[rows]
         gain = retained_gain(p0[:, None], effects, alive[:, None])
-        diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed)
+        diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed, alive * p0)
     print(json.dumps(figures))
 
 
