@@ -90,34 +90,33 @@ def our_decisions(settings, frame, churn, repurchase, uplift):
 
 
 def decide_with_reductions(settings, frame, churn_p, repurchase_p, reduction):
-    """The engine given per-customer absolute reductions of P(churn) (customers x columns):
-    ``engine_uplift`` and no at-risk gate, as the service uses an uplift champion."""
-    from serving.batch import action_channel_columns, decide_batch
+    """The engine given per-customer absolute reductions of P(churn) (customers x columns),
+    valued as they are (``reduction x value - cost``) with no at-risk gate, as the service
+    uses an uplift champion (:data:`serving.decision.MODEL_UPLIFT_CONTEXT`)."""
+    from serving.batch import decide_batch
     from serving.decision import MODEL_UPLIFT_CONTEXT
-    from training.uplift import engine_uplift
 
-    columns = action_channel_columns(settings.actions)
-    retention = np.array([c.action.goal == "retention" for c in columns])
-    movable = np.where(retention[None, :], churn_p[:, None], 1.0 - repurchase_p[:, None])
-    # A per-customer uplift model already says who can be moved: no at-risk gate on top.
-    uplift_matrix = engine_uplift(reduction, movable)
     return decide_batch(
-        frame, churn_p, repurchase_p, settings.actions, uplift_matrix, MODEL_UPLIFT_CONTEXT
+        frame, churn_p, repurchase_p, settings.actions, reduction, MODEL_UPLIFT_CONTEXT
     )
 
 
-def diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed) -> None:
+def diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed, alive_p0) -> None:
     """What the features could give (diagnosis only, reads the truth; never the product path).
 
     Runs the engine on (a) the true realised reductions ``gain`` (persons x columns: ``p0 - p1``,
     0 for the already churned), the engine's own ceiling; (b) a regression of that truth on the
     observed features (LightGBM per column, cross-fitted on two halves of the persons): what a
-    perfect learner could reach from these features with this many persons; and prints how the
-    churn score relates to the *retainable* risk (alive and churning within 90 days).
+    perfect learner could reach from these features with this many persons; (c) each arm's mean
+    true effect and the true effects, capped by the churn score and by the product's retainable
+    risk (:func:`serving.decision.retainable_risk`), i.e. what a perfect average-effect model
+    gives with each notion of who can be moved; and prints how both scores relate to the true
+    retainable risk ``alive x p0``.
     """
     import lightgbm as lgb
 
     from omniretain.policy_sim import NO_CHOICE, oracle_policy, policy_value
+    from serving.decision import decision_table, retainable_risk
     from training.train import feature_columns
 
     features = feature_columns(frame)
@@ -132,10 +131,30 @@ def diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed) ->
             regression.set_params(verbose=-1, n_jobs=1)
             regression.fit(X[folds != fold], gain[folds != fold, j])
             fitted[folds == fold, j] = regression.predict(X[folds == fold])
+    retainable = retainable_risk(frame, churn_p)
+    retention = decision_table(settings.actions).is_retention[None, :]
+    mean_effect = np.array(
+        [
+            gain[allowed[:, j], j].mean() if allowed[:, j].any() else 0.0
+            for j in range(gain.shape[1])
+        ]
+    )
+    per_arm = np.broadcast_to(mean_effect, gain.shape)
+
+    def capped(reduction, risk):  # a retention reduction never exceeds who can be moved
+        return np.where(retention, np.minimum(reduction, risk[:, None]), reduction)
+
     print("diagnosis (reads the truth; never used by the product):")
     for label, reduction in (
         ("engine on the true realised reductions", gain),
         ("engine on a regression of them on the features", fitted),
+        ("true reductions capped by the churn score", capped(gain, churn_p)),
+        ("true reductions capped by the retainable risk", capped(gain, retainable)),
+        (
+            "arm mean true reduction capped by the churn score",
+            capped(per_arm, churn_p),
+        ),
+        ("arm mean capped by the retainable risk", capped(per_arm, retainable)),
     ):
         choice = decide_with_reductions(settings, frame, churn_p, repurchase_p, reduction).column
         choice = np.where(choice >= 0, choice, NO_CHOICE)
@@ -146,14 +165,16 @@ def diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed) ->
             f"  {label:<50}{value:>12,.2f}  {value / oracle:.0%} of the oracle at equal "
             f"contacts; correlation with the truth {correlation:.2f}"
         )
-    retainable = gain.max(axis=1)
-    print(
-        "  correlation of the churn score with the best retainable reduction: "
-        f"{np.corrcoef(churn_p, retainable)[0, 1]:.2f}"
-    )
+    best = gain.max(axis=1)
+    for label, score in (("churn score", churn_p), ("retainable risk", retainable)):
+        print(
+            f"  correlation of the {label} with alive x p0 "
+            f"{np.corrcoef(score, alive_p0)[0, 1]:.2f}, with the best retainable reduction "
+            f"{np.corrcoef(score, best)[0, 1]:.2f}"
+        )
 
 
-def ips_estimate_ours(settings, churn, repurchase, uplift) -> dict[str, float]:
+def ips_estimate_ours(settings, churn, repurchase, uplift, end) -> dict[str, float]:
     """Off-policy estimates of our policy's incremental value per customer from the randomised
     monthly campaigns the simulated retailer logged (``campaigns`` in the warehouse).
 
@@ -168,7 +189,11 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> dict[str, float]:
       cost) corrected by the inverse-propensity weighted residuals.
 
     The cost of our choices is known for every unit and is subtracted exactly. Returns each
-    estimate with its bootstrap standard error, the logged units and the support share.
+    estimate with its bootstrap standard error, the logged units and the support share, and
+    ``truth``: what the estimates estimate, from the simulator (``end.at_campaigns``): the mean
+    over the logged units of the true net gain of our choice at that campaign's send (0 where
+    ours does nothing). It is not the benchmark's ``ours``, which values the last snapshot's
+    decisions on the end state: another population of customers and moments.
     """
     import duckdb
     import pandas as pd
@@ -177,6 +202,7 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> dict[str, float]:
         customer_persons,
         doubly_robust_incremental_value,
         ipw_incremental_value,
+        retained_gain,
     )
     from serving.batch import features_path
 
@@ -237,6 +263,24 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> dict[str, float]:
         )
         parts.append(group.merge(ours, on="customer_id"))
     units = pd.concat(parts, ignore_index=True)
+    person_index = {person: i for i, person in enumerate(end.person_ids)}
+    pair_index = {pair: i for i, pair in enumerate(end.pairs)}
+    persons_of_units = units["person_id"].map(person_index).to_numpy()
+    ours_pair = np.array(
+        [
+            pair_index.get(pair, -1)
+            for pair in zip(units["our_action"], units["our_channel"], strict=True)
+        ]
+    )
+    true_gain = np.zeros(len(units))
+    for day, rows in units.groupby(units["occurred_at"].dt.date).indices.items():
+        alive_then, p0_then = end.at_campaigns[day]
+        who, pair = persons_of_units[rows], ours_pair[rows]
+        acts = pair >= 0
+        effect = end.effects[who[acts], pair[acts]]
+        gain = retained_gain(p0_then[who[acts]], effect, alive_then[who[acts]])
+        true_gain[rows[acts]] = gain * units["value"].to_numpy()[rows[acts]]
+    truth = float((true_gain - units["our_cost"].to_numpy()).mean())
     churned = units["churned_at"].notna() & (units["churned_at"] <= units["occurred_at"] + horizon)
     matches = (units["action"] == units["our_action"]) & (units["channel"] == units["our_channel"])
     matches |= units["is_control"] & (units["our_action"] == "no_action")
@@ -252,7 +296,10 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> dict[str, float]:
         matches.to_numpy(),
         units["is_control"].to_numpy(dtype=bool),
         units["propensity"].to_numpy(dtype=float),
-        (-churned * units["value"]).to_numpy(dtype=float),
+        # -churned x value: ``-churned`` of a boolean Series is its negation (not churned),
+        # which made the reward the retained value while the baseline predicts minus the lost
+        # one: no bias, but a control variate of the wrong sign that multiplied the noise.
+        -(churned.to_numpy(dtype=float) * units["value"].to_numpy(dtype=float)),
         units["baseline"].to_numpy(dtype=float),
         units["our_gain"].to_numpy(dtype=float),
         units["our_cost"].to_numpy(dtype=float),
@@ -284,6 +331,7 @@ def ips_estimate_ours(settings, churn, repurchase, uplift) -> dict[str, float]:
         "units": len(units),
         "matched": int((arrays[0] & arrays[1] & ~arrays[2]).sum()),
         "support_share": support_share,
+        "truth": truth,
     }
 
 
@@ -402,7 +450,7 @@ def main() -> None:
     figures: dict[str, float | None] = {
         name: round(policy_value(net_gain, choice), 2) for name, choice in policies.items()
     }
-    offline = ips_estimate_ours(settings, churn, repurchase, uplift)
+    offline = ips_estimate_ours(settings, churn, repurchase, uplift, end)
     figures["ips_estimate_ours"] = round(offline["ipw"] * len(frame), 2)
 
     print(
@@ -436,16 +484,21 @@ def main() -> None:
     n = len(frame)
     print(
         f"off-policy estimates of ours from {offline['units']:,} logged randomised campaign "
-        f"units ({offline['matched']:,} treated as ours would), scaled to {n:,} customers "
-        f"(true: {figures['ours']:,.2f}; +- bootstrap s.e., [95% interval]); "
-        f"{offline['support_share']:.0%} of our contacts had logging support (the rest "
-        "extrapolated):"
+        f"units ({offline['matched']:,} treated as ours would), per customer-campaign x {n:,} "
+        f"customers (+- bootstrap s.e., [95% interval]); {offline['support_share']:.0%} of our "
+        "contacts had logging support (the rest extrapolated):"
+    )
+    print(
+        f"  {'truth of the same estimand':<26}{offline['truth'] * n:>12,.2f}  (ours at the logged "
+        "campaigns' sends, from the simulator; the table's ours values the end state)"
     )
     for key, label in (("ipw", "IPS, churn-score baseline"), ("dr", "doubly robust")):
         estimate, error = offline[key] * n, offline[f"{key}_se"] * n
+        low, high = estimate - 1.96 * error, estimate + 1.96 * error
+        covered = "covers" if low <= offline["truth"] * n <= high else "MISSES"
         print(
-            f"  {label:<26}{estimate:>12,.2f} +- {error:,.0f} "
-            f"[{estimate - 1.96 * error:,.0f}, {estimate + 1.96 * error:,.0f}]"
+            f"  {label:<26}{estimate:>12,.2f} +- {error:,.0f} [{low:,.0f}, {high:,.0f}] "
+            f"{covered} the truth"
         )
     if figures["top_risk"]:
         print(f"ours / top_risk = {figures['ours'] / figures['top_risk']:.2f}")
@@ -458,7 +511,7 @@ def main() -> None:
         )
         p0, alive = end.churn_probability_90d[rows], end.alive[rows]
         gain = retained_gain(p0[:, None], effects, alive[:, None])
-        diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed)
+        diagnose(settings, frame, churn_p, repurchase_p, gain, net_gain, allowed, alive * p0)
     print(json.dumps(figures))
 
 

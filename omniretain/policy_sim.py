@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -42,12 +43,13 @@ class EndState:
     churn_probability_90d: np.ndarray  # p0 without any action (meaningful for the alive)
     pairs: list[tuple[str, str]]  # (action, channel) columns of ``effects``
     effects: np.ndarray  # persons x pairs, the true absolute change of p0
+    # campaign date -> (alive, p0) of every person at that monthly campaign's send, as the
+    # simulator's campaign computed them: the truth of an off-policy estimate over the logs
+    at_campaigns: dict[date, tuple[np.ndarray, np.ndarray]]
 
 
 def replay_end_state(settings: Settings) -> EndState:
     """Re-run the simulated world of ``truth_dir`` to its last day (no files written)."""
-    from datetime import date
-
     from omniretain import simulator as sim
 
     summary = json.loads((settings.truth_dir / "simulation.json").read_text())
@@ -62,6 +64,16 @@ def replay_end_state(settings: Settings) -> EndState:
     effects = sim.true_treatment_effects(persons, actions, effect_rng)
     effect_matrix = effects["effect"].to_numpy().reshape(len(pairs), customers).T
     world = sim._World(persons, effect_matrix, pairs, start, params, world_rng)
+    at_campaigns: dict[date, tuple[np.ndarray, np.ndarray]] = {}
+    campaign = world._campaign
+
+    def recorded_campaign(day: int, day_date: date, events: sim._Events) -> None:
+        hazard = world.hazard(day)
+        p0_now = np.clip(1.0 - np.exp(-params.treatment_horizon_days * hazard), 1e-4, P1_CEILING)
+        at_campaigns[day_date] = (world.alive.copy(), p0_now)
+        campaign(day, day_date, events)
+
+    world._campaign = recorded_campaign  # observes, changes nothing (same random stream)
     days = pd.date_range(start, end, inclusive="left")
     for day, timestamp in enumerate(days):
         world.step(day, timestamp.date(), sim._Events())
@@ -81,6 +93,7 @@ def replay_end_state(settings: Settings) -> EndState:
         churn_probability_90d=p0,
         pairs=[(action.name, channel) for action, channel in pairs],
         effects=effect_matrix,
+        at_campaigns=at_campaigns,
     )
 
 

@@ -885,7 +885,13 @@ class _World:
             1.0 - np.exp(-p.treatment_horizon_days * self.hazard(day)[treated]), 1e-4, 0.95
         )
         p1 = np.clip(p0 + effect, 5e-4, 0.95)
-        self.treatment_multiplier[treated] = np.log1p(-p1) / np.log1p(-p0)
+        # ``p0`` is the current hazard's, an ongoing treatment included: the new one multiplies
+        # it (replacing the multiplier undid the earlier treatment, so a re-treated person lost
+        # its effect while a control kept it, which biased every off-policy estimate down).
+        ongoing = np.where(
+            self.treatment_until[treated] >= day, self.treatment_multiplier[treated], 1.0
+        )
+        self.treatment_multiplier[treated] = ongoing * np.log1p(-p1) / np.log1p(-p0)
         self.treatment_until[treated] = day + p.treatment_horizon_days
         for channel, sender in (("email", self._send_emails), ("sms", self._send_sms)):
             sent = candidates[channels[choice] == channel]

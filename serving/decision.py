@@ -9,7 +9,7 @@ scores are known. The rules, in order:
      an open service case (``open_cases > 0``), ``cart_reminder`` an abandoned cart in the last
      72 hours (``hours_since_last_abandoned_cart <= 72``);
    - the contact policy (:mod:`serving.policy`) may hold an action back (its cooldown);
-   - a *retention* action needs a customer at risk: ``churn_probability`` at least
+   - a *retention* action needs a customer at risk: the retainable risk at least
      ``DecisionContext.at_risk_threshold`` (the lower edge of the "medium" risk band). Spending
      a retention budget on a customer who is not at risk is the classic waste of churn
      programmes: even with a positive expected value on paper, the uplift prior is not
@@ -25,14 +25,24 @@ scores are known. The rules, in order:
    contact policy may then hold a consented channel back too (caps, cooldown after a contact,
    quiet hours); it never opens one.
 3. **Expected value** of each eligible (action, channel), in currency over the horizon:
-   - retention: ``churn_probability x uplift x customer_value - cost`` (the value we keep by
-     lowering the churn probability by ``uplift``);
+   - retention: ``retainable_risk x uplift x customer_value - cost`` (the value we keep by
+     lowering the churn probability by ``uplift``). The retainable risk
+     (:func:`retainable_risk`) is P(churn) of a customer still active, 0 for one whose last
+     purchase is older than the churn window (``DecisionContext.active_within_days``): P(no
+     purchase in the next 90 days) is highest for customers who are already gone, and no
+     contact retains them (measured on the simulator, docs/models.md: the churn score correlates
+     -0.12 with the true retainable risk, the retainable risk +0.19);
    - growth: ``(1 - repurchase_probability) x uplift x customer_value - cost``: a customer who
      would buy anyway gains nothing from a nudge, so only the share who would *not* repurchase
      can be moved.
-   ``uplift`` comes from ``DecisionContext.uplift`` (the catalogue's ``base_uplift`` until uplift
-   models land) and ``customer_value`` is ``spend_365d`` (floored at 0: net refunds put nothing at
-   stake).
+   ``uplift`` comes from ``DecisionContext.uplift`` (the catalogue's ``base_uplift``, a
+   *relative* uplift: the share of the movable probability the action removes) and
+   ``customer_value`` is ``spend_365d`` (floored at 0: net refunds put nothing at stake).
+   An uplift model estimates the *absolute* reduction of P(churn) instead, which already says
+   who can be moved (a customer who is gone or would stay anyway has ~0): with
+   ``DecisionContext.uplift_is_reduction`` (:data:`MODEL_UPLIFT_CONTEXT`) the value is
+   ``reduction x customer_value - cost``, with no movable share and no clip
+   (:func:`uplift_matrix`).
    The channel the customer is using right now (request context) gets its uplift multiplied by
    ``DecisionContext.in_session_uplift_factor``; a cart in the request counts as a cart
    abandoned now (:func:`apply_request_context`).
@@ -77,6 +87,7 @@ MEDIUM_RISK_FROM = 0.3  # churn probability where a customer starts to be "at ri
 HIGH_RISK_FROM = 0.6
 OPEN_CASE_WINDOW_S = 30 * 86400.0  # a pushed case counts as open this long (as open_cases)
 IN_SESSION_UPLIFT_FACTOR = 1.5  # an offer where the customer is right now works better
+ACTIVE_WITHIN_DAYS = 90.0  # a purchase this recent makes a customer retainable (churn window)
 
 CONSENT_FEATURE_BY_CHANNEL: dict[str, str] = {
     "email": "consent_email",
@@ -98,9 +109,14 @@ class DecisionContext:
 
     Attributes:
         uplift: where the uplift of an (action, channel) comes from; plug an uplift model here.
-        at_risk_threshold: churn probability from which retention actions are allowed.
+        at_risk_threshold: retainable risk from which retention actions are allowed.
+        active_within_days: a customer whose last purchase is older is gone, not retainable
+            (:func:`retainable_risk`); the churn label's window (``labels.churn_window_days``).
         high_risk_threshold: churn probability of the "high" risk band (for reporting).
         in_session_uplift_factor: uplift multiplier of the channel the customer is using now.
+        uplift_is_reduction: the uplift matrix holds absolute reductions of the movable
+            probability (an uplift model's, :func:`uplift_matrix`): value = reduction x
+            customer value - cost, not movable share x uplift x customer value - cost.
         max_alternatives: how many runner-up actions to return.
         max_drivers: how many churn drivers to put in the reasons.
         wording: feature name -> wording of its value, for the reasons.
@@ -108,8 +124,10 @@ class DecisionContext:
 
     uplift: UpliftFunction = catalogue_uplift
     at_risk_threshold: float = MEDIUM_RISK_FROM
+    active_within_days: float = ACTIVE_WITHIN_DAYS
     high_risk_threshold: float = HIGH_RISK_FROM
     in_session_uplift_factor: float = IN_SESSION_UPLIFT_FACTOR
+    uplift_is_reduction: bool = False
     max_alternatives: int = 3
     max_drivers: int = 3
     wording: Mapping[str, Wording] = field(default_factory=lambda: FEATURE_WORDING)
@@ -118,8 +136,9 @@ class DecisionContext:
 DEFAULT_CONTEXT = DecisionContext()
 # With a per-customer uplift model the at-risk gate goes: the model's reduction already says who
 # can be moved, and the gate (which protects the catalogue's flat prior) shuts out most of the
-# customers worth keeping (measured on the simulator: docs/models.md).
-MODEL_UPLIFT_CONTEXT = DecisionContext(at_risk_threshold=0.0)
+# customers worth keeping (measured on the simulator: docs/models.md). Its uplift matrix holds
+# absolute reductions (:func:`uplift_matrix`), valued as they are.
+MODEL_UPLIFT_CONTEXT = DecisionContext(at_risk_threshold=0.0, uplift_is_reduction=True)
 
 
 class Alternative(BaseModel):
@@ -249,14 +268,17 @@ def action_eligible(
     churn_probability: float,
     context: DecisionContext = DEFAULT_CONTEXT,
 ) -> bool:
-    """Business rules that decide whether an action may be considered at all."""
+    """Business rules that decide whether an action may be considered at all (a retention
+    action needs a retainable risk of at least ``context.at_risk_threshold``)."""
     if action.name == NO_ACTION:
         return False  # the fallback, never a candidate
     for rule in action.eligibility:
         if not rule_holds(_value(features, rule.feature, math.nan), rule):
             return False
-    if action.goal == "retention" and churn_probability < context.at_risk_threshold:
-        return False
+    if action.goal == "retention":
+        risk = retainable_risk(_OneCustomer(features), np.array([churn_probability]), context)
+        if risk[0] < context.at_risk_threshold:
+            return False
     return True
 
 
@@ -267,7 +289,8 @@ def expected_value(
     repurchase_probability: float,
     customer_value: float,
 ) -> float:
-    """Value gained by the action minus its cost (see the module docstring for the choice)."""
+    """Value gained by the action minus its cost (see the module docstring for the choice);
+    ``churn_probability`` is the retainable risk (:func:`retainable_risk`)."""
     movable_share = (
         churn_probability if action.goal == "retention" else 1.0 - repurchase_probability
     )
@@ -299,18 +322,19 @@ def _alternatives(
 def _why_chosen(
     chosen: _Candidate | None,
     best_rejected: _Candidate | None,
-    churn_probability: float,
+    retainable: float,
     repurchase_probability: float,
     customer_value: float,
     context: DecisionContext,
 ) -> str:
-    """One sentence on why this action and channel won (or why nothing did)."""
+    """One sentence on why this action and channel won (or why nothing did);
+    ``retainable`` is the retainable risk (:func:`retainable_risk`)."""
     if chosen is None:
         if best_rejected is None:
-            if churn_probability < context.at_risk_threshold:
+            if retainable < context.at_risk_threshold:
                 return (
-                    f"No action: churn risk is low ({churn_probability:.0%}) and there is no "
-                    "growth reason or consented channel for an offer."
+                    f"No action: retainable churn risk is low ({retainable:.0%}) and there is "
+                    "no growth reason or consented channel for an offer."
                 )
             return "No action: no action is allowed for this customer on a consented channel."
         return (
@@ -320,12 +344,20 @@ def _why_chosen(
         )
     action = chosen.action
     if action.goal == "retention":
-        odds = f"{churn_probability:.0%} churn risk"
+        odds = f"{retainable:.0%} retainable churn risk"
     else:
         odds = f"{1.0 - repurchase_probability:.0%} chance of no purchase without a nudge"
     described = action.name
     if action.description:
         described += f" ({action.description.rstrip('.')})"
+    if context.uplift_is_reduction:
+        lowered = "churn risk" if action.goal == "retention" else "the chance of no purchase"
+        return (
+            f"{described} by {chosen.channel} has the highest expected value: it is expected "
+            f"to lower {lowered} by {chosen.uplift:.1%} (uplift model) x "
+            f"{customer_value:,.2f} customer value - {action.cost:.2f} cost = "
+            f"{chosen.expected_value:.2f}."
+        )
     return (
         f"{described} by {chosen.channel} has the highest expected value: {odds} x "
         f"{chosen.uplift:.0%} expected uplift x {customer_value:,.2f} customer value "
@@ -492,6 +524,27 @@ _COMPARISONS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
 }
 
 
+def retainable_risk(
+    features: FeatureColumns,
+    churn_probability: np.ndarray,
+    context: DecisionContext = DEFAULT_CONTEXT,
+) -> np.ndarray:
+    """(n,) the share of a customer's value a retention contact can still save: P(churn) for a
+    customer who bought within ``context.active_within_days``, 0 for one who did not.
+
+    The churn label (no purchase in the next window) is 1 for every customer who is already
+    gone, so the churn score is highest where there is nothing left to retain. Among customers
+    still active it is the risk of lapsing. A learned P(lapse | active) on the snapshot history
+    did no better than this product of the churn score and the activity (docs/models.md), so
+    the engine derives it and needs no extra model. An unknown recency (NaN) keeps the score.
+    """
+    churn_probability = np.asarray(churn_probability, dtype=np.float64)
+    days = feature_column(features, "days_since_last_purchase", math.nan, len(churn_probability))
+    with np.errstate(invalid="ignore"):
+        lapsed = days > context.active_within_days
+    return np.where(lapsed, 0.0, churn_probability)
+
+
 def allowed_matrix(
     features: FeatureColumns,
     churn_probability: np.ndarray,
@@ -501,7 +554,7 @@ def allowed_matrix(
     """(customers x columns): eligibility (:func:`action_eligible`) and consent
     (:func:`channel_allowed`), before the contact policy."""
     n = len(churn_probability)
-    at_risk = churn_probability >= context.at_risk_threshold
+    at_risk = retainable_risk(features, churn_probability, context) >= context.at_risk_threshold
     by_action = np.ones((n, len(table.candidate_actions)), dtype=bool)
     for index, action in enumerate(table.candidate_actions):
         for rule in action.eligibility:  # a missing feature or NaN never passes (fail closed)
@@ -625,7 +678,9 @@ def decide_arrays(
             here: pass ``uplift``).
         customer_value: (n,) value at stake (NaN = unknown); ``spend_365d`` when omitted;
             floored at 0.
-        uplift: (n x columns) absolute uplift; the catalogue's ``base_uplift`` when omitted.
+        uplift: (n x columns) uplift, relative to the movable share (the catalogue's
+            ``base_uplift`` when omitted), or absolute reductions with
+            ``context.uplift_is_reduction`` (:func:`uplift_matrix`).
         in_session: (n x columns) True where the customer is on that channel now.
         blocked: (n x columns) True where the contact policy holds the column back.
         control: (n,) True for the control group: no action, propensity 1.
@@ -651,10 +706,11 @@ def decide_arrays(
         uplift = np.where(in_session, uplift * context.in_session_uplift_factor, uplift)
     movable = np.where(
         table.is_retention[None, :],
-        churn_probability[:, None],
+        retainable_risk(features, churn_probability, context)[:, None],
         1.0 - repurchase_probability[:, None],
     )
-    values = movable * uplift * value[:, None] - table.cost[None, :]
+    reduction = uplift if context.uplift_is_reduction else movable * uplift
+    values = reduction * value[:, None] - table.cost[None, :]
     allowed = allowed_matrix(features, churn_probability, table, context)
     if blocked is not None:
         allowed &= ~blocked
@@ -748,30 +804,29 @@ def uplift_matrix(
     churn_probability: np.ndarray,
     repurchase_probability: np.ndarray,
 ) -> np.ndarray:
-    """(customers x columns) engine uplift from an uplift model's (customers x arms) effects on
-    P(churn), the catalogue's prior where the model lacks the arm.
+    """(customers x columns) absolute reductions of the movable probability, for
+    :data:`MODEL_UPLIFT_CONTEXT`: an uplift model's ``-effect`` on P(churn) where it has the arm,
+    else the catalogue's relative prior times the movable share (P(churn), or
+    1 - P(repurchase) for growth actions), so both mean the same thing.
 
-    The model's ``-effect`` is an *absolute* reduction of P(churn), which already says who can
-    be moved; the engine multiplies its uplift by the movable share (P(churn), or
-    1 - P(repurchase) for growth actions), so the reduction is divided by that share
-    (:func:`training.uplift.engine_uplift`) to make the product the model's reduction. Use it
-    with :data:`MODEL_UPLIFT_CONTEXT` (no at-risk gate: the model already says who is movable).
+    The model's reduction already says who can be moved, so the engine values it as it is
+    (``reduction x value - cost``): no division by the movable share and no clip, which
+    undervalued every customer whose true reduction exceeds the churn score (16 points of the
+    oracle with the true effects, docs/models.md). Without the at-risk gate either.
     """
-    from training.uplift import engine_uplift
-
     churn_probability = np.asarray(churn_probability, dtype=np.float64)
     repurchase_probability = np.asarray(repurchase_probability, dtype=np.float64)
-    matrix = np.tile(table.base_uplift, (len(effects), 1))
+    movable = np.where(
+        table.is_retention[None, :],
+        churn_probability[:, None],
+        1.0 - repurchase_probability[:, None],
+    )
+    matrix = movable * table.base_uplift[None, :]
     arm_index = {tuple(arm): i for i, arm in enumerate(arms)}
     for index, column in enumerate(table.columns):
         position = arm_index.get((column.action.name, column.channel))
         if position is not None:
-            movable = (
-                churn_probability
-                if column.action.goal == "retention"
-                else 1.0 - repurchase_probability
-            )
-            matrix[:, index] = engine_uplift(-effects[:, position], movable)
+            matrix[:, index] = -np.asarray(effects[:, position], dtype=np.float64)
     return matrix
 
 
@@ -869,6 +924,9 @@ def decide(
     chosen = by_column.get(int(result.column[0]))
     propensity, explored = float(result.propensity[0]), bool(result.explored[0])
     value = float(result.customer_value[0])
+    retainable = float(
+        retainable_risk(_OneCustomer(features), np.array([churn_probability]), context)[0]
+    )
 
     drivers = top_churn_drivers(
         dict(churn_contributions), features, limit=context.max_drivers, wording=context.wording
@@ -892,7 +950,7 @@ def decide(
         )
     else:
         reasons.append(
-            _why_chosen(chosen, best, churn_probability, repurchase_probability, value, context)
+            _why_chosen(chosen, best, retainable, repurchase_probability, value, context)
         )
     return Decision(
         action=chosen.action.name if chosen else NO_ACTION,

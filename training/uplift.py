@@ -321,22 +321,6 @@ class UpliftModel:
         return {arm: float(value) for arm, value in zip(self.arms, row, strict=True)}
 
 
-def engine_uplift(reduction: np.ndarray, movable_share: np.ndarray) -> np.ndarray:
-    """The decision engine's ``uplift`` from an absolute reduction of P(churn).
-
-    The engine values an action as ``movable_share x uplift x customer_value - cost``
-    (:func:`serving.decision.expected_value`): its ``uplift`` is the share of the movable
-    probability (P(churn), or 1 - P(repurchase) for growth actions) that the action removes.
-    This model estimates the *absolute* reduction, which already carries who can be moved (a
-    customer who is gone or would stay anyway has ~0), so it is divided by the movable share to
-    make the product equal the model's reduction, clipped to [-1, 1] (no action removes more
-    than all of the probability). Feeding the absolute reduction directly would count P(churn)
-    twice (measured on the simulator: ``docs/models.md``).
-    """
-    share = np.maximum(np.asarray(movable_share, dtype=np.float64), 1e-6)
-    return np.clip(np.asarray(reduction, dtype=np.float64) / share, -1.0, 1.0)
-
-
 def arm_codes(frame: pd.DataFrame, arms: list[Arm]) -> np.ndarray:
     index = {arm: code + 1 for code, arm in enumerate(arms)}
     return np.array(

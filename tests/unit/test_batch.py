@@ -244,7 +244,7 @@ def test_score_frame_uses_the_value_and_uplift_models_like_recommend(tiny_models
             "customer_id": ["C1"],
             "event_timestamp": pd.Timestamp("2025-06-01", tz="UTC"),
             "spend_365d": [5.0],
-            "days_since_last_purchase": [290.0],
+            "days_since_last_purchase": [85.0],  # at risk, still active: retainable
             "open_cases": [0.0],
             "consent_email": [1.0],
         }

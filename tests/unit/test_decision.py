@@ -25,6 +25,7 @@ from serving.decision import (
     channel_allowed,
     decide,
     expected_value,
+    retainable_risk,
     risk_band,
 )
 from serving.reasons import describe_feature, readable_feature_name, top_churn_drivers
@@ -34,9 +35,10 @@ BY_NAME = {action.name: action for action in CATALOGUE}
 
 
 def customer(**overrides: float) -> dict[str, float]:
-    """An at-risk, valuable customer who consented to everything and has no special reason."""
+    """An at-risk, valuable customer who consented to everything and has no special reason,
+    still active (bought within the churn window: retainable)."""
     features = {
-        "days_since_last_purchase": 140.0,
+        "days_since_last_purchase": 70.0,
         "purchases_90d": 0.0,
         "spend_365d": 800.0,
         "channel_breadth_90d": 1.0,
@@ -240,7 +242,7 @@ def test_reasons_name_the_top_three_positive_drivers_in_plain_words() -> None:
     features = customer(open_cases=2, contacts_30d=3)
     decision = decide("c1", features, 0.8, 0.2, contributions, CATALOGUE)
     text = " ".join(decision.reasons)
-    assert "no purchase for 140 days" in decision.reasons[0]
+    assert "no purchase for 70 days" in decision.reasons[0]
     assert "2 unresolved service cases" in decision.reasons[1]
     assert "3 contacts with customer service in the last 30 days" in decision.reasons[2]
     assert "purchases" not in text.split("highest expected value")[0]
@@ -379,9 +381,10 @@ def test_no_action_exactly_when_no_candidate_pays(
     """Brute force over the catalogue: the engine's choice is the best positive EV, or none."""
     spend = features["spend_365d"]
     value = 0.0 if math.isnan(spend) else max(spend, 0.0)
+    retainable = 0.0 if features["days_since_last_purchase"] > 90 else churn  # gone: 0
     best = max(
         (
-            expected_value(action, action.base_uplift, churn, repurchase, value)
+            expected_value(action, action.base_uplift, retainable, repurchase, value)
             for action in CATALOGUE
             if action_eligible(action, features, churn)
             for channel in action.channels
@@ -575,3 +578,16 @@ def test_contribution_cache_returns_treeshap_exactly_and_recomputes_on_change() 
     assert cache.misses == 3
     cache.get(Champion("1"), row)  # evicted (two entries at most): recomputed again
     assert cache.misses == 4
+
+
+def test_a_customer_already_gone_is_not_retainable() -> None:
+    """The churn score is highest for customers who stopped buying long ago; no contact
+    retains them, so a retention action values only the risk of a customer still active."""
+    active = decide("c", customer(days_since_last_purchase=60.0), 0.7, 0.2, {}, CATALOGUE)
+    gone = decide("c", customer(days_since_last_purchase=200.0), 0.7, 0.2, {}, CATALOGUE)
+    assert active.action == "retention_discount"
+    assert gone.action == "no_action" or BY_NAME[gone.action].goal != "retention"
+    features = {"days_since_last_purchase": np.array([10.0, 90.0, 91.0, np.nan])}
+    np.testing.assert_allclose(
+        retainable_risk(features, np.full(4, 0.6)), [0.6, 0.6, 0.0, 0.6]
+    )  # within the window (90 days) retainable; unknown recency keeps the score

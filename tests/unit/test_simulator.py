@@ -423,3 +423,42 @@ def test_campaign_shares_are_settings_recorded_for_the_replay(tmp_path: Path) ->
     assert world_parameters({}).campaign_treated_share == 0.25  # runs from before the setting
     with pytest.raises(ValueError, match="at most 1"):
         _settings(tmp_path, campaign_treated_share=0.8, campaign_control_share=0.3)
+
+
+def test_a_second_treatment_moves_the_current_probability_not_the_untreated_one() -> None:
+    """A person still under a campaign's treatment is treated again: the new 90-day churn
+    probability is clip(p0 + effect) from the *current* (treated) p0, as documented, so the
+    earlier treatment is not undone by the new one."""
+    from dataclasses import replace
+    from datetime import date
+
+    from omniretain import simulator as sim
+    from omniretain.settings import load_settings
+
+    params = replace(sim.WorldParameters(), campaign_treated_share=1.0)
+    person_rng, effect_rng, world_rng = np.random.default_rng(3).spawn(3)
+    start = date(2024, 1, 1)
+    persons = sim.draw_persons(person_rng, 200, start, 12, params)
+    actions = load_settings().actions
+    pairs = sim.action_channel_pairs(actions)
+    effects = sim.true_treatment_effects(persons, actions, effect_rng)
+    effect_matrix = effects["effect"].to_numpy().reshape(len(pairs), 200).T
+    world = sim._World(persons, effect_matrix, pairs, start, params, world_rng)
+    world.joined[:] = True
+    world.alive[:] = True
+    day = 40
+    world.treatment_multiplier[:] = 0.5  # an earlier campaign's retention, still running
+    world.treatment_until[:] = day + 30
+    p0 = np.clip(1.0 - np.exp(-params.treatment_horizon_days * world.hazard(day)), 1e-4, 0.95)
+    before = world.treatment_multiplier.copy()
+    world._campaign(day, date(2024, 2, 10), sim._Events())
+    treated = np.flatnonzero(world.treatment_multiplier != before)
+    assert len(treated) > 100
+    p_after = 1.0 - np.exp(-params.treatment_horizon_days * world.hazard(day)[treated])
+    lowest, highest = p_after.min(), p_after.max()
+    assert 0.0 < lowest and highest <= 0.95 + 1e-9
+    # each treated person's effect is one of its pairs' effects from its current p0
+    moved = p_after - p0[treated]
+    candidates = effect_matrix[treated]
+    expected = np.clip(p0[treated, None] + candidates, 5e-4, 0.95) - p0[treated, None]
+    assert np.isclose(moved[:, None], expected, atol=1e-9).any(axis=1).all()

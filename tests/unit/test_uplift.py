@@ -10,7 +10,6 @@ from training.uplift import (
     CONTROL_ARM,
     UpliftDataError,
     compare_learners,
-    engine_uplift,
     features_at_sends,
     fit_evaluated,
     fit_uplift,
@@ -133,18 +132,10 @@ def test_reductions_follow_the_requested_pairs_with_a_fallback(planted) -> None:
     assert reductions[0, 2] > 0.15  # retains the responsive customer: a positive reduction
 
 
-def test_engine_uplift_times_the_movable_share_is_the_models_reduction() -> None:
-    reduction = np.array([[0.02, -0.01], [0.5, 0.0]])
-    movable = np.array([[0.1, 0.1], [0.2, 0.2]])
-    uplift = engine_uplift(reduction, movable)
-    np.testing.assert_allclose((uplift * movable)[0], [0.02, -0.01])
-    assert uplift[1, 0] == 1.0  # never more than the whole movable probability
-    assert np.isfinite(engine_uplift(np.array([0.01]), np.array([0.0]))).all()
-
-
 def test_the_engine_gets_the_models_reduction_without_counting_risk_twice(planted) -> None:
-    """movable share x engine uplift = the model's reduction, so the engine's value is
-    reduction x value - cost; an arm the model never saw keeps the catalogue prior."""
+    """The engine values the model's absolute reduction as it is, reduction x value - cost
+    (no division by the churn score, no clip: a reduction larger than P(churn) keeps its
+    value); an arm the model never saw keeps the catalogue prior times the movable share."""
     from omniretain.settings import Action
     from serving.decision import MODEL_UPLIFT_CONTEXT, decide_arrays, decision_table, uplift_matrix
 
@@ -167,7 +158,9 @@ def test_the_engine_gets_the_models_reduction_without_counting_risk_twice(plante
     sms = next(i for i, c in enumerate(table.columns) if c.action.name == "discount")
     app = next(i for i, c in enumerate(table.columns) if c.action.name == "other")
     np.testing.assert_allclose(decided.values[:, sms], reduction * 100.0 - 2.0)
-    np.testing.assert_allclose(uplift[:, app], 0.05)  # the catalogue's prior
+    # the catalogue's relative prior times the movable share (P(churn): a retention action)
+    np.testing.assert_allclose(uplift[:, app], 0.05 * churn)
+    assert reduction[0] > churn[0] / 2  # big enough that the old clip at P(churn) mattered
 
 
 def test_the_interaction_learner_reads_who_responds_through_the_traits() -> None:
