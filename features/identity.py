@@ -449,19 +449,17 @@ def record_customer_sql(feed_name: str, alias: str) -> tuple[str, str]:
 
 
 def _record_customers_sql() -> str:
-    """``record_customers`` feed by feed, from the raw identifiers of each record."""
+    """``record_customers`` from the unified event tables (their rows carry ``source_feed``,
+    ``source_id`` and the resolved ``customer_id``); one row per record of a keyed feed."""
     parts = []
-    for feed in FEEDS.values():
-        if not feed.id_columns:
-            continue
-        joins, customer = record_customer_sql(feed.name, "s")
-        rows = (
-            f"SELECT {_sql_literal(feed.name)} AS source_feed, s.{_quoted(feed.key)} AS source_id, "
-            f"{customer} AS customer_id FROM raw_{feed.name} s {joins}"
+    for table in dict.fromkeys(feed.target_table for feed in FEEDS.values() if feed.id_columns):
+        keyed = any(
+            _keyed_by_record(feed.name) for feed in FEEDS.values() if feed.target_table == table
         )
-        if _keyed_by_record(feed.name):
-            rows = f"SELECT DISTINCT * FROM ({rows})"
-        parts.append(f"SELECT * FROM ({rows}) WHERE customer_id IS NOT NULL")
+        parts.append(
+            f"SELECT {'DISTINCT ' if keyed else ''}source_feed, source_id, customer_id "
+            f"FROM {_quoted(table)} WHERE customer_id IS NOT NULL"
+        )
     return "\nUNION ALL\n".join(parts)
 
 
@@ -578,7 +576,8 @@ def _normalise_new_raw_values(con: duckdb.DuckDBPyConnection, default_region: st
 def resolve_identities(
     con: duckdb.DuckDBPyConnection, default_region: str, now: datetime
 ) -> dict[str, int]:
-    """Rebuild ``identity_links``, ``customers`` and ``record_customers`` from the staging tables.
+    """Rebuild ``identity_links``, the unified event tables, ``record_customers`` and
+    ``customers`` from the staging tables.
 
     Runs inside the caller's transaction. Returns counts for the ingest report.
     """
@@ -631,7 +630,11 @@ def resolve_identities(
         SELECT nc.customer_id, i.id_type, i.id_value, i.first_seen_at
         FROM _identifiers i JOIN _node_customers nc USING (node)
         ORDER BY nc.customer_id, i.id_type, i.id_value""")
-    create_raw_customers(con)
+    # The event tables look each row's customer up by its raw identifiers; the record ->
+    # customer map is then read back from them (one lookup per record, not two).
+    from features.ingest import build_unified_tables  # ingest imports this module
+
+    build_unified_tables(con)
     con.execute(f"CREATE OR REPLACE TABLE record_customers AS {_record_customers_sql()}")
     con.execute("""
         CREATE OR REPLACE TABLE customers AS

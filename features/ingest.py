@@ -1183,7 +1183,6 @@ def ingest(
             con.execute("BEGIN TRANSACTION")
             try:
                 stats = resolve_identities(con, settings.identity.default_phone_region, now)
-                build_unified_tables(con)
                 summary = IdentitySummary(**stats)
                 _set_state(con, "identity_files", str(n_files))
                 _set_state(con, "identity_summary", summary.model_dump_json())
