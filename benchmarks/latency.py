@@ -1,9 +1,12 @@
 """Latency and throughput of ``POST /recommend`` over real HTTP, next to the in-process floor.
 
 Starts ``bentoml serve`` on loopback on a trained state (``serving.server.server_process``),
-sends a bounded number of requests at concurrency 1, 16 and 64, then ``/recommend/batch`` if
-the service has it, and computes the same decisions in this process without HTTP
-(``OmniRetain.inner().recommend_one``: the same models, reads and decision): the floor. Last,
+sends a bounded number of requests at concurrency 1, 16 and 64 (closed loop: each connection
+sends again as soon as it is answered, the saturation throughput), then 16 connections paced at
+200 requests/s (the issue's goal: the p99 a CRM sending that rate sees), then
+``/recommend/batch`` if the service has it, and computes the same decisions in this process
+without HTTP (``OmniRetain.inner().recommend_one``: the same models, reads and decision): the
+floor. Last,
 how often the served churn drivers (path attribution) name the same top 3 as TreeSHAP, on the
 latest snapshot's customers.
 
@@ -15,7 +18,8 @@ the table shows the CPU per request of the server's processes and of this client
     python benchmarks/latency.py --state-dir DIR [--quick]
 
 Last line: JSON with p50_ms_c1, p99_ms_c1, rps_c16, p99_ms_c16, rps_c64, p99_ms_c64,
-floor_p99_ms, batch_customers_per_s.
+floor_p99_ms, batch_customers_per_s (the closed-loop phases), and rps_c16_paced,
+p99_ms_c16_paced (the paced phase).
 """
 
 from __future__ import annotations
@@ -93,9 +97,21 @@ class Connection:
 
 
 async def load(
-    base_url: str, ids: list[str], concurrency: int, requests: int, offset: int = 0
+    base_url: str,
+    ids: list[str],
+    concurrency: int,
+    requests: int,
+    offset: int = 0,
+    rate: float | None = None,
 ) -> dict:
     """``requests`` POSTs with ``concurrency`` in flight; latencies in ms and requests/s.
+
+    Without ``rate`` every connection sends its next request as soon as the last is answered
+    (closed loop: the server's saturation throughput, where the latency is the queue it then
+    holds). With ``rate`` request ``i`` is due at ``start + i / rate`` (still at most
+    ``concurrency`` in flight) and its latency counts from when it was due, so a request held
+    back by a slow answer counts its wait (no coordinated omission): the latency a CRM sending
+    that many requests per second sees.
 
     One keep-alive connection per request in flight (:class:`Connection`), as a CRM's
     connection pool. Customers are taken in order from ``offset`` (wrapping around): the
@@ -114,6 +130,11 @@ async def load(
         for index in queue:
             body = json.dumps({"customer_id": ids[(offset + index) % len(ids)]}).encode()
             started = time.perf_counter()
+            if rate is not None:
+                due = begun + index / rate
+                if due > started:
+                    await asyncio.sleep(due - started)
+                started = due
             try:
                 async with asyncio.timeout(30):
                     status, _ = await connection.post_json("/recommend", body)
@@ -124,9 +145,9 @@ async def load(
             latencies.append((time.perf_counter() - started) * 1000)
             errors += status != 200
 
-    started = time.perf_counter()
+    begun = time.perf_counter()
     await asyncio.gather(*(worker(connection) for connection in connections))
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - begun
     for connection in connections:
         connection.close()
     values = np.array(latencies)
@@ -136,6 +157,9 @@ async def load(
         "rps": requests / elapsed,
         "errors": errors,
     }
+
+
+PACED_RATE = 200.0  # requests/s of the paced phase at concurrency 16: the issue's goal
 
 
 def batch_throughput(base_url: str, ids: list[str], rounds: int) -> float | None:
@@ -246,6 +270,7 @@ def main() -> None:
     snapshot = read_latest_snapshot(features_path(settings))
     ids = snapshot["customer_id"].astype(str).tolist()
     requests = {1: 100, 16: 400, 64: 640} if args.quick else {1: 1000, 16: 4000, 64: 6400}
+    paced = {"concurrency": 16, "rate": PACED_RATE, "requests": 400 if args.quick else 4000}
 
     results: dict[int, dict] = {}
     with server_process(settings, timeout_s=600) as (base_url, process):
@@ -261,6 +286,9 @@ def main() -> None:
                 (time.process_time() - client_cpu) * 1000 / count
             )
             offset += count
+        results_paced = run(
+            load(base_url, ids, paced["concurrency"], paced["requests"], offset, PACED_RATE)
+        )
         batch = batch_throughput(base_url, ids, 2 if args.quick else 10)
     floor, service = in_process_floor(ids, requests[1])
     churn = service.models.churn.model
@@ -295,6 +323,12 @@ def main() -> None:
         f"{agreement['same_order']:.0%}, same first {agreement['same_first']:.0%}, "
         f"mean overlap {agreement['overlap']:.0%}"
     )
+    print(
+        f"paced: {paced['requests']} requests due at {PACED_RATE:.0f}/s, at most 16 in flight "
+        f"(latency from when each was due): {results_paced['rps']:.0f} req/s, p50 "
+        f"{results_paced['p50']:.1f} ms, p99 {results_paced['p99']:.1f} ms, "
+        f"{results_paced['errors']} errors"
+    )
     print(f"HTTP p50 at c1 / floor p50 = {results[1]['p50'] / floor['p50_ms']:.1f}x")
     print(f"/recommend/batch: {batch:,.0f} customers/s" if batch else "/recommend/batch: absent")
     print(
@@ -308,6 +342,8 @@ def main() -> None:
                 "p99_ms_c64": round(results[64]["p99"], 2),
                 "floor_p99_ms": round(floor["p99_ms"], 2),
                 "batch_customers_per_s": round(batch, 1) if batch else None,
+                "rps_c16_paced": round(results_paced["rps"], 1),
+                "p99_ms_c16_paced": round(results_paced["p99"], 2),
             }
         )
     )

@@ -125,6 +125,9 @@ class ServingSettings(BaseModel):
     online_retry_seconds: float = Field(1.0, ge=0.0)
     # churn drivers of /recommend: path attribution (~0.2 ms) or TreeSHAP (~2-4 ms), serving/reasons
     reasons: Literal["path", "treeshap"] = "path"
+    # BentoML's access log (one line per request, redacted): off by default, every decision is
+    # in the decision log already and the line costs CPU per request (serving/service.py)
+    access_log: bool = False
     api_keys: list[ApiKey] = Field(default_factory=list)  # none configured: the API is open
     # more keys from a JSON file outside the repo (a secret store's mount), added to api_keys
     api_keys_file: Path | None = None

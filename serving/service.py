@@ -280,16 +280,17 @@ app = FastAPI(title="omniretain profile")
 # threads would share one GIL. Each worker loads its own models and polls the registry.
 # Per request, BentoML's own stack cost more CPU than the decision (py-spy on a worker under
 # benchmarks/latency.py); two of its layers are switched off by its configuration, each
-# reversible with a BENTOML_CONFIG file (it overrides these defaults):
+# reversible:
 # - the access log: one formatted log line per request; every decision is already in the
-#   decision log (monitoring/logs.py) with its id, and errors are still logged;
+#   decision log (monitoring/logs.py) with its id, and errors are still logged; on again with
+#   ``serving.access_log: true`` (or OMNIRETAIN_SERVING__ACCESS_LOG=true), redacted like all logs;
 # - OpenTelemetry spans for /recommend (and /recommend/batch): no exporter is configured, so
 #   they were built and dropped. Prometheus /metrics stays on.
 @bentoml.service(
     name="omniretain",
     workers=SERVER_WORKERS,
     traffic={"timeout": 60},
-    logging={"access": {"enabled": False}},
+    logging={"access": {"enabled": load_settings().serving.access_log}},
     tracing={"excluded_urls": [RECOMMEND_ROUTE]},
 )
 @bentoml.asgi_app(app, path="/profile")

@@ -33,7 +33,8 @@ FUZZ_CASES = 1_100  # generated requests, over every operation; each is sent twi
 
 @pytest.fixture(scope="module")
 def hardened_server(serve_http: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``bentoml serve`` with keys read from a file outside the repo, default batch limit."""
+    """``bentoml serve`` with keys read from a file outside the repo, default batch limit, and
+    BentoML's access log switched on."""
     from serving.auth import hash_key
 
     keys_file = tmp_path_factory.mktemp("secrets") / "api_keys.json"
@@ -43,7 +44,10 @@ def hardened_server(serve_http: Any, tmp_path_factory: pytest.TempPathFactory) -
         {"name": "events", "sha256": hash_key(FEEDBACK_KEY), "scopes": ["feedback"]},
     ]
     keys_file.write_text(json.dumps(keys))
+    # BentoML's access log is off by default (serving/service.py); an operator may switch it on,
+    # and then its lines must be redacted too: switch it on here
     with serve_http(
+        OMNIRETAIN_SERVING__ACCESS_LOG="true",
         OMNIRETAIN_SERVING__API_KEYS_FILE=str(keys_file),
         OMNIRETAIN_SERVING__API_KEYS="[]",
         OMNIRETAIN_SERVING__MAX_BATCH_IDS="10000",
