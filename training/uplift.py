@@ -529,22 +529,23 @@ def champion_gate(scores: dict[str, float]) -> tuple[bool, str]:
     so a model that ranks no better than them must not replace them."""
     qini = scores.get("mean_qini", float("nan"))
     chance = max(scores.get("random_targeting_qini", 0.0), 0.0)
-    if not np.isfinite(qini) or qini <= chance:
-        return False, (
-            f"held-out mean Qini {qini:.5f} <= {chance:.5f} (what random targeting reaches by "
-            f"chance, {NULL_QUANTILE:.0%} quantile)"
-        )
-    reason = f"held-out mean Qini {qini:.5f} > {chance:.5f} (chance, {NULL_QUANTILE:.0%} quantile)"
+    beats_chance = bool(np.isfinite(qini) and qini > chance)
+    reason = (
+        f"held-out mean Qini {qini:.5f} {'>' if beats_chance else '<='} {chance:.5f} (what "
+        f"random targeting reaches by chance, {NULL_QUANTILE:.0%} quantile)"
+    )
     priors = scores.get("catalogue_priors_qini", float("nan"))
     if not np.isfinite(priors):
-        return True, f"{reason}; catalogue priors not measured"
+        return beats_chance, f"{reason}; catalogue priors not measured"
     own = scores.get("mean_qini_on_catalogue_arms", qini)
-    if not np.isfinite(own) or own <= priors:
-        return False, (
-            f"{reason}, but on the catalogue's arms {own:.5f} <= {priors:.5f}, the Qini of the "
-            "catalogue priors x movable share on the same sends (the engine keeps the priors)"
-        )
-    return True, f"{reason}; on the catalogue's arms {own:.5f} > catalogue priors {priors:.5f}"
+    beats_priors = bool(np.isfinite(own) and own > priors)
+    reason += (
+        f"; on the catalogue's arms {own:.5f} {'>' if beats_priors else '<='} {priors:.5f}, "
+        "the Qini of the catalogue priors x movable share on the same sends"
+    )
+    if beats_chance and not beats_priors:
+        reason += " (the engine keeps the priors)"
+    return beats_chance and beats_priors, reason
 
 
 def time_holdout(

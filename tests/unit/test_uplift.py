@@ -306,3 +306,17 @@ def test_a_model_no_better_than_the_catalogue_priors_stays_challenger() -> None:
     assert beaten["catalogue_priors_qini"] < matched["catalogue_priors_qini"]
     promote, reason = champion_gate(beaten)
     assert promote, reason
+
+
+def test_the_champion_gate_needs_both_bars_and_says_which_was_missed() -> None:
+    scores = {"mean_qini": 0.004, "random_targeting_qini": 0.003}
+    promote, reason = champion_gate(scores)  # no catalogue to compare with: chance alone
+    assert promote and "not measured" in reason
+    above = {**scores, "catalogue_priors_qini": 0.001, "mean_qini_on_catalogue_arms": 0.004}
+    assert champion_gate(above)[0]
+    under_priors = {**above, "catalogue_priors_qini": 0.005}
+    promote, reason = champion_gate(under_priors)
+    assert not promote and "0.00400 <= 0.00500" in reason and "keeps the priors" in reason
+    under_chance = {**above, "mean_qini": 0.002, "mean_qini_on_catalogue_arms": 0.002}
+    promote, reason = champion_gate(under_chance)
+    assert not promote and "0.00200 <= 0.00300" in reason
