@@ -717,7 +717,13 @@ def train(
     import mlflow
     from tqdm import tqdm
 
-    from training.uplift import UpliftDataError, log_and_register_uplift, train_uplift
+    from training.uplift import (
+        CataloguePriors,
+        UpliftDataError,
+        classifier_scorer,
+        log_and_register_uplift,
+        train_uplift,
+    )
     from training.value import ValueDataError, log_and_register_value, train_value, value_frame
 
     steps = tqdm(total=6, desc="train", disable=not progress, leave=False)
@@ -739,7 +745,12 @@ def train(
         trained_value, value_skipped = None, str(error)
     steps.set_postfix_str("fit uplift")
     try:
-        trained_uplift = train_uplift(settings, purchases, data_end)
+        priors = CataloguePriors(  # the implicit champion the uplift model must beat
+            settings.actions,
+            classifier_scorer(trained["churn"].model),
+            classifier_scorer(trained["repurchase"].model),
+        )
+        trained_uplift = train_uplift(settings, purchases, data_end, priors)
         uplift_skipped = None
     except UpliftDataError as error:  # no campaign history yet: decisions use the priors
         trained_uplift, uplift_skipped = None, str(error)

@@ -32,6 +32,7 @@ booster call, one thread).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ from training.labels import to_utc_naive
 if TYPE_CHECKING:
     import lightgbm as lgb
 
-    from omniretain.settings import Settings
+    from omniretain.settings import Action, Settings
 
 CONTROL_ARM = ("no_action", "none")
 OUTCOME = "churned"
@@ -454,6 +455,99 @@ def random_targeting_qini(
     return float(np.nanquantile(means, NULL_QUANTILE)) if np.isfinite(means).any() else 0.0
 
 
+@dataclass(frozen=True)
+class CataloguePriors:
+    """The implicit champion: the engine without an uplift model, which ranks a send by its
+    arm's catalogue prior times the movable share (the retainable risk for a retention action,
+    1 - P(repurchase) for a growth one), computed by the decision module's own functions.
+
+    ``churn_probability`` and ``repurchase_probability`` score a frame of sends (the
+    classifiers the engine would use; :func:`classifier_scorer`)."""
+
+    actions: Sequence[Action]
+    churn_probability: Callable[[pd.DataFrame], np.ndarray]
+    repurchase_probability: Callable[[pd.DataFrame], np.ndarray]
+
+    def reductions(self, sends: pd.DataFrame, arms: Sequence[Arm]) -> np.ndarray:
+        """(n_sends, len(arms)) the priors' reduction of P(churn) (``-effect``); NaN for an arm
+        the catalogue does not have (the engine never chooses it)."""
+        from serving.decision import decision_table, retainable_risk, uplift_matrix
+
+        table = decision_table(self.actions)
+        n = len(sends)
+        churn = np.asarray(self.churn_probability(sends), dtype=np.float64)
+        matrix = uplift_matrix(
+            np.zeros((n, 0)),
+            [],
+            table,
+            retainable_risk(sends, churn),
+            np.asarray(self.repurchase_probability(sends), dtype=np.float64),
+        )
+        column = {(c.action.name, c.channel): i for i, c in enumerate(table.columns)}
+        return np.column_stack(
+            [matrix[:, column[arm]] if arm in column else np.full(n, np.nan) for arm in arms]
+        ).reshape(n, len(arms))
+
+
+def classifier_scorer(model: Any) -> Callable[[pd.DataFrame], np.ndarray]:
+    """P(label) of a calibrated classifier (``feature_names``, ``predict_proba``) per row."""
+
+    def score(frame: pd.DataFrame) -> np.ndarray:
+        rows = frame[model.feature_names].to_numpy(dtype=np.float64, na_value=np.nan)
+        return model.predict_proba(rows)[:, 1]
+
+    return score
+
+
+def catalogue_priors_qini(
+    model: UpliftModel, holdout: pd.DataFrame, priors: CataloguePriors
+) -> dict[str, float]:
+    """The priors' held-out mean Qini on the same sends and arms as ``model``
+    (``catalogue_priors_qini``), and the model's mean over the arms the catalogue has
+    (``mean_qini_on_catalogue_arms``): the pair the champion gate compares."""
+    reductions = priors.reductions(holdout, model.arms)
+    known = ~np.isnan(reductions).all(axis=0) if len(reductions) else np.zeros(0, dtype=bool)
+    prior_arms = heldout_qini(model, holdout, -np.nan_to_num(reductions))
+    model_arms = heldout_qini(model, holdout)
+    names = [f"{a}|{c}" for (a, c), has in zip(model.arms, known, strict=True) if has]
+
+    def mean(scores: dict[str, float]) -> float:
+        values = [scores[name] for name in names if np.isfinite(scores[name])]
+        return float(np.mean(values)) if values else float("nan")
+
+    return {
+        "catalogue_priors_qini": mean(prior_arms),
+        "mean_qini_on_catalogue_arms": mean(model_arms),
+    }
+
+
+def champion_gate(scores: dict[str, float]) -> tuple[bool, str]:
+    """Whether a learner's held-out scores (:func:`compare_learners`) make it the champion, and
+    why: its mean Qini must beat what random targeting reaches by chance
+    (:func:`random_targeting_qini`) and, when measured, the catalogue priors' Qini on the same
+    sends (:func:`catalogue_priors_qini`): the engine uses the priors when no model is champion,
+    so a model that ranks no better than them must not replace them."""
+    qini = scores.get("mean_qini", float("nan"))
+    chance = max(scores.get("random_targeting_qini", 0.0), 0.0)
+    beats_chance = bool(np.isfinite(qini) and qini > chance)
+    reason = (
+        f"held-out mean Qini {qini:.5f} {'>' if beats_chance else '<='} {chance:.5f} (what "
+        f"random targeting reaches by chance, {NULL_QUANTILE:.0%} quantile)"
+    )
+    priors = scores.get("catalogue_priors_qini", float("nan"))
+    if not np.isfinite(priors):
+        return beats_chance, f"{reason}; catalogue priors not measured"
+    own = scores.get("mean_qini_on_catalogue_arms", qini)
+    beats_priors = bool(np.isfinite(own) and own > priors)
+    reason += (
+        f"; on the catalogue's arms {own:.5f} {'>' if beats_priors else '<='} {priors:.5f}, "
+        "the Qini of the catalogue priors x movable share on the same sends"
+    )
+    if beats_chance and not beats_priors:
+        reason += " (the engine keeps the priors)"
+    return beats_chance and beats_priors, reason
+
+
 def time_holdout(
     frame: pd.DataFrame, campaigns: int = HOLDOUT_CAMPAIGNS
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -466,9 +560,13 @@ def time_holdout(
 
 
 def compare_learners(
-    frame: pd.DataFrame, feature_names: list[str], learners: tuple[str, ...] = LEARNERS
+    frame: pd.DataFrame,
+    feature_names: list[str],
+    learners: tuple[str, ...] = LEARNERS,
+    priors: CataloguePriors | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Held-out Qini per arm (and the mean) of each learner fitted on the earlier campaigns."""
+    """Held-out Qini per arm (and the mean) of each learner fitted on the earlier campaigns,
+    the chance level, and with ``priors`` the catalogue priors' Qini on the same sends."""
     train_part, holdout = time_holdout(frame)
     comparison: dict[str, dict[str, float]] = {}
     for learner in learners:
@@ -481,14 +579,19 @@ def compare_learners(
         mean = float(np.nanmean(list(per_arm.values()))) if per_arm else float("nan")
         chance = random_targeting_qini(fitted, holdout)
         comparison[learner] = {"mean_qini": mean, "random_targeting_qini": chance, **per_arm}
+        if priors is not None:
+            comparison[learner].update(catalogue_priors_qini(fitted, holdout, priors))
     return comparison
 
 
 def fit_evaluated(
-    frame: pd.DataFrame, feature_names: list[str], learner: str = LEARNER
+    frame: pd.DataFrame,
+    feature_names: list[str],
+    learner: str = LEARNER,
+    priors: CataloguePriors | None = None,
 ) -> tuple[UpliftModel, dict]:
     """Measure the learners on held-out campaigns, then refit ``learner`` on every campaign."""
-    comparison = compare_learners(frame, feature_names)
+    comparison = compare_learners(frame, feature_names, priors=priors)
     model = fit_uplift(frame, feature_names, learner)
     model.evaluation = {"heldout_qini": comparison, "learner": learner}
     return model, comparison
@@ -519,9 +622,13 @@ class TrainedUplift:
 
 
 def train_uplift(
-    settings: Settings, purchases: pd.DataFrame, data_end: pd.Timestamp
+    settings: Settings,
+    purchases: pd.DataFrame,
+    data_end: pd.Timestamp,
+    priors: CataloguePriors | None = None,
 ) -> TrainedUplift:
-    """Sends with observed outcomes and features at the send -> the better of S and T learner."""
+    """Sends with observed outcomes and features at the send -> the product's learner, measured
+    on held-out campaigns against chance and (with ``priors``) against the catalogue priors."""
     from training.train import feature_columns, feature_table_path
 
     sends = send_outcomes(
@@ -534,7 +641,7 @@ def train_uplift(
             f"{len(frame)} send(s) with features and an observed outcome, none to the control "
             "group: uplift needs randomised controls"
         )
-    model, comparison = fit_evaluated(frame, feature_columns(features))
+    model, comparison = fit_evaluated(frame, feature_columns(features), priors=priors)
     return TrainedUplift(model, len(frame), comparison)
 
 
@@ -558,10 +665,9 @@ class UpliftReport:
 
 
 def log_and_register_uplift(settings: Settings, trained: TrainedUplift) -> UpliftReport:
-    """Register the uplift model; ``champion`` moves only if it targets better than random
-    beyond the holdout's noise (held-out mean Qini above 0 and above what shuffled scores reach
-    by chance, :func:`random_targeting_qini`): a model that cannot rank must not drive the
-    decisions."""
+    """Register the uplift model; ``champion`` moves only if :func:`champion_gate` says so: its
+    held-out mean Qini beats what random targeting reaches by chance and the catalogue priors'
+    Qini on the same sends. The reason is in the version's tags and the report."""
     import mlflow
     import mlflow.sklearn
     from mlflow import MlflowClient
@@ -571,13 +677,7 @@ def log_and_register_uplift(settings: Settings, trained: TrainedUplift) -> Uplif
 
     name = MODEL_NAMES["uplift"]
     chosen = trained.model.learner
-    qini = trained.heldout_qini[chosen]["mean_qini"]
-    chance = max(trained.heldout_qini[chosen].get("random_targeting_qini", 0.0), 0.0)
-    promote = bool(np.isfinite(qini) and qini > chance)
-    reason = (
-        f"held-out mean Qini {qini:.5f} {'>' if promote else '<='} {chance:.5f} (what random "
-        f"targeting reaches by chance, {NULL_QUANTILE:.0%} quantile)"
-    )
+    promote, reason = champion_gate(trained.heldout_qini[chosen])
     client = MlflowClient()
     with mlflow.start_run(experiment_id=_experiment_id(settings, name), run_name="uplift") as run:
         mlflow.log_params(

@@ -6,15 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from omniretain.settings import Action
 from training.uplift import (
     CONTROL_ARM,
+    CataloguePriors,
     UpliftDataError,
+    catalogue_priors_qini,
+    champion_gate,
     compare_learners,
     features_at_sends,
     fit_evaluated,
     fit_uplift,
     qini_coefficient,
     send_outcomes,
+    time_holdout,
 )
 
 
@@ -235,3 +240,83 @@ def test_effects_with_a_batch_predict_function_equal_the_default(planted, learne
 
     np.testing.assert_allclose(model.effects(rows, predict=predict), model.effects(rows))
     assert calls and all(shape[0] == len(rows) for shape in calls)  # never a stacked copy
+
+
+CATALOGUE = [
+    Action(name="no_action", channels=[]),
+    Action(name="discount", channels=["sms"], base_uplift=0.2),
+    Action(name="points", channels=["email"], base_uplift=0.1, goal="growth"),
+]
+
+
+def _priors(churn_column: str) -> CataloguePriors:
+    return CataloguePriors(
+        CATALOGUE,
+        lambda frame: frame[churn_column].to_numpy(),
+        lambda frame: np.full(len(frame), 0.4),
+    )
+
+
+def test_catalogue_priors_score_a_send_as_the_engine_would() -> None:
+    """Prior x retainable risk for a retention arm (0 once the customer is gone), prior x
+    (1 - P(repurchase)) for a growth arm, NaN for an arm the catalogue does not have."""
+    sends = pd.DataFrame({"risk": [0.5, 0.5], "days_since_last_purchase": [10.0, 200.0]})
+    reductions = _priors("risk").reductions(
+        sends, [("discount", "sms"), ("points", "email"), ("call", "phone")]
+    )
+    np.testing.assert_allclose(reductions[:, 0], [0.1, 0.0])
+    np.testing.assert_allclose(reductions[:, 1], [0.06, 0.06])
+    assert np.isnan(reductions[:, 2]).all()
+
+
+def test_a_model_no_better_than_the_catalogue_priors_stays_challenger() -> None:
+    """The discount's effect grows with f, and the priors' movable share (a churn score
+    ``informed`` by f) ranks the sends in the true order: the model beats chance (the old gate)
+    but not the priors on the same held-out sends, so it stays challenger. With a churn score
+    that knows nothing (``blind``) the priors rank at random and the same model wins."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    f = rng.normal(size=n)
+    treated = rng.random(n) < 0.6
+    responsiveness = 1.0 / (1.0 + np.exp(-4.0 * f))
+    churned = (rng.random(n) < 0.5 - 0.35 * responsiveness * treated).astype(int)
+    frame = pd.DataFrame(
+        {
+            "f": f,
+            "noise": rng.normal(size=n),
+            "action": np.where(treated, "discount", "no_action"),
+            "channel": np.where(treated, "sms", "none"),
+            "churned": churned,
+            "campaign_id": [f"CMP-{i % 6}" for i in range(n)],
+            "informed": responsiveness,
+            "blind": rng.random(n),
+        }
+    )
+    matched = compare_learners(
+        frame, ["f", "noise"], learners=("s_learner",), priors=_priors("informed")
+    )["s_learner"]
+    assert matched["mean_qini"] > matched["random_targeting_qini"]  # would pass the old gate
+    assert matched["mean_qini_on_catalogue_arms"] <= matched["catalogue_priors_qini"]
+    promote, reason = champion_gate(matched)
+    assert not promote and "catalogue priors" in reason
+
+    train_part, holdout = time_holdout(frame)
+    model = fit_uplift(train_part, ["f", "noise"], "s_learner")
+    beaten = {**matched, **catalogue_priors_qini(model, holdout, _priors("blind"))}
+    assert beaten["catalogue_priors_qini"] < matched["catalogue_priors_qini"]
+    promote, reason = champion_gate(beaten)
+    assert promote, reason
+
+
+def test_the_champion_gate_needs_both_bars_and_says_which_was_missed() -> None:
+    scores = {"mean_qini": 0.004, "random_targeting_qini": 0.003}
+    promote, reason = champion_gate(scores)  # no catalogue to compare with: chance alone
+    assert promote and "not measured" in reason
+    above = {**scores, "catalogue_priors_qini": 0.001, "mean_qini_on_catalogue_arms": 0.004}
+    assert champion_gate(above)[0]
+    under_priors = {**above, "catalogue_priors_qini": 0.005}
+    promote, reason = champion_gate(under_priors)
+    assert not promote and "0.00400 <= 0.00500" in reason and "keeps the priors" in reason
+    under_chance = {**above, "mean_qini": 0.002, "mean_qini_on_catalogue_arms": 0.002}
+    promote, reason = champion_gate(under_chance)
+    assert not promote and "0.00200 <= 0.00300" in reason
