@@ -473,8 +473,10 @@ class CataloguePriors:
         the catalogue does not have (the engine never chooses it)."""
         from serving.decision import decision_table, retainable_risk, uplift_matrix
 
-        table = decision_table(self.actions)
         n = len(sends)
+        if not arms:  # no campaign arm to score (e.g. sends of the controls only)
+            return np.zeros((n, 0))
+        table = decision_table(self.actions)
         churn = np.asarray(self.churn_probability(sends), dtype=np.float64)
         matrix = uplift_matrix(
             np.zeros((n, 0)),

@@ -267,6 +267,7 @@ def test_catalogue_priors_score_a_send_as_the_engine_would() -> None:
     np.testing.assert_allclose(reductions[:, 0], [0.1, 0.0])
     np.testing.assert_allclose(reductions[:, 1], [0.06, 0.06])
     assert np.isnan(reductions[:, 2]).all()
+    assert _priors("risk").reductions(sends, []).shape == (2, 0)  # no arm: no column, no error
 
 
 def test_a_model_no_better_than_the_catalogue_priors_stays_challenger() -> None:
