@@ -12,7 +12,8 @@ record is dropped and counted in :attr:`LogStats.dropped`; a write error is coun
 ``write_errors`` and the writer goes on. Files appear atomically (written under a dot-name, then
 renamed), so a reader never sees half a file. Read them with DuckDB::
 
-    SELECT * FROM read_parquet('<monitoring_dir>/decisions/*/*.parquet', hive_partitioning = 1)
+    SELECT * FROM read_parquet('<monitoring_dir>/decisions/*/*.parquet', hive_partitioning = 1,
+                               union_by_name = 1)
 
 or with :func:`read_decisions` / :func:`read_feedback`.
 
