@@ -387,11 +387,10 @@ def random_ids(n: int) -> pa.Array:
 def feature_values_column(features: pd.DataFrame) -> pa.StructArray:
     """Each row's feature values as a struct of float64 fields, NaN and inf as null (what
     :func:`features_json` writes as JSON null): one Parquet column per feature, no text."""
-    matrix = features.to_numpy(dtype=np.float64, na_value=np.nan)
-    children = [
-        pa.array(matrix[:, j], mask=~np.isfinite(matrix[:, j]))
-        for j in range(len(features.columns))
-    ]
+    children = []
+    for index in range(features.shape[1]):  # column by column: no strided copy of the frame
+        values = features.iloc[:, index].to_numpy(dtype=np.float64, na_value=np.nan)
+        children.append(pa.array(values, mask=~np.isfinite(values)))
     return pa.StructArray.from_arrays(children, names=[str(name) for name in features.columns])
 
 
