@@ -11,7 +11,7 @@ once per champion and cached under the trained state; the compile is timed apart
     python benchmarks/batch_score.py --state-dir DIR [--quick] [--customers N]
 
 Last line: JSON with customers, seconds (and cpu_seconds, compile_seconds, models_compiled,
-lightgbm_floor_seconds).
+lightgbm_floor_seconds, log_seconds: the decision log's step).
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ def main() -> None:
                 "compile_seconds": round(compile_seconds, 2),
                 "models_compiled": compiling.compiled,
                 "lightgbm_floor_seconds": round(floor, 2),
+                "log_seconds": report.seconds["log"],
             }
         )
     )

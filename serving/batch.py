@@ -10,8 +10,10 @@ global control group and the same contact policy as ``/recommend`` at the time o
 hours, and caps and cooldowns from the contact history). ``tests/unit/test_batch.py`` checks the
 batch and ``decide`` agree row by row.
 
-Reasons (TreeSHAP, about 2 ms a row) are computed only where they are shown: for the
-``reasons_for`` customers with the highest expected value.
+Reasons are computed as ``/recommend`` computes them (:func:`serving.reasons.contributions`
+with the ``serving.reasons`` setting: path attribution by default, TreeSHAP by setting), and only
+where they are shown: for the ``reasons_for`` customers with the highest expected value.
+:mod:`serving.campaign` values its audience with the same :func:`score_and_decide`.
 
 What the batch does not do: exploration (its rows are not served decisions, nothing logs their
 propensity). A campaign export (:mod:`serving.campaign`) adds its own random control group.
@@ -45,7 +47,7 @@ from serving.decision import (
     feature_column,
     uplift_matrix,
 )
-from serving.reasons import top_churn_drivers
+from serving.reasons import ReasonMethod, contributions, top_churn_drivers
 
 if TYPE_CHECKING:
     from training.model import CalibratedClassifier
@@ -240,20 +242,21 @@ def drivers_for(
     matrix: np.ndarray,
     rows: np.ndarray,
     context: DecisionContext = DEFAULT_CONTEXT,
+    method: ReasonMethod = "path",
 ) -> list[str]:
-    """The top churn drivers in words for ``rows`` only (TreeSHAP is the expensive part)."""
+    """The top churn drivers in words for ``rows`` only, ``"; "``-joined.
+
+    The contributions come from :func:`serving.reasons.contributions` with ``method`` (the
+    ``serving.reasons`` setting): the same numbers, hence the same words, as ``/recommend``
+    shows for the same customer and model.
+    """
     if len(rows) == 0:
         return []
-    contributions = model.booster.predict(
-        matrix[rows],
-        pred_contrib=True,
-        num_iteration=model.best_iteration,
-        num_threads=BATCH_THREADS,
-    )[:, :-1]
+    values = contributions(model, matrix[rows], method)[:, :-1]  # last column: bias
     names = model.feature_names
     records = frame.iloc[rows].to_dict("records")
     texts = []
-    for contribution, record in zip(contributions, records, strict=True):
+    for contribution, record in zip(values, records, strict=True):
         drivers = top_churn_drivers(
             dict(zip(names, contribution.tolist(), strict=True)),
             record,
@@ -290,30 +293,43 @@ class ScoreReport:
         )
 
 
-def score_frame(
+@dataclass
+class ScoredBatch:
+    """The champions' outputs and the decision matrices for every row of a feature frame."""
+
+    churn_probability: np.ndarray
+    repurchase_probability: np.ndarray
+    decisions: BatchDecisions
+    churn_matrix: np.ndarray = field(repr=False)  # what the reason codes explain
+    context: DecisionContext = DEFAULT_CONTEXT  # the thresholds the decision used
+
+
+def score_and_decide(
     frame: pd.DataFrame,
     churn: CalibratedClassifier,
     repurchase: CalibratedClassifier,
     actions: Sequence[Action],
-    reasons_for: int = 0,
-    uplift: np.ndarray | None = None,
     context: DecisionContext = DEFAULT_CONTEXT,
-    seconds: dict[str, float] | None = None,
     *,
     value_model: CustomerValueModel | None = None,
     uplift_model: UpliftModel | None = None,
+    uplift: np.ndarray | None = None,
     blocked: np.ndarray | None = None,
     control: np.ndarray | None = None,
-) -> pd.DataFrame:
-    """Scores, risk band and decision per row of ``frame`` (pure: frames in, frame out).
+    seconds: dict[str, float] | None = None,
+) -> ScoredBatch:
+    """A feature frame and the champions -> scores and (customer x action-channel) decision
+    matrices: the one scoring path of batch scoring and campaigns (pure: frames in, arrays out).
+
+    Every champion predicts on the whole matrix with every core (compiled trees when they were
+    compiled); the value and uplift champions are used as ``/recommend`` uses them.
 
     Args:
-        reasons_for: compute the churn drivers in words for this many customers, those with
-            the highest expected value (the ones a team will look at); the others get null.
         uplift: (customers x columns) uplift; else the uplift model's, else the catalogue's.
-        value_model / uplift_model: the optional champions, as ``/recommend`` uses them.
+        value_model / uplift_model: the optional champions.
         blocked: (customers x columns) held back by the contact policy.
         control: True for the control group.
+        seconds: filled with the ``predict`` and ``decide`` step times.
     """
     seconds = {} if seconds is None else seconds
     started = time.perf_counter()
@@ -357,13 +373,63 @@ def score_frame(
         control=control,
     )
     seconds["decide"] = round(time.perf_counter() - started, 3)
+    return ScoredBatch(
+        churn_probability=churn_probability,
+        repurchase_probability=repurchase_probability,
+        decisions=decisions,
+        churn_matrix=churn_matrix,
+        context=decision_context,
+    )
 
+
+def score_frame(
+    frame: pd.DataFrame,
+    churn: CalibratedClassifier,
+    repurchase: CalibratedClassifier,
+    actions: Sequence[Action],
+    reasons_for: int = 0,
+    uplift: np.ndarray | None = None,
+    context: DecisionContext = DEFAULT_CONTEXT,
+    seconds: dict[str, float] | None = None,
+    *,
+    value_model: CustomerValueModel | None = None,
+    uplift_model: UpliftModel | None = None,
+    blocked: np.ndarray | None = None,
+    control: np.ndarray | None = None,
+    reasons: ReasonMethod = "path",
+) -> pd.DataFrame:
+    """Scores, risk band and decision per row of ``frame`` (pure: frames in, frame out).
+
+    Args:
+        reasons_for: compute the churn drivers in words for this many customers, those with
+            the highest expected value (the ones a team will look at); the others get null.
+        reasons: how the drivers are computed (the ``serving.reasons`` setting, as
+            ``/recommend``).
+
+    The other arguments are those of :func:`score_and_decide`.
+    """
+    seconds = {} if seconds is None else seconds
+    scored_batch = score_and_decide(
+        frame,
+        churn,
+        repurchase,
+        actions,
+        context,
+        value_model=value_model,
+        uplift_model=uplift_model,
+        uplift=uplift,
+        blocked=blocked,
+        control=control,
+        seconds=seconds,
+    )
+    decisions = scored_batch.decisions
+    churn_probability = scored_batch.churn_probability
     scored = pd.DataFrame(
         {
             ENTITY_KEY: frame[ENTITY_KEY].to_numpy(),
             "snapshot": frame[SNAPSHOT_COLUMN].to_numpy(),
             "churn_probability": np.round(churn_probability, 4),
-            "repurchase_probability": np.round(repurchase_probability, 4),
+            "repurchase_probability": np.round(scored_batch.repurchase_probability, 4),
             "risk_band": risk_bands(churn_probability, context),
             "customer_value": np.round(decisions.customer_value, 2),
             "action": decisions.action,
@@ -378,7 +444,9 @@ def score_frame(
         actioned = np.flatnonzero(decisions.column >= 0)
         order = np.argsort(-decisions.expected_value[actioned], kind="stable")
         shown = actioned[order[:reasons_for]]
-        scored.loc[shown, "churn_drivers"] = drivers_for(churn, frame, churn_matrix, shown, context)
+        scored.loc[shown, "churn_drivers"] = drivers_for(
+            churn, frame, scored_batch.churn_matrix, shown, scored_batch.context, reasons
+        )
         seconds["reasons"] = round(time.perf_counter() - started, 3)
     return scored
 
@@ -511,6 +579,7 @@ def score_latest(
         uplift_model=models.uplift.model if models.uplift else None,
         blocked=blocked,
         control=control,
+        reasons=settings.serving.reasons,
     )
     versions = {kind: v for kind, v in models.versions.items() if v is not None}
     for kind, version in versions.items():

@@ -36,14 +36,10 @@ from serving.batch import (
     ENTITY_KEY,
     SNAPSHOT_COLUMN,
     action_channel_columns,
-    decide_batch,
-    feature_matrix,
     features_path,
-    predict_probability,
-    predict_value,
     read_latest_snapshot,
+    score_and_decide,
 )
-from serving.decision import DEFAULT_CONTEXT, MODEL_UPLIFT_CONTEXT, decision_table, uplift_matrix
 
 if TYPE_CHECKING:
     from training.model import CalibratedClassifier
@@ -89,8 +85,13 @@ def action_values(
     value_model: CustomerValueModel | None = None,
     uplift_model: UpliftModel | None = None,
 ) -> pd.DataFrame:
-    """Per customer, the best allowed channel for ``action`` and its expected value (with the
-    value and uplift champions when given, as ``/recommend`` and batch scoring use them).
+    """Per customer, the best allowed channel for ``action`` and its expected value.
+
+    The values are the decision matrices of batch scoring (:func:`serving.batch.score_and_decide`,
+    the same predictions, value and uplift champions and decision function), read at the
+    action's columns: a customer's expected value here is the batch's for the same action and
+    channel. No contact-policy block or global control group applies: the campaign holds out
+    its own control group.
 
     Raises:
         CampaignError: the action is not in the catalogue or not offered on ``channel``.
@@ -108,35 +109,15 @@ def action_values(
             + (f" on channel {channel!r}" if channel else "")
             + f" in the catalogue; choose one of {offered}"
         )
-    churn_probability = predict_probability(churn, feature_matrix(frame, churn.feature_names))
-    repurchase_probability = predict_probability(
-        repurchase, feature_matrix(frame, repurchase.feature_names)
-    )
-    customer_value = uplift = None
-    context = DEFAULT_CONTEXT
-    if value_model is not None:  # the value at stake as /recommend and batch scoring see it
-        customer_value = predict_value(
-            value_model, feature_matrix(frame, value_model.feature_names)
-        )
-    if uplift_model is not None:
-        effects = uplift_model.effects(feature_matrix(frame, uplift_model.feature_names))
-        uplift = uplift_matrix(
-            effects,
-            uplift_model.arms,
-            decision_table(settings.actions),
-            churn_probability,
-            repurchase_probability,
-        )
-        context = MODEL_UPLIFT_CONTEXT
-    decisions = decide_batch(
+    scored = score_and_decide(
         frame,
-        churn_probability,
-        repurchase_probability,
+        churn,
+        repurchase,
         settings.actions,
-        uplift,
-        context,
-        customer_value=customer_value,
+        value_model=value_model,
+        uplift_model=uplift_model,
     )
+    decisions = scored.decisions
     values = decisions.candidate_values[:, wanted]
     best = np.argmax(values, axis=1)
     channels = np.array([columns[index].channel for index in wanted], dtype=object)
@@ -145,8 +126,8 @@ def action_values(
             ENTITY_KEY: frame[ENTITY_KEY].to_numpy(),
             "channel": channels[best],
             "expected_value": values[np.arange(len(frame)), best],
-            "churn_probability": churn_probability,
-            "repurchase_probability": repurchase_probability,
+            "churn_probability": scored.churn_probability,
+            "repurchase_probability": scored.repurchase_probability,
         }
     )
 

@@ -69,6 +69,7 @@ def campaign_build(
     ] = None,
 ) -> None:
     """Choose the audience that maximises expected incremental value under the budget."""
+    from serving.batch import compile_champions
     from serving.campaign import CampaignRequest, build_campaign
     from serving.models import load_model_set
 
@@ -77,6 +78,9 @@ def campaign_build(
 
     def run():  # -> CampaignReport
         models = load_model_set(settings)  # the champions /recommend serves, value and uplift too
+        # the trees `omniretain score` compiled for these champions, if it did (none is built
+        # here: a campaign is scored as the batch is, by LightGBM on every core otherwise)
+        compile_champions(models, settings, rows=0)
         return build_campaign(
             settings,
             request,

@@ -18,7 +18,8 @@ with the bias, to the booster's log-odds):
   the 300-tree churn model, against about 2 ms for TreeSHAP.
 - ``treeshap``: LightGBM ``pred_contrib`` (TreeSHAP), which also credits features *off* the path
   (interaction effects spread fairly). ``serving.reasons: treeshap`` in the configuration serves
-  it; ``CalibratedClassifier.contributions`` and batch scoring use it.
+  it (``CalibratedClassifier.contributions``). Batch scoring follows the same setting
+  (:func:`contributions`), so both give the same words for the same customer.
 
 Only the top 3 positive drivers are shown; on the demo state the two agree on most customers'
 top 3 (``benchmarks/latency.py`` measures and prints the agreement; docs/api.md has figures).

@@ -325,3 +325,79 @@ def test_control_group_mask_equals_the_control_group_of_recommend() -> None:
     ]
     wider.serving.control_share = 0.0
     assert not control_group_mask(ids, wider).any()
+
+
+@pytest.fixture(scope="module")
+def wide_churn_model():
+    """A real churn model on 8 features with interactions, where path attribution and TreeSHAP
+    rank the drivers differently for many customers (a 3-feature model cannot tell them apart)."""
+    from training.model import fit_calibrated_classifier
+
+    rng = np.random.default_rng(4)
+    n = 2000
+    frame = pd.DataFrame(
+        {
+            "days_since_last_purchase": rng.exponential(90, n),
+            "purchases_90d": rng.poisson(3, n).astype(float),
+            "spend_365d": rng.gamma(2, 400, n),
+            "open_cases": rng.integers(0, 3, n).astype(float),
+            "tenure_days": rng.uniform(30, 2000, n),
+            "returns_365d": rng.poisson(1, n).astype(float),
+            "contacts_90d": rng.poisson(2, n).astype(float),
+            "last_nps": rng.integers(0, 11, n).astype(float),
+        }
+    )
+    logit = (
+        0.02 * (frame["days_since_last_purchase"] - 90) * (1 + frame["open_cases"])
+        - 0.3 * frame["purchases_90d"]
+        + 0.2 * frame["contacts_90d"] * (frame["last_nps"] < 6)
+        + 0.3 * frame["returns_365d"]
+        - 0.0005 * frame["tenure_days"]
+    )
+    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    X = frame.to_numpy()
+    params = {"n_estimators": 60, "num_leaves": 15, "learning_rate": 0.1, "n_jobs": 1}
+    churn = fit_calibrated_classifier(
+        X[:1400], label[:1400], X[1400:], label[1400:], list(frame.columns), params
+    )
+    return churn, frame
+
+
+@pytest.mark.parametrize("method", ["path", "treeshap"])
+def test_batch_reasons_are_the_words_recommend_serves(
+    tiny_models, wide_churn_model, method: str
+) -> None:
+    """The churn drivers of ``omniretain score`` are ``/recommend``'s for the same customer and
+    model: the service's contribution cache (``serving.reasons`` = ``method``) on the row it
+    scores, then ``decide``'s reasons, against the batch's ``churn_drivers``."""
+    from types import SimpleNamespace
+
+    from serving.reasons import ContributionCache
+
+    _, repurchase = tiny_models  # another model's features: the frame holds both
+    churn, features = wide_churn_model
+    n = 300
+    frame = features.iloc[:n].assign(
+        customer_id=[f"C{i}" for i in range(n)],
+        event_timestamp=pd.Timestamp("2025-06-01", tz="UTC"),
+        consent_email=1.0,
+    )
+    scored = score_frame(frame, churn, repurchase, CATALOGUE, reasons_for=n, reasons=method)
+    explained = scored.index[scored["churn_drivers"].notna()]
+    assert len(explained) >= 10, "the fixture should give many customers an action"
+    served = ContributionCache(method=method)  # what the service holds (serving.reasons)
+    champion = SimpleNamespace(model=churn, version="1")
+    matrix = feature_matrix(frame, churn.feature_names)
+    prefix = "Churn risk is raised by: "
+    for row in explained:
+        record = frame.iloc[row].to_dict()
+        decision = decide(
+            record["customer_id"],
+            record,
+            float(scored.loc[row, "churn_probability"]),
+            float(scored.loc[row, "repurchase_probability"]),
+            served.get(champion, matrix[row : row + 1]),
+            CATALOGUE,
+        )
+        words = [r[len(prefix) : -1] for r in decision.reasons if r.startswith(prefix)]
+        assert scored.loc[row, "churn_drivers"] == "; ".join(words), record["customer_id"]

@@ -99,3 +99,80 @@ def test_segment_is_a_sql_condition_over_the_features() -> None:
     assert filter_segment(frame, None) is frame
     with pytest.raises(CampaignError, match="segment"):
         filter_segment(frame, "no_such_column > 1")
+
+
+def test_a_campaigns_expected_values_are_the_batch_scorings() -> None:
+    """``action_values`` reads the decision matrices of batch scoring: for every customer the
+    campaign's value of an action on a channel is the batch's, with the value and uplift
+    champions, and the uplift model predicts with the batch's compiled, all-core trees."""
+    from omniretain.settings import load_settings
+    from serving.batch import (
+        action_channel_columns,
+        predict_uplift_trees,
+        score_and_decide,
+        score_frame,
+    )
+    from serving.campaign import action_values
+    from training.model import fit_calibrated_classifier
+
+    settings = load_settings()
+    rng = np.random.default_rng(7)
+    n = 400
+    names = ["spend_365d", "days_since_last_purchase", "open_cases"]
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"C{i:04d}" for i in range(n)],
+            "event_timestamp": pd.Timestamp("2025-06-01", tz="UTC"),
+            "spend_365d": rng.gamma(2, 400, n),
+            "days_since_last_purchase": rng.integers(0, 200, n).astype(float),
+            "open_cases": rng.integers(0, 2, n).astype(float),
+            "consent_email": (rng.random(n) < 0.7).astype(float),
+            "consent_sms": (rng.random(n) < 0.5).astype(float),
+        }
+    )
+    X = frame[names].to_numpy()
+    churn_label = (X[:, 1] / 200 + rng.normal(0, 0.2, n) > 0.5).astype(int)
+    churn, repurchase = (
+        fit_calibrated_classifier(
+            X[:250], y[:250], X[250:], y[250:], names, {"n_estimators": 15, "n_jobs": 1}
+        )
+        for y in (churn_label, 1 - churn_label)
+    )
+
+    class BoosterValue:  # the parts of training.value.CustomerValueModel scoring reads
+        feature_names = names
+        booster, best_iteration, scale = repurchase.booster, repurchase.best_iteration, 3000.0
+
+    class DiscountByRecency:  # an uplift model whose effect varies per customer
+        feature_names = ["days_since_last_purchase"]
+        arms = [("retention_discount", "email"), ("retention_discount", "sms")]
+
+        def __init__(self) -> None:
+            self.predictors: list[object] = []
+
+        def effects(self, matrix: np.ndarray, predict: object = None) -> np.ndarray:
+            self.predictors.append(predict)
+            reduction = -np.clip(matrix[:, 0] / 400, 0, 0.4)
+            return np.column_stack([reduction, reduction / 2])
+
+    value_model, uplift_model = BoosterValue(), DiscountByRecency()
+    champions = {"value_model": value_model, "uplift_model": uplift_model}
+    campaign = action_values(frame, churn, repurchase, settings, "retention_discount", **champions)
+    batch = score_and_decide(frame, churn, repurchase, settings.actions, **champions)
+    assert uplift_model.predictors == [predict_uplift_trees] * 2
+    columns = [
+        i
+        for i, c in enumerate(action_channel_columns(settings.actions))
+        if c.action.name == "retention_discount"
+    ]
+    best = batch.decisions.candidate_values[:, columns].max(axis=1)
+    np.testing.assert_array_equal(campaign["expected_value"].to_numpy(), best)
+    assert (campaign["expected_value"] > 0).sum() >= 10, "the fixture should value many"
+    # where the batch itself chose the action, the campaign's value is the batch's decision
+    scored = score_frame(frame, churn, repurchase, settings.actions, **champions)
+    chose = (scored["action"] == "retention_discount").to_numpy()
+    assert chose.sum() >= 5
+    np.testing.assert_allclose(
+        campaign.loc[chose, "expected_value"].round(2), scored.loc[chose, "expected_value"]
+    )
+    assert (campaign.loc[chose, "channel"] == scored.loc[chose, "channel"]).all()

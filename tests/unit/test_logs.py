@@ -228,3 +228,66 @@ def test_a_decision_frame_reads_back_like_records_logged_one_by_one(settings: Se
         log_decision_frame(settings, decisions.iloc[:0], features.iloc[:0], "batch", when, {})
         is None
     )
+
+
+def test_a_batch_stores_the_features_typed_and_reads_them_back_as_the_json(
+    settings: Settings,
+) -> None:
+    """A batch part file holds the feature values as a float64 struct (no JSON text to encode
+    for a million rows); ``read_decisions`` gives every row the ``features`` JSON the service's
+    writer stores, also across batches of different feature lists and the service's files."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from monitoring.logs import FEATURE_VALUES_COLUMN, log_decision_frame
+
+    when = datetime(2025, 3, 1, 12, tzinfo=UTC)
+
+    def decisions(ids: list[str]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "customer_id": ids,
+                "churn_probability": 0.5,
+                "repurchase_probability": 0.5,
+                "action": "no_action",
+                "channel": "none",
+                "expected_value": 0.0,
+            }
+        )
+
+    first = pd.DataFrame(
+        {
+            "spend_365d": [120.5, 1e-7, np.nan],
+            "open_cases": [1, 0, 3],
+            "odd 'name\"": [np.inf, 2.25, -1.0],
+        }
+    )
+    second = pd.DataFrame({"spend_365d": [7.0], "tenure_days": [400.0]})
+    path = log_decision_frame(settings, decisions(["B1", "B2", "B3"]), first, "batch", when, {})
+    log_decision_frame(settings, decisions(["B4"]), second, "batch", when, {})
+    with DecisionLogger(settings) as log:
+        log.log(record("C1", when))
+    none = log_decision_frame(settings, decisions(["B5"]), first.iloc[:1, :0], "batch", when, {})
+
+    assert path is not None and none is not None
+    stored = pq.read_schema(path)
+    assert stored.field(FEATURE_VALUES_COLUMN).type == pa.struct(
+        [(name, pa.float64()) for name in first.columns]
+    )
+    assert pq.read_table(path)["features"].null_count == 3
+    logged = read_decisions(settings).set_index("customer_id")
+    assert FEATURE_VALUES_COLUMN not in logged.columns
+    parsed = {customer: json.loads(text) for customer, text in logged["features"].items()}
+    for customer, row in zip(["B1", "B2", "B3"], first.to_dict("records"), strict=True):
+        expected = json.loads(features_json(row))
+        # a batch row carries every field of the files read together: the others are null
+        assert {k: v for k, v in parsed[customer].items() if k in expected} == expected
+        assert all(parsed[customer][k] is None for k in set(parsed[customer]) - set(expected))
+    assert parsed["B2"]["spend_365d"] == 1e-7 and parsed["B1"]["odd 'name\""] is None
+    assert parsed["B4"]["tenure_days"] == 400.0 and parsed["B4"]["open_cases"] is None
+    assert parsed["C1"] == json.loads(features_json(record("C1", when).features))
+    assert parsed["B5"] == {}
+    served = decision_features(read_decisions(settings)).set_index("customer_id")
+    assert served.loc["B3", "open_cases"] == 3.0 and math.isnan(served.loc["B3", "spend_365d"])
