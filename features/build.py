@@ -29,6 +29,7 @@ import duckdb
 import pandas as pd
 
 from features.contract import DECISION_FEATURES, ENTITY_KEY, PURCHASE_CHANNELS
+from features.ingest import limit_memory
 from omniretain.settings import LabelSettings, Settings, load_settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -884,6 +885,9 @@ ORDER BY g.cutoff, g.customer_key
 """
 
 
+_ARROW_BATCH_ROWS = 1 << 17  # rows per Arrow batch when the feature frame is fetched
+
+
 def _naive_utc(moment: datetime) -> datetime:
     return _as_utc(moment).replace(tzinfo=None)
 
@@ -909,7 +913,10 @@ def compute_features(
     view_name = f"_feature_cutoffs_{os.getpid()}_{id(cutoffs)}"
     con.register(view_name, pd.DataFrame({"cutoff": [_naive_utc(c) for c in cutoffs]}))
     try:
-        frame = con.execute(_feature_sql(view_name, windows)).df()
+        # Streamed as Arrow batches and converted column by column, freeing each as it goes:
+        # ``.df()`` holds DuckDB's whole materialised result and the frame at once.
+        reader = con.sql(_feature_sql(view_name, windows)).to_arrow_reader(_ARROW_BATCH_ROWS)
+        frame = reader.read_all().to_pandas(self_destruct=True, split_blocks=True)
         if crm:
             frame = _with_crm_features(con, frame, view_name, crm)
     finally:
@@ -984,11 +991,17 @@ def _with_crm_features(
     values["event_timestamp"] = pd.to_datetime(values["event_timestamp"])
     values[ENTITY_KEY] = values[ENTITY_KEY].astype(str)
     frame[ENTITY_KEY] = frame[ENTITY_KEY].astype(str)
-    merged = frame.merge(values, on=[ENTITY_KEY, "event_timestamp"], how="left")
+    # Only the keys are merged (a left merge keeps their order, and the values are unique per
+    # key): merging the whole feature frame would copy it, doubling the peak memory.
+    looked_up = frame[[ENTITY_KEY, "event_timestamp"]].merge(
+        values, on=[ENTITY_KEY, "event_timestamp"], how="left"
+    )
     for attribute, name in zip(attributes, names, strict=True):
+        column = looked_up[name]
         if attribute.type == "categorical":
-            merged[name] = merged[name].fillna(MISSING_CATEGORY_CODE)
-    return merged
+            column = column.fillna(MISSING_CATEGORY_CODE)
+        frame[name] = column.to_numpy()
+    return frame
 
 
 def _require_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -1100,6 +1113,7 @@ def build_features(
         )
     started = time.perf_counter()
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        limit_memory(con, settings.features.warehouse_memory_limit)
         data_start, data_end = event_time_range(con)
         if as_of is not None:
             as_of_midnight = datetime(as_of.year, as_of.month, as_of.day, tzinfo=UTC)
