@@ -407,6 +407,17 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
     def in_window(days: int, column: str = "e.occurred_at") -> str:
         return f"{column} >= k.since_{days}d"
 
+    # Events in [cutoff - n days, cutoff) are found with a hash join on the event's day against
+    # the (few) days each cutoff's window covers, the exact bounds checked on the matches: a
+    # range join of millions of events to the cutoffs sorts every event first.
+    day_windows = sorted({30, 90, max([*windows, 365, 180])})
+
+    def window_join(days: int, column: str = "e.occurred_at") -> str:
+        return (
+            f"JOIN cutoff_days_{days}d k ON date_trunc('day', {column}) = k.day"
+            f" AND {column} < k.cutoff AND {in_window(days, column)}"
+        )
+
     # All-time figures are running totals per customer, looked up at each cutoff with an ASOF
     # join: each purchase is read once, instead of once per later cutoff.
     running_totals: list[str] = [
@@ -574,6 +585,12 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
         select_items.append(f"CAST({expression} AS {cast}) AS {name}")
     final_select = ",\n    ".join(select_items)
 
+    cutoff_days = ",\n".join(
+        f"cutoff_days_{days}d AS MATERIALIZED (\n"
+        f"    SELECT *, unnest(range(date_trunc('day', since_{days}d), cutoff, {_days(1)})) AS day\n"
+        f"    FROM cutoffs\n)"
+        for days in day_windows
+    )
     window_columns = ", ".join(f"cutoff - {_days(days)} AS since_{days}d" for days in window_starts)
     keyed_sources = ",\n".join(
         f"keyed_{table} AS (SELECT k.customer_key, t.* EXCLUDE (customer_id)"
@@ -586,6 +603,7 @@ cutoffs AS MATERIALIZED (
     SELECT cutoff, {window_columns}
     FROM (SELECT DISTINCT CAST(cutoff AS TIMESTAMP) AS cutoff FROM {cutoffs_view})
 ),
+{cutoff_days},
 -- Integer customer keys: grouping and joining on them is several times faster than on strings.
 customer_keys AS MATERIALIZED (
     SELECT customer_id, first_seen_at, n_source_ids,
@@ -623,8 +641,7 @@ purchase_totals AS (
 purchase_window_agg AS (
     SELECT e.customer_key, k.cutoff,
         {purchase_select}
-    FROM purchase_events e JOIN cutoffs k
-        ON e.occurred_at < k.cutoff AND e.occurred_at >= k.since_{longest_window}d
+    FROM purchase_events e {window_join(longest_window)}
     GROUP BY e.customer_key, k.cutoff
 ),
 purchase_agg AS (
@@ -652,8 +669,7 @@ web_agg AS (
     SELECT e.customer_key, k.cutoff,
         count(*) FILTER (WHERE e.event_type = 'product_view') AS product_views_30d,
         count(*) FILTER (WHERE e.event_type = 'add_to_cart') AS add_to_carts_30d
-    FROM keyed_web_events e JOIN cutoffs k
-        ON e.occurred_at < k.cutoff AND {in_window(30)}
+    FROM keyed_web_events e {window_join(30)}
     WHERE e.event_type IN ('product_view', 'add_to_cart')
     GROUP BY e.customer_key, k.cutoff
 ),
@@ -695,8 +711,8 @@ transition_agg AS (
     SELECT e.customer_key, k.cutoff,
         count(*) AS transitions_90d,
         count(*) FILTER (WHERE e.channel <> e.previous_channel) AS channel_switches_90d
-    FROM transitions e JOIN cutoffs k
-        ON e.occurred_at < k.cutoff AND e.previous_at >= k.since_90d
+    -- previous_at <= occurred_at: the transition's day is in the window when it counts
+    FROM transitions e {window_join(90)} AND e.previous_at >= k.since_90d
     GROUP BY e.customer_key, k.cutoff
 ),
 engagement AS (
@@ -712,7 +728,7 @@ engagement AS (
 breadth_agg AS (
     SELECT e.customer_key, k.cutoff,
         bit_count(bit_or({_channel_bit("e.channel")})) AS channel_breadth_90d
-    FROM engagement e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
+    FROM engagement e {window_join(90)}
     GROUP BY e.customer_key, k.cutoff
 ),
 store_price_exposures AS (
@@ -729,8 +745,9 @@ store_price_exposures AS (
 ),
 exposure_agg AS (
     SELECT e.customer_key, k.cutoff, count(*) AS price_inconsistency_exposure_90d
-    FROM store_price_exposures e JOIN cutoffs k
-        ON e.exposed_at < k.cutoff AND e.purchased_at >= k.since_90d
+    -- purchased_at <= exposed_at < cutoff
+    FROM store_price_exposures e {window_join(90, "e.purchased_at")}
+        AND e.exposed_at < k.cutoff
     GROUP BY e.customer_key, k.cutoff
 ),
 customer_prices AS (
@@ -769,7 +786,8 @@ price_gap_agg AS (
     SELECT e.customer_key, k.cutoff,
         count(DISTINCT e.product_id) AS price_gap_products_90d,
         max(e.relative_gap) AS max_price_gap_90d
-    FROM price_gaps e JOIN cutoffs k ON e.known_at < k.cutoff AND {in_window(90, "e.seen_at")}
+    -- seen_at <= known_at < cutoff
+    FROM price_gaps e {window_join(90, "e.seen_at")} AND e.known_at < k.cutoff
     GROUP BY e.customer_key, k.cutoff
 ),
 contact_events AS MATERIALIZED (
@@ -789,7 +807,7 @@ contact_agg AS (
         count(*) FILTER (WHERE e.is_repeat) AS repeat_contacts_7d,
         count(*) FILTER (WHERE NOT e.resolved) AS unresolved_contacts_90d,
         avg(e.handle_minutes) AS mean_handle_minutes_90d
-    FROM contact_events e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
+    FROM contact_events e {window_join(90)}
     GROUP BY e.customer_key, k.cutoff
 ),
 case_state AS (
@@ -798,7 +816,7 @@ case_state AS (
         arg_max(e.resolved, e.occurred_at) AS last_resolved,
         bit_count(bit_or(CASE e.contact_channel WHEN 'phone' THEN 1 WHEN 'chat' THEN 2
                          WHEN 'email' THEN 4 ELSE 8 END)) AS contact_channels
-    FROM contact_events e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
+    FROM contact_events e {window_join(90)}
     GROUP BY e.customer_key, k.cutoff, e.case_id
 ),
 case_agg AS (
@@ -833,7 +851,7 @@ message_agg AS (
             AS email_clicks_90d,
         count(*) FILTER (WHERE e.channel = 'sms' AND e.event_type = 'sent') AS sms_sent_90d,
         count(*) FILTER (WHERE e.channel = 'sms' AND e.event_type = 'click') AS sms_clicks_90d
-    FROM keyed_messages e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
+    FROM keyed_messages e {window_join(90)}
     GROUP BY e.customer_key, k.cutoff
 ),
 unsubscribes AS (
@@ -847,7 +865,7 @@ social_agg AS (
         count(*) AS social_interactions_90d,
         count(*) FILTER (WHERE e.interaction_type = 'complaint') AS social_complaints_90d,
         avg(e.sentiment) AS social_sentiment_90d
-    FROM keyed_social e JOIN cutoffs k ON e.occurred_at < k.cutoff AND {in_window(90)}
+    FROM keyed_social e {window_join(90)}
     GROUP BY e.customer_key, k.cutoff
 ),
 consent_agg AS (
