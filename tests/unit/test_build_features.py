@@ -789,3 +789,20 @@ def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path) -> None:
         write_features_atomically(Unwritable({"customer_id": ["b"]}), path)
     pd.testing.assert_frame_equal(pd.read_parquet(path), good)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_warehouse_memory_limit_bounds_duckdb(tmp_path) -> None:
+    """``features.warehouse_memory_limit`` reaches DuckDB (ingest and build open the warehouse
+    with it); a value DuckDB could not read is refused when the settings load."""
+    from pydantic import ValidationError
+
+    from features.ingest import connect_warehouse
+    from omniretain.settings import FeatureSettings
+
+    con = connect_warehouse(tmp_path / "warehouse.duckdb", "512MB")
+    try:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchall() == [("488.2 MiB",)]
+    finally:
+        con.close()
+    with pytest.raises(ValidationError, match="warehouse_memory_limit"):
+        FeatureSettings(warehouse_memory_limit="lots")
