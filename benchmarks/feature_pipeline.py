@@ -37,7 +37,7 @@ from features.build import (  # noqa: E402
     snapshot_cutoffs,
     write_features_atomically,
 )
-from features.ingest import ingest  # noqa: E402
+from features.ingest import ingest, limit_memory  # noqa: E402
 from omniretain.settings import Settings, load_settings  # noqa: E402
 from omniretain.simulator import simulate  # noqa: E402
 
@@ -71,6 +71,7 @@ def run(settings: Settings, customers: int, months: int, reuse: bool) -> dict[st
 
     started = time.perf_counter()
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        limit_memory(con, settings.features.warehouse_memory_limit)
         events = sum(
             con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
             for table in (

@@ -170,7 +170,9 @@ def normalise_phones(values: Iterable[str | None], default_region: str = "GB") -
             continue
         if candidate not in by_candidate:
             by_candidate[candidate] = normalise_phone(candidate, region)
-        results.append(by_candidate[candidate])
+        # A rejected candidate is re-read as typed: ``phonenumbers`` keeps the national prefix
+        # of a number too short without it (``0102`` in DE is ``+490102``).
+        results.append(by_candidate[candidate] or normalise_phone(raw, region))
     return results
 
 
@@ -537,14 +539,24 @@ def _normalise_new_raw_values(con: duckdb.DuckDBPyConnection, default_region: st
             "WHERE phone_candidate IS NOT NULL AND NOT in_python"
         ).fetchall()
     ]
+    values = [normalise_phone(candidate, region) for candidate in candidates]
     phones = pa.table(
         {
             "phone_candidate": pa.array(candidates, pa.string()),
-            "phone_value": pa.array(
-                [normalise_phone(candidate, region) for candidate in candidates], pa.string()
-            ),
+            "phone_value": pa.array(values, pa.string()),
         }
     )
+    # A rejected candidate is re-read as typed, as :func:`normalise_phones` does.
+    rejected = pa.table(
+        {"phone_candidate": [c for c, v in zip(candidates, values, strict=True) if v is None]},
+        schema=pa.schema([("phone_candidate", pa.string())]),
+    )
+    con.register("_rejected_candidates", rejected)
+    con.execute("""
+        UPDATE _new_raw SET in_python = true
+        WHERE NOT in_python
+          AND phone_candidate IN (SELECT phone_candidate FROM _rejected_candidates)""")
+    con.unregister("_rejected_candidates")
     odd_rows = con.execute("SELECT id_type, raw_value FROM _new_raw WHERE in_python").fetchall()
     odd = pa.table(
         {

@@ -611,6 +611,59 @@ def test_windows_move_with_the_cutoff(con) -> None:
     assert row["ignored_abandoned_carts_90d"] == 1  # 05-30 cart: the 06-01 order recovered it
 
 
+@pytest.mark.parametrize("hours", [0, 7.5, 23.999])
+def test_window_bounds_are_exact_at_any_cutoff_time(con, hours: float) -> None:
+    """Events exactly at a window's start count, a microsecond earlier or at the cutoff do not,
+    also for cutoffs that are not midnight (events are matched to windows by their day first)."""
+    cutoff = (CUTOFF + timedelta(days=3, hours=hours)).replace(tzinfo=None)
+    edges = [
+        cutoff - timedelta(days=30),
+        cutoff - timedelta(days=30, microseconds=1),
+        cutoff - timedelta(days=90),
+        cutoff - timedelta(days=90, microseconds=1),
+        cutoff - timedelta(microseconds=1),
+        cutoff,
+    ]
+    for moment in edges:
+        con.execute(
+            "INSERT INTO purchases (customer_id, occurred_at, channel, amount, is_return) "
+            "VALUES ('b', ?, 'web', 10.0, false)",
+            [moment],
+        )
+        con.execute(
+            "INSERT INTO messages (customer_id, occurred_at, channel, event_type) "
+            "VALUES ('b', ?, 'email', 'sent')",
+            [moment],
+        )
+        con.execute(
+            "INSERT INTO contacts (customer_id, occurred_at, case_id, contact_channel, reason) "
+            "VALUES ('b', ?, 'EDGE', 'phone', 'edge')",
+            [moment],
+        )
+
+    def brute_force(table: str, days: int, where: str = "true") -> int:
+        return con.execute(
+            f"SELECT count(*) FROM {table} WHERE customer_id = 'b' AND {where} "
+            "AND occurred_at >= ? AND occurred_at < ?",
+            [cutoff - timedelta(days=days), cutoff],
+        ).fetchall()[0][0]
+
+    row = compute_features(con, [cutoff.replace(tzinfo=UTC)]).set_index("customer_id").loc["b"]
+    purchases = "NOT coalesce(is_return, false)"
+    assert row["purchases_30d"] == brute_force("purchases", 30, purchases)
+    assert row["purchases_90d"] == brute_force("purchases", 90, purchases)
+    assert row["purchases_30d_web"] == brute_force(
+        "purchases", 30, f"{purchases} AND channel = 'web'"
+    )
+    assert row["emails_sent_90d"] == brute_force(
+        "messages", 90, "channel = 'email' AND event_type = 'sent'"
+    )
+    assert row["contacts_30d"] == brute_force("contacts", 30)
+    assert row["contacts_90d"] == brute_force("contacts", 90)
+    # the edges themselves: 2 in 30 days (start and last microsecond), 4 in 90 days
+    assert row["contacts_90d"] - row["contacts_30d"] >= 2
+
+
 # ---- point in time ------------------------------------------------------------------------------
 
 _EVENT_TABLES = [
@@ -736,3 +789,20 @@ def test_atomic_write_keeps_the_previous_file_on_failure(tmp_path) -> None:
         write_features_atomically(Unwritable({"customer_id": ["b"]}), path)
     pd.testing.assert_frame_equal(pd.read_parquet(path), good)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_warehouse_memory_limit_bounds_duckdb(tmp_path) -> None:
+    """``features.warehouse_memory_limit`` reaches DuckDB (ingest and build open the warehouse
+    with it); a value DuckDB could not read is refused when the settings load."""
+    from pydantic import ValidationError
+
+    from features.ingest import connect_warehouse
+    from omniretain.settings import FeatureSettings
+
+    con = connect_warehouse(tmp_path / "warehouse.duckdb", "512MB")
+    try:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchall() == [("488.2 MiB",)]
+    finally:
+        con.close()
+    with pytest.raises(ValidationError, match="warehouse_memory_limit"):
+        FeatureSettings(warehouse_memory_limit="lots")

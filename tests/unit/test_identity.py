@@ -466,3 +466,13 @@ def test_sql_normalisation_of_common_spellings() -> None:
         ("social_handle", "@@Jane_Doe"): "jane_doe",
         ("device_id", " Dev-AB 12 "): "dev-ab12",
     }
+
+
+def test_a_rejected_candidate_is_re_read_as_typed() -> None:
+    """``0102`` in DE is too short once its national prefix is dropped: ``phonenumbers`` keeps
+    the prefix (``+490102``), and the batch and SQL paths must say the same (a case Hypothesis
+    found)."""
+    expected = normalise_phone("0102", "DE")
+    assert expected is not None
+    assert normalise_phones(["0102"], "DE") == [expected]
+    assert sql_normalised_values([("phone", "0102")], "DE") == {("phone", "0102"): expected}
