@@ -471,19 +471,19 @@ class CataloguePriors:
     def reductions(self, sends: pd.DataFrame, arms: Sequence[Arm]) -> np.ndarray:
         """(n_sends, len(arms)) the priors' reduction of P(churn) (``-effect``); NaN for an arm
         the catalogue does not have (the engine never chooses it)."""
-        from serving.decision import decision_table, retainable_risk, uplift_matrix
+        from serving.decision import decision_table, uplift_matrix
 
         n = len(sends)
         if not arms:  # no campaign arm to score (e.g. sends of the controls only)
             return np.zeros((n, 0))
         table = decision_table(self.actions)
-        churn = np.asarray(self.churn_probability(sends), dtype=np.float64)
         matrix = uplift_matrix(
             np.zeros((n, 0)),
             [],
             table,
-            retainable_risk(sends, churn),
+            np.asarray(self.churn_probability(sends), dtype=np.float64),
             np.asarray(self.repurchase_probability(sends), dtype=np.float64),
+            features=sends,
         )
         column = {(c.action.name, c.channel): i for i, c in enumerate(table.columns)}
         return np.column_stack(
