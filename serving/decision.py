@@ -7,7 +7,8 @@ scores are known. The rules, in order:
    - the action's own ``eligibility`` rules of the catalogue (``configs/actions.yaml``), all of
      which must hold; a missing (NaN) feature fails its rule. Shipped: ``service_callback`` needs
      an open service case (``open_cases > 0``), ``cart_reminder`` an abandoned cart in the last
-     72 hours (``hours_since_last_abandoned_cart <= 72``);
+     72 hours (``hours_since_last_abandoned_cart <= 72``), ``loyalty_points`` a loyalty member
+     (``loyalty_member == 1``: double points reward nobody without a card);
    - the contact policy (:mod:`serving.policy`) may hold an action back (its cooldown);
    - a *retention* action needs a customer at risk: the retainable risk at least
      ``DecisionContext.at_risk_threshold`` (the lower edge of the "medium" risk band). Spending
@@ -25,16 +26,18 @@ scores are known. The rules, in order:
    contact policy may then hold a consented channel back too (caps, cooldown after a contact,
    quiet hours); it never opens one.
 3. **Expected value** of each eligible (action, channel), in currency over the horizon:
-   - retention: ``retainable_risk x uplift x customer_value - cost`` (the value we keep by
-     lowering the churn probability by ``uplift``). The retainable risk
+   - retention: ``retainable_risk x reach x uplift x customer_value - cost`` (the value we keep
+     by lowering the churn probability by ``uplift``). The retainable risk
      (:func:`retainable_risk`) is P(churn) of a customer still active, 0 for one whose last
-     purchase is older than the churn window (``DecisionContext.active_within_days``): P(no
-     purchase in the next 90 days) is highest for customers who are already gone, and no
-     contact retains them (measured on the simulator, docs/models.md: the churn score correlates
-     -0.12 with the true retainable risk, the retainable risk +0.19);
-   - growth: ``(1 - repurchase_probability) x uplift x customer_value - cost``: a customer who
-     would buy anyway gains nothing from a nudge, so only the share who would *not* repurchase
-     can be moved.
+     purchase and last web/app session are both older than the churn window
+     (``DecisionContext.active_within_days``): P(no purchase in the next 90 days) is highest
+     for customers who are already gone, and no contact retains them (measured on the
+     simulator, docs/models.md: the churn score correlates -0.09 with the true retainable risk,
+     the retainable risk +0.20). ``reach`` is the share of the channel's messages the customer
+     reads (:func:`channel_reach`: the email open rate for email, 1 elsewhere);
+   - growth: ``(1 - repurchase_probability) x reach x uplift x customer_value - cost``: a
+     customer who would buy anyway gains nothing from a nudge, so only the share who would
+     *not* repurchase can be moved.
    ``uplift`` comes from ``DecisionContext.uplift`` (the catalogue's ``base_uplift``, a
    *relative* uplift: the share of the movable probability the action removes) and
    ``customer_value`` is ``spend_365d`` (floored at 0: net refunds put nothing at stake).
