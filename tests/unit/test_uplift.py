@@ -326,6 +326,9 @@ def test_the_champion_gate_needs_both_bars_and_says_which_was_missed() -> None:
     under_priors = {**above, "catalogue_priors_qini": 0.005}
     promote, reason = champion_gate(under_priors)
     assert not promote and "0.00400 <= 0.00500" in reason and "keeps the priors" in reason
+    within_noise = {**above, "qini_margin_over_priors_low": -0.0005}  # the bootstrap's 5%
+    promote, reason = champion_gate(within_noise)
+    assert not promote and "not above 0" in reason and "keeps the priors" in reason
     under_chance = {**above, "mean_qini": 0.002, "mean_qini_on_catalogue_arms": 0.002}
     promote, reason = champion_gate(under_chance)
     assert not promote and "0.00200 <= 0.00300" in reason
