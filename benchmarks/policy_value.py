@@ -69,22 +69,22 @@ def our_decisions(settings, frame, churn, repurchase, uplift):
     """The engine's choice per row, as the service makes it: the churn and repurchase
     champions, and the uplift model's per-customer reductions when one is given (else the
     catalogue's ``base_uplift`` with its at-risk gate). Returns (decisions, churn_p)."""
-    from serving.batch import (
-        action_channel_columns,
-        decide_batch,
-        feature_matrix,
-        predict_probability,
-    )
+    from serving.batch import decide_batch, feature_matrix, predict_probability
 
     churn_p = predict_probability(churn, feature_matrix(frame, churn.feature_names))
     repurchase_p = predict_probability(repurchase, feature_matrix(frame, repurchase.feature_names))
     if uplift is None:
         return decide_batch(frame, churn_p, repurchase_p, settings.actions), churn_p
-    columns = action_channel_columns(settings.actions)
-    reduction = uplift.reductions(
-        frame,
-        [(c.action.name, c.channel) for c in columns],
-        np.array([c.action.base_uplift for c in columns]),
+    from serving.decision import decision_table, uplift_matrix
+
+    # the service's own path: the model's arms, the catalogue prior x movable share elsewhere
+    reduction = uplift_matrix(
+        uplift.effects(feature_matrix(frame, uplift.feature_names)),
+        uplift.arms,
+        decision_table(settings.actions),
+        churn_p,
+        repurchase_p,
+        features=frame,
     )
     return decide_with_reductions(settings, frame, churn_p, repurchase_p, reduction), churn_p
 
@@ -359,6 +359,12 @@ def main() -> None:
         help="also run the engine on the true effects and on a regression of them on the "
         "features (reads the truth: what the features could give)",
     )
+    parser.add_argument(
+        "--without-uplift-model",
+        action="store_true",
+        help="ours decides with the catalogue priors even when an uplift champion exists (what "
+        "the service does without one): compares the priors' path across states",
+    )
     args = parser.parse_args()
     telemetry_off()
 
@@ -413,7 +419,7 @@ def main() -> None:
 
     churn = load_champion(settings, "churn").model
     repurchase = load_champion(settings, "repurchase").model
-    loaded_uplift = load_uplift(settings)
+    loaded_uplift = None if args.without_uplift_model else load_uplift(settings)
     uplift = loaded_uplift.model if loaded_uplift else None
     decisions, churn_p = our_decisions(settings, frame, churn, repurchase, uplift)
 
@@ -470,7 +476,7 @@ def main() -> None:
     print(
         "ours decides with "
         + (f"uplift model v{loaded_uplift.version}" if loaded_uplift else "catalogue priors")
-        + ("" if loaded_uplift else " (no uplift champion)")
+        + ("" if loaded_uplift else " (no uplift champion, or --without-uplift-model)")
     )
     print(f"{'policy':<12}{'contacts':>10}{'incremental value':>20}{'vs oracle':>11}")
     oracle = figures["oracle"] or 0.0

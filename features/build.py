@@ -53,6 +53,7 @@ FEATURE_SOURCE_TABLES: tuple[str, ...] = (
     "surveys",
     "consents",
     "price_observations",
+    "loyalty",
 )
 EVENT_TABLES: tuple[str, ...] = FEATURE_SOURCE_TABLES[1:]
 # Tables of profile records rather than behaviour: they do not start the snapshot grid. Price
@@ -306,6 +307,8 @@ def feature_specs(
             "float64",
             f"1.0 when the latest {channel} consent is granted, 0.0 if withdrawn or never given",
         )
+    add("loyalty_member", "int64", "1 when the customer enrolled in the loyalty programme")
+    add("loyalty_tenure_days", "float64", "days since the loyalty enrolment (0 when none)")
     specs.extend(crm_feature_specs(crm))
     return specs
 
@@ -549,6 +552,9 @@ def _feature_sql(cutoffs_view: str, windows: list[int]) -> str:
             f"consent_{c}": f"CASE WHEN cs.consent_{c} THEN 1.0 ELSE 0.0 END"
             for c in ("email", "sms", "app", "call_center")
         },
+        "loyalty_member": "CAST(coalesce(lo.enrolled_at < g.cutoff, false) AS BIGINT)",
+        "loyalty_tenure_days": "CASE WHEN lo.enrolled_at < g.cutoff "
+        f"THEN {days_before_cutoff('lo.enrolled_at')} ELSE 0 END",
     }
     source_alias = {
         **{name: "pa" for name in zero_default if name.startswith(("purchases_", "spend_"))},
@@ -864,6 +870,9 @@ unsubscribes AS (
     WHERE event_type IN ('unsubscribe', 'opt_out')
     GROUP BY customer_key
 ),
+loyalty_enrolments AS (
+    SELECT customer_key, min(occurred_at) AS enrolled_at FROM keyed_loyalty GROUP BY customer_key
+),
 social_agg AS (
     SELECT e.customer_key, k.cutoff,
         count(*) AS social_interactions_90d,
@@ -901,6 +910,7 @@ LEFT JOIN case_agg cc USING (customer_key, cutoff)
 LEFT JOIN survey_agg su USING (customer_key, cutoff)
 LEFT JOIN message_agg me USING (customer_key, cutoff)
 LEFT JOIN unsubscribes un USING (customer_key)
+LEFT JOIN loyalty_enrolments lo USING (customer_key)
 LEFT JOIN social_agg so USING (customer_key, cutoff)
 LEFT JOIN consent_agg cs USING (customer_key, cutoff)
 ORDER BY g.cutoff, g.customer_key

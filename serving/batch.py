@@ -354,7 +354,12 @@ def score_and_decide(
         )
         table = decision_table(actions)
         uplift = uplift_matrix(
-            effects, uplift_model.arms, table, churn_probability, repurchase_probability
+            effects,
+            uplift_model.arms,
+            table,
+            churn_probability,
+            repurchase_probability,
+            features=frame,
         )
         if context is DEFAULT_CONTEXT:
             decision_context = MODEL_UPLIFT_CONTEXT

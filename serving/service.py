@@ -42,6 +42,7 @@ from serving.decision import (
     CONSENT_FEATURE_BY_CHANNEL,
     MODEL_UPLIFT_CONTEXT,
     Exploration,
+    RowColumns,
     apply_realtime_fields,
     apply_request_context,
     decide,
@@ -180,7 +181,9 @@ def score_rows(
         uplift_model = models.uplift.model
         effects = uplift_model.effects(matrix_of(uplift_model.feature_names))
         table = decision_table(actions)
-        uplift = uplift_matrix(effects, uplift_model.arms, table, churn, repurchase)
+        uplift = uplift_matrix(
+            effects, uplift_model.arms, table, churn, repurchase, features=RowColumns(features)
+        )
     return [
         Scored(
             features=row,

@@ -471,19 +471,19 @@ class CataloguePriors:
     def reductions(self, sends: pd.DataFrame, arms: Sequence[Arm]) -> np.ndarray:
         """(n_sends, len(arms)) the priors' reduction of P(churn) (``-effect``); NaN for an arm
         the catalogue does not have (the engine never chooses it)."""
-        from serving.decision import decision_table, retainable_risk, uplift_matrix
+        from serving.decision import decision_table, uplift_matrix
 
         n = len(sends)
         if not arms:  # no campaign arm to score (e.g. sends of the controls only)
             return np.zeros((n, 0))
         table = decision_table(self.actions)
-        churn = np.asarray(self.churn_probability(sends), dtype=np.float64)
         matrix = uplift_matrix(
             np.zeros((n, 0)),
             [],
             table,
-            retainable_risk(sends, churn),
+            np.asarray(self.churn_probability(sends), dtype=np.float64),
             np.asarray(self.repurchase_probability(sends), dtype=np.float64),
+            features=sends,
         )
         column = {(c.action.name, c.channel): i for i, c in enumerate(table.columns)}
         return np.column_stack(
@@ -502,24 +502,49 @@ def classifier_scorer(model: Any) -> Callable[[pd.DataFrame], np.ndarray]:
 
 
 def catalogue_priors_qini(
-    model: UpliftModel, holdout: pd.DataFrame, priors: CataloguePriors
+    model: UpliftModel,
+    holdout: pd.DataFrame,
+    priors: CataloguePriors,
+    draws: int = NULL_DRAWS,
+    seed: int = 0,
 ) -> dict[str, float]:
     """The priors' held-out mean Qini on the same sends and arms as ``model``
-    (``catalogue_priors_qini``), and the model's mean over the arms the catalogue has
-    (``mean_qini_on_catalogue_arms``): the pair the champion gate compares."""
+    (``catalogue_priors_qini``), the model's mean over the arms the catalogue has
+    (``mean_qini_on_catalogue_arms``), and the lower ``1 - NULL_QUANTILE`` quantile of their
+    difference over ``draws`` paired bootstrap resamples of the held-out sends
+    (``qini_margin_over_priors_low``): the champion gate asks that it be above 0, so that a
+    model within the holdout's noise of the priors does not replace them."""
     reductions = priors.reductions(holdout, model.arms)
     known = ~np.isnan(reductions).all(axis=0) if len(reductions) else np.zeros(0, dtype=bool)
-    prior_arms = heldout_qini(model, holdout, -np.nan_to_num(reductions))
-    model_arms = heldout_qini(model, holdout)
+    prior_effects, model_effects = -np.nan_to_num(reductions), model.effects(holdout)
     names = [f"{a}|{c}" for (a, c), has in zip(model.arms, known, strict=True) if has]
 
     def mean(scores: dict[str, float]) -> float:
         values = [scores[name] for name in names if np.isfinite(scores[name])]
         return float(np.mean(values)) if values else float("nan")
 
+    def means(rows: np.ndarray) -> tuple[float, float]:
+        sends = holdout.iloc[rows]
+        return (
+            mean(heldout_qini(model, sends, prior_effects[rows])),
+            mean(heldout_qini(model, sends, model_effects[rows])),
+        )
+
+    prior_mean, model_mean = means(np.arange(len(holdout)))
+    rng = np.random.default_rng(seed)
+    differences = [
+        model_qini - prior_qini
+        for prior_qini, model_qini in (
+            means(rng.integers(0, len(holdout), len(holdout))) for _ in range(draws)
+        )
+    ]
+    finite = np.asarray(differences, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    low = float(np.quantile(finite, 1.0 - NULL_QUANTILE)) if len(finite) else float("nan")
     return {
-        "catalogue_priors_qini": mean(prior_arms),
-        "mean_qini_on_catalogue_arms": mean(model_arms),
+        "catalogue_priors_qini": prior_mean,
+        "mean_qini_on_catalogue_arms": model_mean,
+        "qini_margin_over_priors_low": low,
     }
 
 
@@ -540,10 +565,13 @@ def champion_gate(scores: dict[str, float]) -> tuple[bool, str]:
     if not np.isfinite(priors):
         return beats_chance, f"{reason}; catalogue priors not measured"
     own = scores.get("mean_qini_on_catalogue_arms", qini)
-    beats_priors = bool(np.isfinite(own) and own > priors)
+    low = scores.get("qini_margin_over_priors_low", own - priors)
+    beats_priors = bool(np.isfinite(own) and own > priors and np.isfinite(low) and low > 0)
     reason += (
-        f"; on the catalogue's arms {own:.5f} {'>' if beats_priors else '<='} {priors:.5f}, "
-        "the Qini of the catalogue priors x movable share on the same sends"
+        f"; on the catalogue's arms {own:.5f} {'>' if own > priors else '<='} {priors:.5f}, "
+        "the Qini of the catalogue priors x movable share on the same sends, with a margin "
+        f"whose {1 - NULL_QUANTILE:.0%} bootstrap quantile is {low:.5f} "
+        f"({'above' if low > 0 else 'not above'} 0)"
     )
     if beats_chance and not beats_priors:
         reason += " (the engine keeps the priors)"

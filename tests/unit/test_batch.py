@@ -51,6 +51,7 @@ customer_rows = st.fixed_dictionaries(
             st.sampled_from([1.0, 71.9, 72.0, 72.1, 500.0]), MAYBE_NAN
         ),
         **{name: _binary_or_missing() for name in CONSENT_FEATURE_BY_CHANNEL.values()},
+        "loyalty_member": _binary_or_missing(),
         "churn": st.floats(0.0, 1.0),
         "repurchase": st.floats(0.0, 1.0),
     }
@@ -123,6 +124,7 @@ def test_an_uplift_matrix_changes_the_winner() -> None:
                 "consent_sms": 1.0,
                 "consent_app": 0.0,
                 "consent_call_center": 0.0,
+                "loyalty_member": 1.0,
             }
         ]
     )
@@ -247,6 +249,7 @@ def test_score_frame_uses_the_value_and_uplift_models_like_recommend(tiny_models
             "days_since_last_purchase": [85.0],  # at risk, still active: retainable
             "open_cases": [0.0],
             "consent_email": [1.0],
+            "loyalty_member": [1.0],
         }
     )
 

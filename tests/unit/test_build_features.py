@@ -343,6 +343,10 @@ def hand_made_rows() -> dict[str, list[dict]]:
                 "granted": False,
             },
         ],
+        "loyalty": [
+            {"customer_id": "a", "occurred_at": ts("2025-02-10"), "region": "north"},
+            {"customer_id": "b", "occurred_at": ts("2025-06-01")},  # enrols at the cutoff
+        ],
     }
 
 
@@ -601,6 +605,17 @@ def test_messages_social_and_consents(at_cutoff) -> None:
     assert a["consent_call_center"] == 1.0
 
 
+def test_loyalty_membership_counts_from_the_enrolment(con) -> None:
+    later = CUTOFF + timedelta(days=30)
+    frame = compute_features(con, [CUTOFF, later]).set_index(["customer_id", "event_timestamp"])
+    assert frame.loc[("a", CUTOFF), "loyalty_member"] == 1
+    assert frame.loc[("a", CUTOFF), "loyalty_tenure_days"] == pytest.approx(111.0)
+    assert frame.loc[("b", CUTOFF), ["loyalty_member", "loyalty_tenure_days"]].tolist() == [0, 0]
+    assert frame.loc[("b", later), "loyalty_member"] == 1
+    assert frame.loc[("b", later), "loyalty_tenure_days"] == pytest.approx(30.0)
+    assert frame.loc[("c", later), "loyalty_member"] == 0
+
+
 def test_windows_move_with_the_cutoff(con) -> None:
     later = CUTOFF + timedelta(days=60)
     row = compute_features(con, [later]).set_index("customer_id").loc["a"]
@@ -675,6 +690,7 @@ _EVENT_TABLES = [
     "surveys",
     "consents",
     "price_observations",
+    "loyalty",
 ]
 
 
@@ -724,6 +740,8 @@ def _future_event(table: str, customer: str, moment: datetime, pick: int, value:
             "product_id": ["P7", "P8", "P9", "P10"][pick % 4],
             "price": value,
         }
+    if table == "loyalty":  # an enrolment at or after the cutoff is not a membership yet
+        return base | {"region": "north"}
     return base | {
         "channel": ["email", "sms", "app", "call_center"][pick % 4],
         "granted": pick % 2 == 0,
@@ -756,6 +774,7 @@ future_events = st.lists(
 @given(events=future_events)
 @example(events=[("purchases", "a", 0, 1, 5.0), ("consents", "a", 0, 1, 0.0)])
 @example(events=[("price_observations", "a", 0, 3, 9.0)])  # a store price for a's P10 view
+@example(events=[("loyalty", "c", 0, 0, 0.0)])  # c enrols at the cutoff: not yet a member
 def test_events_at_or_after_the_cutoff_never_change_features(events) -> None:
     baseline_rows = hand_made_rows()
     expected = _baseline_features()

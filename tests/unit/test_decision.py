@@ -49,6 +49,7 @@ def customer(**overrides: float) -> dict[str, float]:
         "consent_sms": 1.0,
         "consent_app": 1.0,
         "consent_call_center": 1.0,
+        "loyalty_member": 1.0,
     }
     features.update(overrides)
     return features
@@ -159,6 +160,40 @@ def test_channel_follows_consent() -> None:
 def test_without_any_consent_only_the_store_is_left() -> None:
     decision = decide("c1", customer(**no_consent()), 0.7, 0.2, {}, CATALOGUE)
     assert (decision.action, decision.channel) == ("loyalty_points", "store")
+
+
+def test_an_email_prior_counts_only_the_emails_read() -> None:
+    """The catalogue prior on a channel with a reach feature (email: the open rate) is
+    multiplied by it: an offer in an unread email retains nobody."""
+    from serving.decision import decide_arrays, decision_table
+
+    features = customer(email_open_rate_90d=0.25)
+    decision = decide("c1", features, 0.7, 0.2, {}, CATALOGUE)
+    assert (decision.action, decision.channel) == ("retention_discount", "sms")
+    table = decision_table(CATALOGUE)
+    values = decide_arrays(
+        {name: np.array([value]) for name, value in features.items()}, [0.7], [0.2], CATALOGUE
+    ).values[0]
+    email = next(
+        i
+        for i, c in enumerate(table.columns)
+        if (c.action.name, c.channel) == ("retention_discount", "email")
+    )
+    assert values[email] == pytest.approx(0.7 * 0.06 * 0.25 * 800 - 6)
+    only_email = customer(email_open_rate_90d=0.5, consent_sms=0.0, consent_app=0.0)
+    chosen = decide("c1", only_email, 0.7, 0.2, {}, CATALOGUE, blocked_channels={"store": "x"})
+    assert (chosen.action, chosen.channel) == ("retention_discount", "email")
+    assert "50% of email messages read" in chosen.reasons[-1]
+    assert chosen.expected_value == pytest.approx(0.7 * 0.06 * 0.5 * 800 - 6)
+
+
+def test_loyalty_points_need_a_loyalty_member() -> None:
+    points = BY_NAME["loyalty_points"]
+    assert action_eligible(points, customer(), 0.7)
+    for member in (0.0, float("nan")):
+        assert not action_eligible(points, customer(loyalty_member=member), 0.7)
+    decision = decide("c1", customer(loyalty_member=0.0, **no_consent()), 0.7, 0.2, {}, CATALOGUE)
+    assert decision.action == "no_action"  # the store offer was double points: not for them
 
 
 def test_a_low_risk_customer_without_a_growth_reason_gets_no_action() -> None:
@@ -322,6 +357,8 @@ def customers(draw: st.DrawFn) -> dict[str, float]:
         "consent_sms": draw(binary),
         "consent_app": draw(binary),
         "consent_call_center": draw(binary),
+        "loyalty_member": draw(binary),
+        "email_open_rate_90d": draw(st.one_of(st.floats(0, 1), st.just(float("nan")))),
     }
 
 
@@ -358,6 +395,8 @@ def test_invariants_hold_for_every_customer(
     hours = features["hours_since_last_abandoned_cart"]
     if math.isnan(hours) or hours > 72:
         assert decision.action != "cart_reminder"
+    if features["loyalty_member"] != 1.0:
+        assert decision.action != "loyalty_points"
 
     # The best expected value wins; the runner-ups are sorted and never better.
     values = [alt.expected_value for alt in decision.alternatives]
@@ -382,9 +421,16 @@ def test_no_action_exactly_when_no_candidate_pays(
     spend = features["spend_365d"]
     value = 0.0 if math.isnan(spend) else max(spend, 0.0)
     retainable = 0.0 if features["days_since_last_purchase"] > 90 else churn  # gone: 0
+    read = features["email_open_rate_90d"]
+
+    def reach(channel: str) -> float:  # an email counts the share of emails read
+        return 1.0 if channel != "email" or math.isnan(read) else read
+
     best = max(
         (
-            expected_value(action, action.base_uplift, retainable, repurchase, value)
+            expected_value(
+                action, action.base_uplift * reach(channel), retainable, repurchase, value
+            )
             for action in CATALOGUE
             if action_eligible(action, features, churn)
             for channel in action.channels
@@ -591,3 +637,7 @@ def test_a_customer_already_gone_is_not_retainable() -> None:
     np.testing.assert_allclose(
         retainable_risk(features, np.full(4, 0.6)), [0.6, 0.6, 0.0, 0.6]
     )  # within the window (90 days) retainable; unknown recency keeps the score
+    features["days_since_last_session"] = np.array([300.0, 300.0, 20.0, 300.0])
+    np.testing.assert_allclose(
+        retainable_risk(features, np.full(4, 0.6)), [0.6, 0.6, 0.6, 0.0]
+    )  # a recent web/app session shows the customer is still there; an old one that they left

@@ -150,10 +150,17 @@ def test_the_engine_gets_the_models_reduction_without_counting_risk_twice(plante
     table = decision_table([discount, other])
     rows = np.array([[1.5, 0.0], [-1.5, 0.0]])
     churn, repurchase = np.array([0.4, 0.2]), np.array([0.7, 0.5])
-    uplift = uplift_matrix(model.effects(rows), model.arms, table, churn, repurchase)
+    features = {
+        "spend_365d": np.array([100.0, 100.0]),
+        "consent_sms": np.array([1.0, 1.0]),
+        "days_since_last_purchase": np.array([10.0, 200.0]),  # the second one is gone
+    }
+    uplift = uplift_matrix(
+        model.effects(rows), model.arms, table, churn, repurchase, features=features
+    )
     reduction = -model.effects(rows)[:, model.arms.index(("discount", "sms"))]
     decided = decide_arrays(
-        {"spend_365d": np.array([100.0, 100.0]), "consent_sms": np.array([1.0, 1.0])},
+        features,
         churn,
         repurchase,
         [discount, other],
@@ -163,8 +170,9 @@ def test_the_engine_gets_the_models_reduction_without_counting_risk_twice(plante
     sms = next(i for i, c in enumerate(table.columns) if c.action.name == "discount")
     app = next(i for i, c in enumerate(table.columns) if c.action.name == "other")
     np.testing.assert_allclose(decided.values[:, sms], reduction * 100.0 - 2.0)
-    # the catalogue's relative prior times the movable share (P(churn): a retention action)
-    np.testing.assert_allclose(uplift[:, app], 0.05 * churn)
+    # the catalogue's relative prior times the movable share the engine uses without a model:
+    # the retainable risk of a retention action (P(churn) while active, 0 once gone)
+    np.testing.assert_allclose(uplift[:, app], 0.05 * churn * np.array([1.0, 0.0]))
     assert reduction[0] > churn[0] / 2  # big enough that the old clip at P(churn) mattered
 
 
@@ -318,6 +326,9 @@ def test_the_champion_gate_needs_both_bars_and_says_which_was_missed() -> None:
     under_priors = {**above, "catalogue_priors_qini": 0.005}
     promote, reason = champion_gate(under_priors)
     assert not promote and "0.00400 <= 0.00500" in reason and "keeps the priors" in reason
+    within_noise = {**above, "qini_margin_over_priors_low": -0.0005}  # the bootstrap's 5%
+    promote, reason = champion_gate(within_noise)
+    assert not promote and "not above 0" in reason and "keeps the priors" in reason
     under_chance = {**above, "mean_qini": 0.002, "mean_qini_on_catalogue_arms": 0.002}
     promote, reason = champion_gate(under_chance)
     assert not promote and "0.00200 <= 0.00300" in reason
