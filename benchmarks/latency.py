@@ -321,7 +321,8 @@ def main() -> None:
         )
     print(
         "busiest worker: its share of the server's CPU in the phase (50% = both workers "
-        "equally busy; connections are hashed to workers, so 16 may split 10/6)"
+        "equally busy; connections are hashed to workers, so 16 may split 10/6; concurrency 1 is "
+        "one connection, hence one worker)"
     )
     print(
         f"in-process floor (service.recommend_one without HTTP): p50 {floor['p50_ms']:.2f} ms, "
