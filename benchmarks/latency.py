@@ -230,19 +230,26 @@ def reasons_agreement(model: object, matrix: np.ndarray, limit: int = 3) -> dict
     }
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its descendants (the server's workers)."""
+def process_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of a process and of each descendant (the server's workers)."""
     import psutil
 
-    total = 0.0
+    seconds = {}
     root = psutil.Process(pid)
     for process in [root, *root.children(recursive=True)]:
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
-    return total
+        seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+def busiest_share(before: dict[int, float], after: dict[int, float]) -> float:
+    """The share of the server's CPU taken by its busiest process between two readings: 1/2
+    when two workers share the load evenly (connections spread by ``SO_REUSEPORT``)."""
+    used = [after[pid] - before.get(pid, 0.0) for pid in after]
+    return max(used) / max(sum(used), 1e-9)
 
 
 def run(coroutine: Any) -> Any:
@@ -277,11 +284,13 @@ def main() -> None:
         run(load(base_url, ids, 4, 40, offset=len(ids) - 40))  # warm-up: the last ids
         offset = 0
         for concurrency, count in requests.items():
-            server_cpu, client_cpu = tree_cpu_seconds(process.pid), time.process_time()
+            server_cpu, client_cpu = process_cpu_seconds(process.pid), time.process_time()
             results[concurrency] = run(load(base_url, ids, concurrency, count, offset))
+            server_cpu_after = process_cpu_seconds(process.pid)
             results[concurrency]["server_cpu_ms"] = (
-                (tree_cpu_seconds(process.pid) - server_cpu) * 1000 / count
+                (sum(server_cpu_after.values()) - sum(server_cpu.values())) * 1000 / count
             )
+            results[concurrency]["busiest_share"] = busiest_share(server_cpu, server_cpu_after)
             results[concurrency]["client_cpu_ms"] = (
                 (time.process_time() - client_cpu) * 1000 / count
             )
@@ -301,14 +310,20 @@ def main() -> None:
     )
     print(
         f"{'concurrency':>12}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}"
-        f"{'server CPU ms/req':>19}{'client CPU ms/req':>19}"
+        f"{'server CPU ms/req':>19}{'client CPU ms/req':>19}{'busiest worker':>16}"
     )
     for concurrency, figures in results.items():
         print(
             f"{concurrency:>12}{requests[concurrency]:>10}{figures['p50']:>9.1f}"
             f"{figures['p99']:>9.1f}{figures['rps']:>9.0f}{figures['errors']:>8}"
             f"{figures['server_cpu_ms']:>19.2f}{figures['client_cpu_ms']:>19.2f}"
+            f"{figures['busiest_share']:>16.0%}"
         )
+    print(
+        "busiest worker: its share of the server's CPU in the phase (50% = both workers "
+        "equally busy; connections are hashed to workers, so 16 may split 10/6; concurrency 1 is "
+        "one connection, hence one worker)"
+    )
     print(
         f"in-process floor (service.recommend_one without HTTP): p50 {floor['p50_ms']:.2f} ms, "
         f"p99 {floor['p99_ms']:.2f} ms"

@@ -97,6 +97,32 @@ def test_unknown_customer_gets_the_cold_start_decision(client: Any) -> None:
     assert "Cold start" in body["next_best_action"]["reasons"][0]
 
 
+def test_recommend_is_one_sized_json_body_and_a_failure_a_logged_500(
+    client: Any, serving_rows: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate answers /recommend itself: the Recommendation schema, a Content-Length (not
+    BentoML's chunked answer), and an unexpected error is BentoML's JSON 500, not a trace."""
+    import bentoml
+
+    from serving.schemas import Recommendation
+
+    customer_id = serving_rows.index[1]
+    response = client.post("/recommend", json={"customer_id": customer_id})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert "transfer-encoding" not in response.headers
+    assert Recommendation.model_validate_json(response.content).customer_id == customer_id
+
+    def fail(*_: Any) -> None:
+        raise RuntimeError("scoring broke")
+
+    monkeypatch.setattr(bentoml.get_current_service(), "recommend_one", fail)
+    failed = client.post("/recommend", json={"customer_id": customer_id})
+    assert failed.status_code == 500
+    assert "unexpected error" in failed.json()["error"] and "scoring broke" not in failed.text
+
+
 def test_an_erased_customer_is_refused_on_every_route_and_nothing_is_recorded(
     client: Any, served_state: Settings
 ) -> None:
