@@ -306,16 +306,6 @@ class UpliftModel:
             [predict(self.boosters[f"{a}|{c}"], matrix) - control for a, c in self.arms]
         )
 
-    def reductions(self, X: Any, pairs: list[Arm], fallback: np.ndarray) -> np.ndarray:
-        """Reduction of P(churn) (``-effect``), shape ``(n_rows, len(pairs))``; a pair the model
-        has no arm for gets its ``fallback`` (e.g. the catalogue's ``base_uplift``)."""
-        effects = self.effects(X)
-        column = {arm: index for index, arm in enumerate(self.arms)}
-        out = np.empty((len(effects), len(pairs)))
-        for j, pair in enumerate(pairs):
-            out[:, j] = -effects[:, column[pair]] if pair in column else fallback[j]
-        return out
-
     def predict(self, X_row: Any) -> dict[Arm, float]:
         """``{(action, channel): change of P(churn)}`` for one customer; negative = retains."""
         row = self.effects(X_row)[0]
