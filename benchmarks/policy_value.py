@@ -336,7 +336,11 @@ def ips_estimate_ours(settings, churn, repurchase, uplift, end) -> dict[str, flo
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, state_dir="reuse a trained state", quick="small population")
+    parser = benchmark_parser(
+        __doc__,
+        state_dir="reuse the trained state in DIR, or run the pipeline into it when it has none",
+        quick="small population",
+    )
     parser.add_argument("--customers", type=int, default=None)
     parser.add_argument("--months", type=int, default=12)
     parser.add_argument("--seed", type=int, default=101, help="a population unlike the default")
@@ -389,11 +393,13 @@ def main() -> None:
 
     state_dir = args.state_dir
     if state_dir is None:
+        state_dir = Path(tempfile.mkdtemp(prefix="omniretain_policy_value_"))
+    if not (load_settings(state_dir=state_dir).truth_dir / "simulation.json").exists():
         customers = args.customers or (1500 if args.quick else 4000)
         months = 12 if args.quick else args.months
-        state_dir = Path(tempfile.mkdtemp(prefix="omniretain_policy_value_"))
         print(
-            f"fresh population: {customers} persons, {months} months, seed {args.seed}, "
+            f"fresh population in {state_dir}: {customers} persons, {months} months, "
+            f"seed {args.seed}, "
             f"campaigns {args.campaign_treated_share:.0%} random arms + "
             f"{args.campaign_control_share:.0%} control",
             file=sys.stderr,
