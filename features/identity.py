@@ -450,9 +450,10 @@ def record_customer_sql(feed_name: str, alias: str) -> tuple[str, str]:
     )
 
 
-def _record_customers_sql() -> str:
+def _record_customers_selects() -> list[str]:
     """``record_customers`` from the unified event tables (their rows carry ``source_feed``,
-    ``source_id`` and the resolved ``customer_id``); one row per record of a keyed feed."""
+    ``source_id`` and the resolved ``customer_id``), one SELECT per table; one row per record
+    of a keyed feed."""
     parts = []
     for table in dict.fromkeys(feed.target_table for feed in FEEDS.values() if feed.id_columns):
         keyed = any(
@@ -462,7 +463,7 @@ def _record_customers_sql() -> str:
             f"SELECT {'DISTINCT ' if keyed else ''}source_feed, source_id, customer_id "
             f"FROM {_quoted(table)} WHERE customer_id IS NOT NULL"
         )
-    return "\nUNION ALL\n".join(parts)
+    return parts
 
 
 def _all_records_sql() -> str:
@@ -647,7 +648,14 @@ def resolve_identities(
     from features.ingest import build_unified_tables  # ingest imports this module
 
     build_unified_tables(con)
-    con.execute(f"CREATE OR REPLACE TABLE record_customers AS {_record_customers_sql()}")
+    # One INSERT per table, in table order: one CREATE ... AS over their UNION ALL cost more
+    # CPU and about a third more time at 100,000 customers (17.9 M rows).
+    con.execute(
+        "CREATE OR REPLACE TABLE record_customers "
+        "(source_feed VARCHAR, source_id VARCHAR, customer_id VARCHAR)"
+    )
+    for select in _record_customers_selects():
+        con.execute(f"INSERT INTO record_customers {select}")
     con.execute("""
         CREATE OR REPLACE TABLE customers AS
         SELECT l.customer_id, l.first_seen_at, l.n_source_ids, coalesce(r.n_records, 0) AS n_records

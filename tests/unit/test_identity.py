@@ -476,3 +476,35 @@ def test_a_rejected_candidate_is_re_read_as_typed() -> None:
     assert expected is not None
     assert normalise_phones(["0102"], "DE") == [expected]
     assert sql_normalised_values([("phone", "0102")], "DE") == {("phone", "0102"): expected}
+
+
+def test_record_customers_holds_one_row_per_linked_record_of_every_table(tmp_path: Path) -> None:
+    """Filled table by table: every linked record once (a keyed CRM record once for all its
+    rows), unlinked records absent, the declared column types kept."""
+    con = _warehouse(tmp_path)
+    _insert(
+        con,
+        "email_events",
+        {"event_id": "E1", "occurred_at": "2025-01-01", "email": "ann@example.com"},
+    )
+    _insert(
+        con,
+        "web_sessions",
+        {"event_id": "W1", "occurred_at": "2025-01-03", "channel": "web", "session_id": "s"},
+    )
+    for updated_at, email in (("2025-01-01", "ann@example.com"), ("2025-02-01", None)):
+        _insert(
+            con,
+            "crm_attributes",
+            {"crm_id": "CRM-1", "updated_at": updated_at, "email": email, "customer_ref": "R1"},
+        )
+    _insert(con, "crm_attributes", {"crm_id": "CRM-2", "updated_at": "2025-01-05"})
+    resolve_identities(con, "GB", NOW)
+    rows = con.execute("SELECT * FROM record_customers ORDER BY ALL").fetchall()
+    assert rows == [("crm_attributes", "CRM-1", "C000000001"), ("email_events", "E1", "C000000001")]
+    types = con.execute("SELECT column_name, column_type FROM (DESCRIBE record_customers)")
+    assert types.fetchall() == [
+        ("source_feed", "VARCHAR"),
+        ("source_id", "VARCHAR"),
+        ("customer_id", "VARCHAR"),
+    ]
