@@ -209,10 +209,11 @@ _NUMBERS = (float, int, np.integer, np.floating, np.bool_)  # bool is an int
 def typed_feature_names(features: Mapping[Any, Any]) -> tuple[str, ...] | None:
     """The feature names, in order, when the values can be stored as the float64 struct (every
     name a string, every value None or a real number: what :func:`_json_value` writes as a JSON
-    number or null); None when they cannot (a string value, say: stored as JSON)."""
+    number or null); None when they cannot (a string value, say, or no features: stored as
+    JSON)."""
     names = tuple(features)
-    if not all(type(name) is str for name in names):
-        return None
+    if not names or not all(type(name) is str for name in names):
+        return None  # Parquet has no struct without fields: no features, JSON "{}"
     for value in features.values():
         if value is not None and type(value) is not float and not isinstance(value, _NUMBERS):
             return None
@@ -238,9 +239,6 @@ def typed_decision_table(
         for name in DECISION_SCHEMA.names
         if name != "features"
     }
-    if not names:  # Parquet has no struct without fields: no features, JSON "{}"
-        columns["features"] = pa.array(["{}"] * n, pa.string())
-        return pa.table(columns, schema=DECISION_SCHEMA)
     columns["features"] = pa.nulls(n, pa.string())
     slices = []
     for start in range(0, n, SLICE_RECORDS):
@@ -734,7 +732,7 @@ def decision_features(decisions: pd.DataFrame) -> pd.DataFrame:
     prefix = f"{FEATURE_VALUES_COLUMN}."
     typed_columns = [c for c in decisions.columns if isinstance(c, str) and c.startswith(prefix)]
     if FEATURE_VALUES_COLUMN in decisions and typed_columns and not decisions.empty:
-        typed = decisions[FEATURE_VALUES_COLUMN].fillna(False).to_numpy(dtype=bool)
+        typed = decisions[FEATURE_VALUES_COLUMN].eq(True).to_numpy()
         texts = decisions["features"][~typed]
         from_json = pd.DataFrame.from_records(
             [json.loads(text) if text else {} for text in texts], index=texts.index
