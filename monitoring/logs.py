@@ -734,8 +734,12 @@ def decision_features(decisions: pd.DataFrame) -> pd.DataFrame:
     if FEATURE_VALUES_COLUMN in decisions and typed_columns and not decisions.empty:
         typed = decisions[FEATURE_VALUES_COLUMN].eq(True).to_numpy()
         texts = decisions["features"][~typed]
-        from_json = pd.DataFrame.from_records(
-            [json.loads(text) if text else {} for text in texts], index=texts.index
+        from_json = (
+            pd.DataFrame.from_records(
+                [json.loads(text) if text else {} for text in texts], index=texts.index
+            )
+            if len(texts)
+            else pd.DataFrame(index=texts.index)
         )
         from_struct = decisions.loc[typed, typed_columns]
         from_struct.columns = [column[len(prefix) :] for column in typed_columns]
