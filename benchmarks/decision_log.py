@@ -61,6 +61,7 @@ def main() -> None:
             for index in range(rows)
         ]
         lateness: list[float] = []
+        flush_s: list[float] = []
         stop = threading.Event()
 
         def probe() -> None:
@@ -70,14 +71,18 @@ def main() -> None:
                 lateness.append(time.perf_counter() - start - PROBE_SLEEP_S)
 
         writer_clock = time.pthread_getcpuclockid(log._thread.ident)  # the writer's CPU
+        process_cpu = time.process_time()  # and Arrow's threads, the probe, the logging
         prober = threading.Thread(target=probe, daemon=True)
         prober.start()
         for _ in range(flushes):
             for record in records:
                 log.log(record)
             time.sleep(0.05)
+            start = time.perf_counter()
             log.flush()
+            flush_s.append(time.perf_counter() - start)
         writer_cpu = time.clock_gettime(writer_clock)
+        process_cpu = time.process_time() - process_cpu
         stop.set()
         prober.join()
         log.close()
@@ -88,7 +93,12 @@ def main() -> None:
         f"{open('/proc/loadavg').read().split()[:3]}"
     )
     print(f"{flushes} flushes of {rows} records x {FEATURES} features")
-    print(f"writer thread CPU per record: {writer_cpu * 1e6 / (flushes * rows):.1f} us")
+    print(f"flush() wall time: median {np.median(flush_s) * 1000:.1f} ms")
+    count = flushes * rows
+    print(
+        f"CPU per record: writer thread {writer_cpu * 1e6 / count:.1f} us, "
+        f"process {process_cpu * 1e6 / count:.1f} us"
+    )
     print(
         f"probe lateness over {len(late_ms)} sleeps of {PROBE_SLEEP_S * 1000:.0f} ms: "
         f"p50 {np.percentile(late_ms, 50):.3f} ms, p99 {np.percentile(late_ms, 99):.3f} ms, "
