@@ -22,8 +22,8 @@ The feature values a decision saw are stored typed, as a struct of float64 field
 the service's writer and by a batch (:func:`log_decision_frame`: a million decisions at once):
 no JSON text to encode and compress per decision. A service record whose values are not all
 numbers (a string, say) is stored as before, as a JSON object in ``features``.
-:func:`read_decisions` gives every row its ``features`` JSON either way; read together, files of
-different feature lists give a typed row the others' fields as null.
+:func:`read_decisions` gives every row its ``features`` JSON either way (files of different
+feature lists are read apart, so that a row gets no field of the others').
 """
 
 from __future__ import annotations
@@ -674,19 +674,17 @@ def _read_log(
         for names, files in groups.items():
             columns = f"* EXCLUDE ({PARTITION_COLUMN})"
             if names:
-                typed = (
+                columns = (
                     f"* EXCLUDE ({PARTITION_COLUMN}, {FEATURE_VALUES_COLUMN}) REPLACE "
                     f"(coalesce(features, to_json({FEATURE_VALUES_COLUMN})::VARCHAR) AS features)"
                 )
-                columns = typed
-                if feature_columns:
-                    columns += f", {FEATURE_VALUES_COLUMN} IS NOT NULL AS {FEATURE_VALUES_COLUMN}"
-                    columns += "".join(
-                        f", struct_extract({FEATURE_VALUES_COLUMN}, {_sql_string(name)}) AS "
-                        + '"'
-                        + f"{FEATURE_VALUES_COLUMN}.{name}".replace('"', '""')
-                        + '"'
-                        for name in names
+            if names and feature_columns:
+                columns += f", {FEATURE_VALUES_COLUMN} IS NOT NULL AS {FEATURE_VALUES_COLUMN}"
+                for name in names:
+                    alias = f"{FEATURE_VALUES_COLUMN}.{name}".replace('"', '""')
+                    columns += (
+                        f", struct_extract({FEATURE_VALUES_COLUMN}, {_sql_string(name)})"
+                        f' AS "{alias}"'
                     )
             files_or_glob = glob if len(groups) == 1 else files
             query = f"SELECT {columns} FROM {source} {where}"
