@@ -391,3 +391,21 @@ def test_decision_features_reads_the_typed_columns_like_the_json(settings: Setti
     )
     assert len(typed) == 156 and typed.set_index("customer_id").loc["C7", "spend_365d"] == 7.0
     assert math.isnan(typed.set_index("customer_id").loc["B1", "spend_365d"])
+
+
+def test_the_writer_hands_the_gil_over_between_slices(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush is converted SLICE_RECORDS records at a time, the GIL released between slices
+    (a worker's event loop waiting for it runs at once), in grouping and in the values."""
+    import monitoring.logs as logs
+
+    handovers: list[int] = []
+    monkeypatch.setattr(logs, "_let_requests_run", lambda: handovers.append(1))
+    when = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    records = [record(f"C{i}", when) for i in range(500)]
+    with DecisionLogger(settings) as log:
+        log._write(records)
+    slices = math.ceil(500 / logs.SLICE_RECORDS)
+    assert len(handovers) >= 2 * slices - 1
+    assert log.stats.written == 500 and len(read_decisions(settings)) == 500
