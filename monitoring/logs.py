@@ -686,9 +686,8 @@ def _read_log(
                         f", struct_extract({FEATURE_VALUES_COLUMN}, {_sql_string(name)})"
                         f' AS "{alias}"'
                     )
-            files_or_glob = glob if len(groups) == 1 else files
-            query = f"SELECT {columns} FROM {source} {where}"
-            frames.append(con.execute(query, [files_or_glob, *(params or [])]).df())
+            query = f"SELECT {columns} FROM {source} {where}"  # the listed files: none newer
+            frames.append(con.execute(query, [files, *(params or [])]).df())
     found = [frame for frame in frames if not frame.empty]
     if len(found) <= 1:
         return (found or frames)[0]
