@@ -17,11 +17,13 @@ renamed), so a reader never sees half a file. Read them with DuckDB::
 
 or with :func:`read_decisions` / :func:`read_feedback`.
 
-The feature values a decision saw are a JSON object (``features``) in the part files of the
-service's writer; the part files of a batch (:func:`log_decision_frame`: a million decisions at
-once) hold them typed instead, as a struct of float64 fields (``feature_values``, one Parquet
-column per feature: about ten times less CPU than encoding and compressing a million JSON
-texts). :func:`read_decisions` gives every row its ``features`` JSON either way.
+The feature values a decision saw are stored typed, as a struct of float64 fields
+(``feature_values``, one Parquet column per feature, NaN and inf as null, ``features`` null), by
+the service's writer and by a batch (:func:`log_decision_frame`: a million decisions at once):
+no JSON text to encode and compress per decision. A service record whose values are not all
+numbers (a string, say) is stored as before, as a JSON object in ``features``.
+:func:`read_decisions` gives every row its ``features`` JSON either way (files of different
+feature lists are read apart, so that a row gets no field of the others').
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,9 +82,13 @@ DECISION_SCHEMA = pa.schema(
         ("features", pa.string()),  # JSON object: feature name -> value used for the decision
     ]
 )
-# Batch part files: ``features`` is null and the values are this struct (feature name -> float64,
-# NaN and inf as null); read_decisions turns it into the same JSON object.
+# Typed part files (the service's writer, batches): ``features`` is null and the values are this
+# struct (feature name -> float64, NaN and inf as null); read_decisions turns it into the same
+# JSON object.
 FEATURE_VALUES_COLUMN = "feature_values"
+# The service's writer converts this many records, then hands the GIL over (time.sleep(0)) to a
+# worker's event loop waiting for it: no single stretch of the writer holds it long.
+SLICE_RECORDS = 64
 FEEDBACK_SCHEMA = pa.schema(
     [
         ("decision_id", pa.string()),
@@ -174,18 +180,77 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def decision_row(record: DecisionRecord | Mapping[str, Any]) -> dict[str, Any]:
-    """A record as one row of :data:`DECISION_SCHEMA` (a mapping may omit optional fields)."""
+def _decision_fields(
+    record: DecisionRecord | Mapping[str, Any],
+) -> tuple[dict[str, Any], Mapping[str, Any]]:
+    """A record's row of :data:`DECISION_SCHEMA` but ``features`` (defaults filled in), and its
+    feature values."""
     # Attributes, not dataclasses.asdict: asdict deep-copies the features of every record.
     values = record.__dict__ if isinstance(record, DecisionRecord) else dict(record)
-    row = {name: values.get(name) for name in DECISION_SCHEMA.names}
-    row["features"] = features_json(values.get("features") or {})
+    row = {name: values.get(name) for name in DECISION_SCHEMA.names if name != "features"}
     row["decision_id"] = str(row["decision_id"] or uuid.uuid4().hex)
     row["decided_at"] = _utc(row["decided_at"] or datetime.now(UTC))
     row["propensity"] = 1.0 if row["propensity"] is None else float(row["propensity"])
     row["is_control"] = bool(row["is_control"])
     row["source"] = row["source"] or "single"
+    return row, values.get("features") or {}
+
+
+def decision_row(record: DecisionRecord | Mapping[str, Any]) -> dict[str, Any]:
+    """A record as one row of :data:`DECISION_SCHEMA` (a mapping may omit optional fields)."""
+    row, features = _decision_fields(record)
+    row["features"] = features_json(features)
     return row
+
+
+_NUMBERS = (float, int, np.integer, np.floating, np.bool_)  # bool is an int
+
+
+def typed_feature_names(features: Mapping[Any, Any]) -> tuple[str, ...] | None:
+    """The feature names, in order, when the values can be stored as the float64 struct (every
+    name a string, every value None or a real number: what :func:`_json_value` writes as a JSON
+    number or null); None when they cannot (a string value, say, or no features: stored as
+    JSON)."""
+    names = tuple(features)
+    if not names or not all(type(name) is str for name in names):
+        return None  # Parquet has no struct without fields: no features, JSON "{}"
+    for value in features.values():
+        if value is not None and type(value) is not float and not isinstance(value, _NUMBERS):
+            return None
+    return names
+
+
+def _let_requests_run() -> None:
+    """Release the GIL for a moment: a worker's event loop waiting for it takes it now instead
+    of after the interpreter's switch interval (5 ms)."""
+    time.sleep(0)
+
+
+def typed_decision_table(
+    items: Sequence[tuple[dict[str, Any], Mapping[str, Any]]], names: tuple[str, ...]
+) -> pa.Table:
+    """Decisions of the same feature names (rows of :func:`_decision_fields`, values) as a table
+    of :data:`DECISION_SCHEMA` plus the values as :data:`FEATURE_VALUES_COLUMN`, built column by
+    column, the values :data:`SLICE_RECORDS` records at a time (the writer thread shares the GIL
+    with the requests)."""
+    n = len(items)
+    columns: dict[str, Any] = {
+        name: pa.array([row[name] for row, _ in items], DECISION_SCHEMA.field(name).type)
+        for name in DECISION_SCHEMA.names
+        if name != "features"
+    }
+    columns["features"] = pa.nulls(n, pa.string())
+    slices = []
+    for start in range(0, n, SLICE_RECORDS):
+        _let_requests_run()
+        part = items[start : start + SLICE_RECORDS]
+        # None -> NaN; int, bool and numpy numbers -> float64, as float() in _json_value
+        slices.append(np.array([tuple(values.values()) for _, values in part], dtype=np.float64))
+    matrix = np.asfortranarray(np.concatenate(slices))  # column by column below
+    struct = float64_struct([matrix[:, index] for index in range(len(names))], names)
+    columns[FEATURE_VALUES_COLUMN] = struct
+    schema = DECISION_SCHEMA.append(pa.field(FEATURE_VALUES_COLUMN, struct.type))
+    return pa.table(columns, schema=schema)
 
 
 def feedback_row(record: FeedbackRecord | Mapping[str, Any]) -> dict[str, Any]:
@@ -332,6 +397,20 @@ class PartitionedLog:
     def _write(self, records: list[Any]) -> None:
         if not records:
             return
+        for (day, kind), items in self._groups(records).items():
+            count = len(items)
+            try:
+                table = self._table(kind, items)
+                count = table.num_rows
+                self._write_file(day, table)
+                self.stats.written += count
+            except Exception:  # noqa: BLE001 - a full disk must not kill the writer
+                logger.exception("decision log: could not write %d rows", count)
+                self.stats.write_errors += count
+
+    def _groups(self, records: list[Any]) -> dict[tuple[str, Any], list[Any]]:
+        """The records as rows by UTC day (one part file each; the second key tells
+        :meth:`_table` how to convert them); a malformed one is counted and left out."""
         rows: list[dict[str, Any]] = []
         for record in records:
             try:
@@ -339,16 +418,13 @@ class PartitionedLog:
             except Exception:  # noqa: BLE001 - one malformed record must not lose the batch
                 logger.exception("decision log: malformed record dropped")
                 self.stats.write_errors += 1
-        for day, day_rows in partition_rows(rows, self.time_column).items():
-            try:
-                self._write_file(day, day_rows)
-                self.stats.written += len(day_rows)
-            except Exception:  # noqa: BLE001 - a full disk must not kill the writer
-                logger.exception("decision log: could not write %d rows", len(day_rows))
-                self.stats.write_errors += len(day_rows)
+        return {(day, None): group for day, group in partition_rows(rows, self.time_column).items()}
 
-    def _write_file(self, day: str, rows: list[dict[str, Any]]) -> Path:
-        path = write_partition(self.directory, day, pa.Table.from_pylist(rows, schema=self.schema))
+    def _table(self, kind: Any, rows: list[Any]) -> pa.Table:
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+    def _write_file(self, day: str, table: pa.Table) -> Path:
+        path = write_partition(self.directory, day, table)
         self.stats.files += 1
         return path
 
@@ -384,14 +460,23 @@ def random_ids(n: int) -> pa.Array:
     return pa.array(digits.view("S32").ravel(), pa.binary(32)).cast(pa.string())
 
 
+def float64_struct(columns: Sequence[np.ndarray], names: Sequence[str]) -> pa.StructArray:
+    """Float64 columns as a struct, NaN and inf as null (what :func:`features_json` writes as
+    JSON null): one Parquet column per feature, no text."""
+    children = [pa.array(values, mask=~np.isfinite(values)) for values in columns]
+    return pa.StructArray.from_arrays(children, names=list(names))
+
+
 def feature_values_column(features: pd.DataFrame) -> pa.StructArray:
-    """Each row's feature values as a struct of float64 fields, NaN and inf as null (what
-    :func:`features_json` writes as JSON null): one Parquet column per feature, no text."""
-    children = []
-    for index in range(features.shape[1]):  # column by column: no strided copy of the frame
-        values = features.iloc[:, index].to_numpy(dtype=np.float64, na_value=np.nan)
-        children.append(pa.array(values, mask=~np.isfinite(values)))
-    return pa.StructArray.from_arrays(children, names=[str(name) for name in features.columns])
+    """Each row's feature values as the struct of :data:`FEATURE_VALUES_COLUMN`."""
+    return float64_struct(
+        # column by column: no strided copy of the frame
+        [
+            features.iloc[:, index].to_numpy(dtype=np.float64, na_value=np.nan)
+            for index in range(features.shape[1])
+        ],
+        [str(name) for name in features.columns],
+    )
 
 
 def log_decision_frame(
@@ -451,7 +536,12 @@ def log_decision_frame(
 
 
 class DecisionLogger(PartitionedLog):
-    """The decision log of :class:`DecisionRecord` (or mappings with the same keys)."""
+    """The decision log of :class:`DecisionRecord` (or mappings with the same keys).
+
+    The feature values are written typed (:func:`typed_decision_table`); records of other
+    feature names (a model version changed within a flush) go to another part file, and records
+    whose values are not all numbers to one with the ``features`` JSON (:func:`decision_row`).
+    """
 
     def __init__(self, settings: Settings) -> None:
         config = settings.monitoring.decision_log
@@ -464,6 +554,37 @@ class DecisionLogger(PartitionedLog):
             config.flush_rows,
             config.flush_seconds,
         )
+
+    def _groups(self, records: list[Any]) -> dict[tuple[str, Any], list[Any]]:
+        """(row, feature values) by UTC day and feature names (None: not storable typed)."""
+        groups: dict[tuple[str, Any], list[Any]] = {}
+        for index, record in enumerate(records):
+            if index % SLICE_RECORDS == SLICE_RECORDS - 1:
+                _let_requests_run()
+            try:
+                row, features = _decision_fields(record)
+                day = row["decided_at"].strftime("%Y-%m-%d")
+            except Exception:  # noqa: BLE001 - one malformed record must not lose the batch
+                logger.exception("decision log: malformed record dropped")
+                self.stats.write_errors += 1
+                continue
+            groups.setdefault((day, typed_feature_names(features)), []).append((row, features))
+        return groups
+
+    def _table(self, kind: Any, items: list[Any]) -> pa.Table:
+        if kind is not None:
+            try:
+                return typed_decision_table(items, kind)
+            except Exception:  # noqa: BLE001 - a value numpy cannot take: the JSON path decides
+                logger.debug("decision log: typed conversion failed, writing JSON", exc_info=True)
+        rows = []
+        for row, features in items:
+            try:
+                rows.append({**row, "features": features_json(features)})
+            except Exception:  # noqa: BLE001 - one malformed record must not lose the batch
+                logger.exception("decision log: malformed record dropped")
+                self.stats.write_errors += 1
+        return pa.Table.from_pylist(rows, schema=DECISION_SCHEMA)
 
 
 class FeedbackLogger(PartitionedLog):
@@ -496,11 +617,50 @@ def parquet_glob(directory: Path) -> str:
     return str(directory / f"{PARTITION_COLUMN}=*" / "*.parquet")
 
 
+def _files_by_feature_names(con: Any, glob: str) -> dict[tuple[str, ...], list[str]]:
+    """The part files of ``glob`` grouped by the fields of their :data:`FEATURE_VALUES_COLUMN`
+    (``()``: none, the ``features`` are JSON; that group first), read from the footers only."""
+    rows = con.execute(
+        f"""WITH elements AS (
+                SELECT file_name, name, num_children, row_number() OVER () AS position
+                FROM parquet_schema(?)),
+            structs AS (
+                SELECT file_name, position, num_children FROM elements
+                WHERE name = '{FEATURE_VALUES_COLUMN}' AND num_children > 0)
+        SELECT files.file_name, list(field.name ORDER BY field.position)
+        FROM (SELECT DISTINCT file_name FROM elements) AS files
+        LEFT JOIN structs USING (file_name)
+        LEFT JOIN elements AS field ON field.file_name = files.file_name
+            AND field.position > structs.position
+            AND field.position <= structs.position + structs.num_children
+        GROUP BY files.file_name""",
+        [glob],
+    ).fetchall()
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for file_name, names in rows:
+        groups.setdefault(tuple(name for name in names if name is not None), []).append(file_name)
+    return dict(sorted(groups.items(), key=lambda group: (group[0] != (), min(group[1]))))
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _read_log(
-    directory: Path, schema: pa.Schema, where: str = "", params: list[Any] | None = None
+    directory: Path,
+    schema: pa.Schema,
+    where: str = "",
+    params: list[Any] | None = None,
+    feature_columns: bool = False,
 ) -> pd.DataFrame:
-    """Every part file's rows (``union_by_name``: batch files add :data:`FEATURE_VALUES_COLUMN`,
-    which becomes the row's ``features`` JSON, as the service's writer stores it)."""
+    """Every part file's rows; a typed file's :data:`FEATURE_VALUES_COLUMN` becomes the row's
+    ``features`` JSON, as the JSON files store it.
+
+    Files are read in groups of the same feature names: read together (``union_by_name``), a
+    row would get the fields of the other files as null. ``feature_columns`` adds the typed
+    values as columns ``feature_values.<name>`` and a boolean :data:`FEATURE_VALUES_COLUMN`
+    (the row has them), for :func:`decision_features`.
+    """
     import duckdb
 
     if not any(directory.glob(f"{PARTITION_COLUMN}=*/*.parquet")):
@@ -509,22 +669,39 @@ def _read_log(
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         glob = parquet_glob(directory)
-        names = [
-            row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}", [glob]).fetchall()
-        ]
-        columns = f"* EXCLUDE ({PARTITION_COLUMN})"
-        if FEATURE_VALUES_COLUMN in names:
-            columns = (
-                f"* EXCLUDE ({PARTITION_COLUMN}, {FEATURE_VALUES_COLUMN}) REPLACE "
-                f"(coalesce(features, to_json({FEATURE_VALUES_COLUMN})::VARCHAR) AS features)"
-            )
-        return con.execute(f"SELECT {columns} FROM {source} {where}", [glob, *(params or [])]).df()
+        groups = _files_by_feature_names(con, glob)
+        frames = []
+        for names, files in groups.items():
+            columns = f"* EXCLUDE ({PARTITION_COLUMN})"
+            if names:
+                columns = (
+                    f"* EXCLUDE ({PARTITION_COLUMN}, {FEATURE_VALUES_COLUMN}) REPLACE "
+                    f"(coalesce(features, to_json({FEATURE_VALUES_COLUMN})::VARCHAR) AS features)"
+                )
+            if names and feature_columns:
+                columns += f", {FEATURE_VALUES_COLUMN} IS NOT NULL AS {FEATURE_VALUES_COLUMN}"
+                for name in names:
+                    alias = f"{FEATURE_VALUES_COLUMN}.{name}".replace('"', '""')
+                    columns += (
+                        f", struct_extract({FEATURE_VALUES_COLUMN}, {_sql_string(name)})"
+                        f' AS "{alias}"'
+                    )
+            query = f"SELECT {columns} FROM {source} {where}"  # the listed files: none newer
+            frames.append(con.execute(query, [files, *(params or [])]).df())
+    found = [frame for frame in frames if not frame.empty]
+    if len(found) <= 1:
+        return (found or frames)[0]
+    return pd.concat(found, ignore_index=True)
 
 
 def read_decisions(
-    settings: Settings, since: datetime | None = None, until: datetime | None = None
+    settings: Settings,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    feature_columns: bool = False,
 ) -> pd.DataFrame:
-    """Decisions logged in ``[since, until)`` (all when None), one row per decision."""
+    """Decisions logged in ``[since, until)`` (all when None), one row per decision;
+    ``feature_columns``: also the typed feature values as columns (:func:`_read_log`)."""
     clauses, params = [], []
     if since is not None:
         clauses.append("decided_at >= ?")
@@ -533,7 +710,7 @@ def read_decisions(
         clauses.append("decided_at < ?")
         params.append(_utc(until))
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    return _read_log(decisions_dir(settings), DECISION_SCHEMA, where, params)
+    return _read_log(decisions_dir(settings), DECISION_SCHEMA, where, params, feature_columns)
 
 
 def read_feedback(settings: Settings) -> pd.DataFrame:
@@ -545,11 +722,32 @@ def decision_features(decisions: pd.DataFrame) -> pd.DataFrame:
     """The logged feature values as columns (one per feature), beside id, time and score.
 
     This is the served-traffic frame drift monitoring compares with the training reference.
+    Rows read with ``read_decisions(..., feature_columns=True)`` from typed files take their
+    values from those columns (no JSON to parse); the others parse ``features``. The columns
+    come in the order the rows name them (JSON rows first, as ``read_decisions`` returns them).
     """
-    parsed = pd.DataFrame.from_records(
-        [json.loads(text) if text else {} for text in decisions["features"]],
-        index=decisions.index,
-    ).astype("float64")
+    prefix = f"{FEATURE_VALUES_COLUMN}."
+    typed_columns = [c for c in decisions.columns if isinstance(c, str) and c.startswith(prefix)]
+    if FEATURE_VALUES_COLUMN in decisions and typed_columns and not decisions.empty:
+        typed = decisions[FEATURE_VALUES_COLUMN].eq(True).to_numpy()
+        texts = decisions["features"][~typed]
+        from_json = (
+            pd.DataFrame.from_records(
+                [json.loads(text) if text else {} for text in texts], index=texts.index
+            )
+            if len(texts)
+            else pd.DataFrame(index=texts.index)
+        )
+        from_struct = decisions.loc[typed, typed_columns]
+        from_struct.columns = [column[len(prefix) :] for column in typed_columns]
+        parts = [part for part in (from_json, from_struct) if not part.empty]
+        parsed = pd.concat(parts).reindex(decisions.index) if parts else from_json
+    else:
+        parsed = pd.DataFrame.from_records(
+            [json.loads(text) if text else {} for text in decisions["features"]],
+            index=decisions.index,
+        )
+    parsed = parsed.astype("float64")
     out = pd.DataFrame(
         {
             "customer_id": decisions["customer_id"].astype(str),

@@ -93,7 +93,7 @@ def served_window(
     now = now or datetime.now(UTC)
     days = window_days or settings.monitoring.drift.window_days
     since = now - timedelta(days=days)
-    decisions = read_decisions(settings, since=since, until=now)
+    decisions = read_decisions(settings, since=since, until=now, feature_columns=True)
     served = latest_per_customer(decision_features(decisions)) if not decisions.empty else None
     minimum = settings.monitoring.drift.min_window_customers
     if served is None or len(served) < minimum:

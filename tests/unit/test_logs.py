@@ -35,6 +35,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def record(customer: str, when: datetime, **extra: object) -> DecisionRecord:
+    extra.setdefault("features", {"spend_365d": 120.5, "open_cases": 1, "consent_sms": math.nan})
     return DecisionRecord(
         customer_id=customer,
         churn_probability=0.42,
@@ -43,7 +44,6 @@ def record(customer: str, when: datetime, **extra: object) -> DecisionRecord:
         channel="email",
         churn_model_version="3",
         repurchase_model_version="2",
-        features={"spend_365d": 120.5, "open_cases": 1, "consent_sms": float("nan")},
         decided_at=when,
         **extra,  # type: ignore[arg-type]
     )
@@ -281,13 +281,131 @@ def test_a_batch_stores_the_features_typed_and_reads_them_back_as_the_json(
     assert FEATURE_VALUES_COLUMN not in logged.columns
     parsed = {customer: json.loads(text) for customer, text in logged["features"].items()}
     for customer, row in zip(["B1", "B2", "B3"], first.to_dict("records"), strict=True):
-        expected = json.loads(features_json(row))
-        # a batch row carries every field of the files read together: the others are null
-        assert {k: v for k, v in parsed[customer].items() if k in expected} == expected
-        assert all(parsed[customer][k] is None for k in set(parsed[customer]) - set(expected))
+        # files of other feature names are read apart: no field of theirs comes in as null
+        assert parsed[customer] == json.loads(features_json(row))
     assert parsed["B2"]["spend_365d"] == 1e-7 and parsed["B1"]["odd 'name\""] is None
-    assert parsed["B4"]["tenure_days"] == 400.0 and parsed["B4"]["open_cases"] is None
+    assert parsed["B4"] == {"spend_365d": 7.0, "tenure_days": 400.0}
     assert parsed["C1"] == json.loads(features_json(record("C1", when).features))
     assert parsed["B5"] == {}
     served = decision_features(read_decisions(settings)).set_index("customer_id")
     assert served.loc["B3", "open_cases"] == 3.0 and math.isnan(served.loc["B3", "spend_365d"])
+
+
+def test_the_service_writer_stores_features_typed_and_reads_back_the_old_json(
+    settings: Settings,
+) -> None:
+    """The writer's part files hold the values as the float64 struct (``features`` null);
+    ``read_decisions`` gives each record the JSON ``features_json`` wrote for the same values:
+    NaN, None and inf as null, ints, bools and numpy numbers as numbers. Values that are not
+    numbers (a string) keep the JSON column; a flush of two feature lists (a model version
+    changed) writes a part file per list, each row reading back exactly its own names."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from monitoring.logs import FEATURE_VALUES_COLUMN
+
+    when = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    odd = {
+        "spend_365d": 120.5,
+        "open_cases": 1,
+        "consent_sms": float("nan"),
+        "missing": None,
+        "huge": float("inf"),
+        "tiny": -float("inf"),
+        "is_member": True,
+        "orders": np.int64(7),
+        "ratio": np.float64(1e-7),
+        "odd 'name\"": 2.0**60,
+    }
+    other_version = {"spend_365d": 3.0, "tenure_days": 400.0}
+    text_valued = {"spend_365d": 1.0, "segment": "gold", "flag": "1.5"}
+    records = {
+        "C1": odd,
+        "C2": {**odd, "spend_365d": 0.0},
+        "C3": other_version,
+        "C4": text_valued,
+        "C5": {},
+    }
+    with DecisionLogger(settings) as log:
+        for customer, features in records.items():
+            log.log(record(customer, when, features=features))
+    assert log.stats.written == 5 and log.stats.write_errors == 0
+    files = sorted(settings.monitoring_dir.glob("decisions/*/*.parquet"))
+    assert log.stats.files == len(files) == 3  # odd names, other version, JSON (text + none)
+    tables = [pq.read_table(path) for path in files]
+    typed = [t for t in tables if FEATURE_VALUES_COLUMN in t.column_names]
+    assert sorted(t.num_rows for t in typed) == [1, 2]
+    for table in typed:
+        assert table["features"].null_count == table.num_rows
+        assert all(f.type == pa.float64() for f in table.schema.field(FEATURE_VALUES_COLUMN).type)
+    logged = read_decisions(settings).set_index("customer_id")
+    for customer, features in records.items():
+        assert json.loads(logged.loc[customer, "features"]) == json.loads(
+            features_json(features)
+        ), customer
+    assert json.loads(logged.loc["C4", "features"])["segment"] == "gold"
+    assert logged.loc["C5", "features"] == "{}"
+
+
+def test_decision_features_reads_the_typed_columns_like_the_json(settings: Settings) -> None:
+    """Drift monitoring's frame is the same whether the values come from the typed columns or
+    from parsing every row's JSON: across the writer's typed files, a JSON file (the writer
+    before it was typed, or no features) and batches of other feature names."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from monitoring.logs import decisions_dir, log_decision_frame, write_partition
+
+    when = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    old_format = [decision_row(record(f"J{i}", when)) for i in range(3)]
+    write_partition(
+        decisions_dir(settings), "2025-03-01", pa.Table.from_pylist(old_format)
+    )  # as the writer stored every record before
+    with DecisionLogger(settings) as log:
+        for i in range(150):
+            log.log(record(f"C{i}", when, features={"spend_365d": float(i), "open_cases": None}))
+        log.log(record("T1", when, features={}))  # no features: JSON "{}"
+    frame = pd.DataFrame({"customer_id": ["B1", "B2"], "churn_probability": [0.5, 0.6]})
+    frame = frame.assign(
+        repurchase_probability=0.5, action="no_action", channel="none", expected_value=0.0
+    )
+    features = pd.DataFrame({"tenure_days": [10.0, np.nan], "spend_365d": [np.inf, 2.0]})
+    log_decision_frame(settings, frame, features, "batch", when, {})
+
+    as_json = decision_features(read_decisions(settings))
+    with_columns = read_decisions(settings, feature_columns=True)
+    assert with_columns["feature_values"].eq(True).sum() == 152  # 150 served + 2 batch
+    typed = decision_features(with_columns)
+
+    def by_customer(frame: pd.DataFrame) -> pd.DataFrame:  # two reads may order rows apart
+        return frame.sort_values("customer_id").reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(by_customer(typed), by_customer(as_json))
+    only_typed = with_columns[with_columns["feature_values"].eq(True)]
+    json_columns = [column for column in with_columns if not column.startswith("feature_values")]
+    assert json_columns == list(read_decisions(settings).columns)
+    pd.testing.assert_frame_equal(
+        decision_features(only_typed), decision_features(only_typed[json_columns])
+    )
+    assert len(typed) == 156 and typed.set_index("customer_id").loc["C7", "spend_365d"] == 7.0
+    assert math.isnan(typed.set_index("customer_id").loc["B1", "spend_365d"])
+
+
+def test_the_writer_hands_the_gil_over_between_slices(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush is converted SLICE_RECORDS records at a time, the GIL released between slices
+    (a worker's event loop waiting for it runs at once), in grouping and in the values."""
+    import monitoring.logs as logs
+
+    handovers: list[int] = []
+    monkeypatch.setattr(logs, "_let_requests_run", lambda: handovers.append(1))
+    when = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    records = [record(f"C{i}", when) for i in range(500)]
+    with DecisionLogger(settings) as log:
+        log._write(records)
+    slices = math.ceil(500 / logs.SLICE_RECORDS)
+    assert len(handovers) >= 2 * slices - 1
+    assert log.stats.written == 500 and len(read_decisions(settings)) == 500
