@@ -84,7 +84,7 @@ class FeatureSettings(BaseModel):
     redis_connection_string: str = "localhost:6379"  # Feast's form: host:port[,db=0,...]
     # DuckDB memory of ingest and the feature build (DuckDB's own default is 80 % of the RAM);
     # past it, joins, aggregates and sorts spill to <warehouse>.tmp beside the warehouse.
-    warehouse_memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
+    warehouse_memory_limit: str = Field("4GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
 
 
 class TrainingSettings(BaseModel):
