@@ -642,10 +642,6 @@ def _files_by_feature_names(con: Any, glob: str) -> dict[tuple[str, ...], list[s
     return dict(sorted(groups.items(), key=lambda group: (group[0] != (), min(group[1]))))
 
 
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _read_log(
     directory: Path,
     schema: pa.Schema,
@@ -662,6 +658,8 @@ def _read_log(
     (the row has them), for :func:`decision_features`.
     """
     import duckdb
+
+    from features.ingest import sql_string
 
     if not any(directory.glob(f"{PARTITION_COLUMN}=*/*.parquet")):
         return schema.empty_table().to_pandas()
@@ -683,7 +681,7 @@ def _read_log(
                 for name in names:
                     alias = f"{FEATURE_VALUES_COLUMN}.{name}".replace('"', '""')
                     columns += (
-                        f", struct_extract({FEATURE_VALUES_COLUMN}, {_sql_string(name)})"
+                        f", struct_extract({FEATURE_VALUES_COLUMN}, {sql_string(name)})"
                         f' AS "{alias}"'
                     )
             query = f"SELECT {columns} FROM {source} {where}"  # the listed files: none newer
@@ -728,25 +726,23 @@ def decision_features(decisions: pd.DataFrame) -> pd.DataFrame:
     """
     prefix = f"{FEATURE_VALUES_COLUMN}."
     typed_columns = [c for c in decisions.columns if isinstance(c, str) and c.startswith(prefix)]
-    if FEATURE_VALUES_COLUMN in decisions and typed_columns and not decisions.empty:
-        typed = decisions[FEATURE_VALUES_COLUMN].eq(True).to_numpy()
-        texts = decisions["features"][~typed]
-        from_json = (
-            pd.DataFrame.from_records(
-                [json.loads(text) if text else {} for text in texts], index=texts.index
-            )
-            if len(texts)
-            else pd.DataFrame(index=texts.index)
+    typed = (
+        decisions[FEATURE_VALUES_COLUMN].eq(True).to_numpy()
+        if FEATURE_VALUES_COLUMN in decisions and typed_columns
+        else np.zeros(len(decisions), dtype=bool)
+    )
+    texts = decisions["features"][~typed]
+    from_json = (  # from_records cannot take an empty index
+        pd.DataFrame.from_records(
+            [json.loads(text) if text else {} for text in texts], index=texts.index
         )
-        from_struct = decisions.loc[typed, typed_columns]
-        from_struct.columns = [column[len(prefix) :] for column in typed_columns]
-        parts = [part for part in (from_json, from_struct) if not part.empty]
-        parsed = pd.concat(parts).reindex(decisions.index) if parts else from_json
-    else:
-        parsed = pd.DataFrame.from_records(
-            [json.loads(text) if text else {} for text in decisions["features"]],
-            index=decisions.index,
-        )
+        if len(texts)
+        else pd.DataFrame(index=texts.index)
+    )
+    from_struct = decisions.loc[typed, typed_columns]
+    from_struct.columns = [column[len(prefix) :] for column in typed_columns]
+    parts = [part for part in (from_json, from_struct) if not part.empty]
+    parsed = pd.concat(parts).reindex(decisions.index) if parts else from_json
     parsed = parsed.astype("float64")
     out = pd.DataFrame(
         {
