@@ -102,10 +102,15 @@ class EraseReport:
 
 
 # ---- who is it ---------------------------------------------------------------------------------
-def _tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+def _tables(con: duckdb.DuckDBPyConnection, views: bool = True) -> dict[str, list[str]]:
+    """Columns of every table of the warehouse, and of every view unless ``views`` is False
+    (``record_customers`` is a view over the event tables: read from, never deleted from)."""
     rows = con.execute(
-        "SELECT table_name, column_name FROM information_schema.columns "
-        "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position"
+        "SELECT c.table_name, c.column_name FROM information_schema.columns c "
+        "JOIN information_schema.tables t USING (table_schema, table_name) "
+        "WHERE c.table_schema = 'main' AND (? OR t.table_type <> 'VIEW') "
+        "ORDER BY c.table_name, c.ordinal_position",
+        [views],
     ).fetchall()
     tables: dict[str, list[str]] = {}
     for table, column in rows:
@@ -196,7 +201,7 @@ def erase_warehouse(
     from features.contract import FEEDS
     from features.suppression import retire_customer_ids, suppress
 
-    tables = _tables(con)
+    tables = _tables(con, views=False)
     ids = sorted(person.customer_ids)
     tokens = sorted(person.tokens())
     con.execute("BEGIN TRANSACTION")

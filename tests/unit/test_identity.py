@@ -508,3 +508,30 @@ def test_record_customers_holds_one_row_per_linked_record_of_every_table(tmp_pat
         ("source_id", "VARCHAR"),
         ("customer_id", "VARCHAR"),
     ]
+
+
+def test_record_customers_is_a_view_that_follows_the_event_tables(tmp_path: Path) -> None:
+    """A warehouse of an earlier version kept ``record_customers`` in a table: the next
+    resolution replaces it by the view, and a record deleted from its event table (erasure)
+    leaves the view at once."""
+    con = _warehouse(tmp_path)
+    for event_id in ("E1", "E2"):
+        _insert(
+            con,
+            "email_events",
+            {"event_id": event_id, "occurred_at": "2025-01-01", "email": "ann@example.com"},
+        )
+    con.execute(
+        "CREATE TABLE record_customers (source_feed VARCHAR, source_id VARCHAR, "
+        "customer_id VARCHAR)"
+    )
+    con.execute("INSERT INTO record_customers VALUES ('email_events', 'OLD', 'C000000009')")
+    resolve_identities(con, "GB", NOW)
+    kind = "SELECT table_type FROM information_schema.tables WHERE table_name = 'record_customers'"
+    assert con.execute(kind).fetchall() == [("VIEW",)]
+    rows = "SELECT source_id FROM record_customers ORDER BY ALL"
+    assert con.execute(rows).fetchall() == [("E1",), ("E2",)]
+    con.execute("DELETE FROM messages WHERE source_id = 'E1'")
+    assert con.execute(rows).fetchall() == [("E2",)]
+    resolve_identities(con, "GB", NOW)  # a view replaces the view
+    assert con.execute(kind).fetchall() == [("VIEW",)]
