@@ -36,6 +36,7 @@ import phonenumbers
 import pyarrow as pa
 
 from features.contract import FEEDS, ID_TYPES
+from features.sql import sql_identifier, sql_string
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
@@ -184,10 +185,6 @@ _PLAIN_TEXT_SQL = "regexp_full_match({raw}, '[ -~]*')"
 _DIGITS_SQL = "regexp_full_match({value}, '[1-9][0-9]*')"
 
 
-def _sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def phone_compact_sql(raw: str) -> str:
     """SQL: ``raw`` without the separators :func:`_phone_candidate` drops (plain ASCII)."""
     return f"regexp_replace({raw}, '[ ().\\-/]', '', 'g')"
@@ -205,12 +202,12 @@ def phone_candidate_sql(compact: str, default_region: str) -> str:
     if international_prefix:
         rest = f"substr({compact}, {len(international_prefix) + 1})"
         branches.append(
-            f"WHEN starts_with({compact}, {_sql_literal(international_prefix)}) THEN {plus(rest)}"
+            f"WHEN starts_with({compact}, {sql_string(international_prefix)}) THEN {plus(rest)}"
         )
     if national_prefix:
         rest = f"substr({compact}, {len(national_prefix) + 1})"
         branches.append(
-            f"WHEN starts_with({compact}, {_sql_literal(national_prefix)}) THEN "
+            f"WHEN starts_with({compact}, {sql_string(national_prefix)}) THEN "
             f"CASE WHEN {_DIGITS_SQL.format(value=rest)} THEN '+{country_code}' || {rest} END"
         )
     return f"CASE {' '.join(branches)} END"
@@ -351,17 +348,14 @@ def assign_customer_ids(
 
 
 # ---- DuckDB edge ----------------------------------------------------------------------------
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _raw_ids_sql() -> str:
     """Distinct raw identifiers of every staging table: first time seen and how many rows carry
     them (a hash aggregate per column; no per-record table)."""
     parts = [
-        f"SELECT {_sql_literal(id_type)} AS id_type, {_quoted(column)} AS raw_value, "
-        f"min({_quoted(feed.time_column)}) AS first_seen_at, count(*) AS n_rows "
-        f"FROM raw_{feed.name} WHERE {_quoted(column)} IS NOT NULL GROUP BY {_quoted(column)}"
+        f"SELECT {sql_string(id_type)} AS id_type, {sql_identifier(column)} AS raw_value, "
+        f"min({sql_identifier(feed.time_column)}) AS first_seen_at, count(*) AS n_rows "
+        f"FROM raw_{feed.name} WHERE {sql_identifier(column)} IS NOT NULL "
+        f"GROUP BY {sql_identifier(column)}"
         for feed in FEEDS.values()
         for column, id_type in feed.id_columns.items()
     ]
@@ -392,16 +386,18 @@ def _edges_sql(feed_name: str) -> str | None:
     keyed = _keyed_by_record(feed_name)
     if len(columns) < 2 and not keyed:
         return None
-    selected = [_quoted(column) for column, _ in columns] + ([_quoted(feed.key)] if keyed else [])
+    selected = [sql_identifier(column) for column, _ in columns] + (
+        [sql_identifier(feed.key)] if keyed else []
+    )
     joins = " ".join(
-        f"LEFT JOIN _raw_nodes n{i} ON n{i}.id_type = {_sql_literal(id_type)} "
-        f"AND n{i}.raw_value = c.{_quoted(column)}"
+        f"LEFT JOIN _raw_nodes n{i} ON n{i}.id_type = {sql_string(id_type)} "
+        f"AND n{i}.raw_value = c.{sql_identifier(column)}"
         for i, (column, id_type) in enumerate(columns)
     )
     nodes = [f"n{i}.node" for i in range(len(columns))]
     anchor = f"least({', '.join(nodes)})"
     if keyed:
-        anchor = f"min({anchor}) OVER (PARTITION BY c.{_quoted(feed.key)})"
+        anchor = f"min({anchor}) OVER (PARTITION BY c.{sql_identifier(feed.key)})"
     return f"""
         SELECT node, anchor FROM (
             SELECT unnest([{", ".join(nodes)}]) AS node, {anchor} AS anchor
@@ -431,15 +427,15 @@ def record_customer_sql(feed_name: str, alias: str) -> tuple[str, str]:
         return "", "CAST(NULL AS VARCHAR)"
     prefix = f"_rc_{feed.name}_"
     joins = " ".join(
-        f"LEFT JOIN _raw_customers {prefix}{i} ON {prefix}{i}.id_type = {_sql_literal(id_type)} "
-        f"AND {prefix}{i}.raw_value = {alias}.{_quoted(column)}"
+        f"LEFT JOIN _raw_customers {prefix}{i} ON {prefix}{i}.id_type = {sql_string(id_type)} "
+        f"AND {prefix}{i}.raw_value = {alias}.{sql_identifier(column)}"
         for i, (column, id_type) in enumerate(columns)
     )
     expression = f"coalesce({', '.join(f'{prefix}{i}.customer_id' for i in range(len(columns)))})"
     if not _keyed_by_record(feed_name):
         return joins, expression
     # All rows of a key are one record: the key's customer, whichever row names it.
-    key = _quoted(feed.key)
+    key = sql_identifier(feed.key)
     per_key = (
         f"SELECT {alias}.{key} AS record_key, max({expression}) AS customer_id "
         f"FROM raw_{feed.name} {alias} {joins} GROUP BY {alias}.{key}"
@@ -461,7 +457,7 @@ def _record_customers_selects() -> list[str]:
         )
         parts.append(
             f"SELECT {'DISTINCT ' if keyed else ''}source_feed, source_id, customer_id "
-            f"FROM {_quoted(table)} WHERE customer_id IS NOT NULL"
+            f"FROM {sql_identifier(table)} WHERE customer_id IS NOT NULL"
         )
     return parts
 
@@ -508,11 +504,11 @@ def normalisation_sql(source: str, default_region: str) -> str:
     decide it, else ``phone_candidate`` (a phone to check with ``phonenumbers``) or
     ``in_python`` (an odd value for the Python normaliser of its type)."""
     by_type = " ".join(
-        f"WHEN {_sql_literal(id_type)} THEN {normalised_sql(id_type, 'raw_value')}"
+        f"WHEN {sql_string(id_type)} THEN {normalised_sql(id_type, 'raw_value')}"
         for id_type in ID_TYPES
         if normalised_sql(id_type, "raw_value") is not None
     )
-    known = ", ".join(map(_sql_literal, ID_TYPES))
+    known = ", ".join(map(sql_string, ID_TYPES))
     plain = _PLAIN_TEXT_SQL.format(raw="raw_value")
     return f"""
         SELECT id_type, raw_value, id_value, phone_candidate,

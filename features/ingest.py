@@ -39,6 +39,7 @@ from pydantic import BaseModel, Field
 
 from features.contract import FEEDS, UNIFIED_TABLES, Column, Feed
 from features.identity import create_raw_customers, record_customer_sql, resolve_identities
+from features.sql import sql_identifier, sql_string
 from features.suppression import ERASED_REASON, quarantine_erased
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -238,16 +239,6 @@ def map_columns(found: list[str], feed: Feed, path: Path) -> dict[str, str | Non
             "its header."
         )
     return mapping
-
-
-def sql_string(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def sql_identifier(name: str) -> str:
-    """A quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _number_text(value: float) -> str:

@@ -359,7 +359,7 @@ def quarantine_erased(con: duckdb.DuckDBPyConnection, feed: Feed) -> int:
     Raises:
         SuppressionKeyError: the key at hand is not the one the list was written with.
     """
-    from features.ingest import sql_identifier
+    from features.sql import sql_identifier
 
     tables = _tables(con)
     if "suppressed_identifiers" not in tables:

@@ -659,7 +659,7 @@ def _read_log(
     """
     import duckdb
 
-    from features.ingest import sql_string
+    from features.sql import sql_string
 
     if not any(directory.glob(f"{PARTITION_COLUMN}=*/*.parquet")):
         return schema.empty_table().to_pandas()
