@@ -154,9 +154,15 @@ def sqlite_floor_seconds(settings: Settings) -> tuple[float, float, int]:
     assert source is not None
     floor = source.with_name("floor.db")
     connection = sqlite3.connect(floor, isolation_level=None)
-    for pragma in ("synchronous=OFF", "cache_size=-262144", "journal_mode=OFF"):
-        connection.execute(f"PRAGMA {pragma}")
     connection.execute(f"ATTACH '{source}' AS loaded")
+    (page_size,) = connection.execute("PRAGMA loaded.page_size").fetchone()
+    for pragma in (
+        f"page_size={page_size}",  # the online store's pages: the same B-tree to write
+        "synchronous=OFF",
+        "cache_size=-262144",
+        "journal_mode=OFF",
+    ):
+        connection.execute(f"PRAGMA {pragma}")
     (ddl,) = connection.execute(
         "SELECT sql FROM loaded.sqlite_master WHERE type = 'table' AND name = ?", (table,)
     ).fetchone()

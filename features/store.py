@@ -34,6 +34,10 @@ CONFIG_FILE = "feature_store.yaml"
 ONLINE_WRITE_BATCH_SIZE = 10_000
 FAST_WRITE_BATCH_ROWS = 20_000  # parquet rows per encode-and-write batch of our materialize
 REGISTRY_CACHE_TTL_SECONDS = 300  # reads use the cached registry; re-read at most every 5 min
+# Pages of the SQLite online store when we create it: Feast's layout is one row per customer
+# and feature, and SQLite writes them ~30 % faster into 64 KiB pages than into its default 4 KiB
+# (82 M rows, docs/feature-store.md); a file created by an earlier version keeps its pages.
+SQLITE_ONLINE_PAGE_SIZE = 65_536
 
 
 class FeatureStoreError(RuntimeError):
@@ -119,10 +123,22 @@ def apply_repo(settings: Settings) -> None:
     write_feast_config(settings)
     registry = settings.feast_dir / REGISTRY_FILE
     online = settings.feast_dir / ONLINE_STORE_FILE
-    if settings.features.online_store == "sqlite" and registry.exists() and not online.exists():
-        registry.unlink()
+    if settings.features.online_store == "sqlite" and not online.exists():
+        registry.unlink(missing_ok=True)
+        create_sqlite_file(online, SQLITE_ONLINE_PAGE_SIZE)
     store = get_feature_store(settings)
     store.apply(repo_objects(settings))
+
+
+def create_sqlite_file(path: Path, page_size: int) -> None:
+    """An empty SQLite database with ``page_size`` pages (fixed once a file has a table)."""
+    import sqlite3
+    from contextlib import closing
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute(f"PRAGMA page_size = {int(page_size)}")
+        connection.execute("VACUUM")  # writes the header: the page size holds from here on
 
 
 def _latest_snapshot(path: Path) -> datetime:

@@ -188,9 +188,24 @@ def test_historical_features_pick_the_snapshot_per_timestamp_and_keep_order(
 
 
 def test_apply_is_idempotent_and_survives_a_lost_online_store(built) -> None:
-    from features.store import OnlineFeatureReader, apply_repo, get_feature_store, materialize
+    import sqlite3
+    from contextlib import closing
+
+    from features.store import (
+        SQLITE_ONLINE_PAGE_SIZE,
+        OnlineFeatureReader,
+        apply_repo,
+        get_feature_store,
+        materialize,
+    )
 
     settings, _ = built
+
+    def page_size() -> int:
+        with closing(sqlite3.connect(settings.feast_dir / "online.db")) as connection:
+            return int(connection.execute("PRAGMA page_size").fetchone()[0])
+
+    assert page_size() == SQLITE_ONLINE_PAGE_SIZE == 65_536  # created by us, not by Feast
     apply_repo(settings)
     apply_repo(settings)
     store = get_feature_store(settings)
@@ -203,5 +218,6 @@ def test_apply_is_idempotent_and_survives_a_lost_online_store(built) -> None:
     (settings.feast_dir / "online.db").unlink()
     apply_repo(settings)
     assert OnlineFeatureReader(settings).get([CUSTOMERS[1]])[0] is None  # empty new store
+    assert page_size() == SQLITE_ONLINE_PAGE_SIZE
     assert materialize(settings)["customers"] == len(CUSTOMERS)  # registry reset: full load
     assert OnlineFeatureReader(settings).get([CUSTOMERS[1]])[0] is not None
