@@ -446,10 +446,9 @@ def record_customer_sql(feed_name: str, alias: str) -> tuple[str, str]:
     )
 
 
-def _record_customers_selects() -> list[str]:
+def _record_customers_sql() -> str:
     """``record_customers`` from the unified event tables (their rows carry ``source_feed``,
-    ``source_id`` and the resolved ``customer_id``), one SELECT per table; one row per record
-    of a keyed feed."""
+    ``source_id`` and the resolved ``customer_id``); one row per record of a keyed feed."""
     parts = []
     for table in dict.fromkeys(feed.target_table for feed in FEEDS.values() if feed.id_columns):
         keyed = any(
@@ -459,7 +458,7 @@ def _record_customers_selects() -> list[str]:
             f"SELECT {'DISTINCT ' if keyed else ''}source_feed, source_id, customer_id "
             f"FROM {sql_identifier(table)} WHERE customer_id IS NOT NULL"
         )
-    return parts
+    return "\nUNION ALL\n".join(parts)
 
 
 def create_record_customers_view(con: duckdb.DuckDBPyConnection) -> None:
@@ -474,8 +473,7 @@ def create_record_customers_view(con: duckdb.DuckDBPyConnection) -> None:
     ).fetchall()
     if kind and kind[0][0] != "VIEW":
         con.execute("DROP TABLE record_customers")
-    union = "\nUNION ALL\n".join(_record_customers_selects())
-    con.execute(f"CREATE OR REPLACE VIEW record_customers AS {union}")
+    con.execute(f"CREATE OR REPLACE VIEW record_customers AS {_record_customers_sql()}")
 
 
 def _all_records_sql() -> str:

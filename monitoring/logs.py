@@ -53,6 +53,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.sql import sql_identifier, sql_string
 from omniretain.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -659,8 +660,6 @@ def _read_log(
     """
     import duckdb
 
-    from features.sql import sql_string
-
     if not any(directory.glob(f"{PARTITION_COLUMN}=*/*.parquet")):
         return schema.empty_table().to_pandas()
     source = "read_parquet(?, hive_partitioning = 1, union_by_name = 1)"
@@ -679,10 +678,9 @@ def _read_log(
             if names and feature_columns:
                 columns += f", {FEATURE_VALUES_COLUMN} IS NOT NULL AS {FEATURE_VALUES_COLUMN}"
                 for name in names:
-                    alias = f"{FEATURE_VALUES_COLUMN}.{name}".replace('"', '""')
+                    alias = sql_identifier(f"{FEATURE_VALUES_COLUMN}.{name}")
                     columns += (
-                        f", struct_extract({FEATURE_VALUES_COLUMN}, {sql_string(name)})"
-                        f' AS "{alias}"'
+                        f", struct_extract({FEATURE_VALUES_COLUMN}, {sql_string(name)}) AS {alias}"
                     )
             query = f"SELECT {columns} FROM {source} {where}"  # the listed files: none newer
             frames.append(con.execute(query, [files, *(params or [])]).df())
